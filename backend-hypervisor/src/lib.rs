@@ -1,0 +1,2 @@
+//! Hypervisor backend (placeholder until its issue lands).
+#![no_std]

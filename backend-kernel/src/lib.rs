@@ -1,0 +1,1 @@
+//! Kernel backend harness (placeholder until its issue lands).

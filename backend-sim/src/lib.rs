@@ -1,0 +1,1 @@
+//! Userspace simulator backend (placeholder until its issue lands).

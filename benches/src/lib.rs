@@ -1,0 +1,1 @@
+//! Benchmarks (placeholder until their issue lands).

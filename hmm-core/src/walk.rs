@@ -1,0 +1,317 @@
+//! The walk: a pure state machine from page tables to PFN words.
+//!
+//! [`walk`] fills `range.pfns` from a cursor address to the range end using
+//! only an [`MmView`] (VMA lookup and the leaf reader). It never faults and
+//! never sleeps; it stops with a [`WalkStop`]:
+//!
+//! * [`WalkStop::Done`]: every entry from the cursor on holds its output;
+//! * [`WalkStop::NeedFault`]: entries below `addr` hold output, entries from
+//!   `addr` on still hold their input, and the pages `[addr, end)` must be
+//!   faulted (as a write fault if `write`) before walking again from `addr`;
+//! * [`WalkStop::WaitMigration`]: the same split at `addr`, which is under
+//!   migration; wait for it and walk again from `addr`;
+//!
+//! or with an error (`-EFAULT` for a requested page that cannot be made
+//! valid, `-EPERM` for a write request on a VMA without `VM_WRITE`). This is
+//! the kernel's partial-output contract, which is what makes resuming from
+//! the stop address sound.
+//!
+//! The output rules are Linux's (`mm/hmm.c`), per leaf kind:
+//!
+//! | leaf | fault needed | no fault needed |
+//! |---|---|---|
+//! | no VMA (gap) | `-EFAULT` | `ERROR` |
+//! | `VM_IO` / `VM_PFNMAP` / no `VM_READ` | `-EFAULT` | `ERROR` |
+//! | none / marker | fault | 0 |
+//! | present | fault | `pfn \| VALID [\| WRITE] \| order` |
+//! | present, protnone | fault | `pfn` (no flags) |
+//! | present, special (not zero page) | fault if the mapping is lacking, else `-EFAULT` | `ERROR` |
+//! | swap, device-exclusive | fault | 0 |
+//! | device-private, our owner | never faulted | `pfn \| VALID [\| WRITE] \| order` |
+//! | device-private, other owner | fault | 0 (PTE), `ERROR` (PMD) |
+//! | migration | wait, re-walk | 0 |
+//! | hwpoison | `-EFAULT` | 0 |
+//! | bad / unknown huge entry | `-EFAULT` | `ERROR` |
+//!
+//! "Fault needed" is [`Request::need_fault_range`] over the span's entries;
+//! a write fault on a VMA without `VM_WRITE` is `-EPERM`. Hugetlb leaves
+//! report the VMA's huge page order. One deliberate difference from the
+//! kernel: for hugetlb, the need is computed over every entry of the huge
+//! page rather than only its first (the kernel's quirk can return a
+//! requested entry without `VALID`).
+
+use core::ops::ControlFlow;
+
+use super::error::Error;
+use super::leaf::{Leaf, Present};
+use super::mm::MmView;
+use super::need::NeedFault;
+use super::pfn::{HmmPfn, PfnFlags, PAGE_SIZE, PFN_MASK};
+use super::range::Range;
+use super::vma::{VmFlags, Vma};
+
+/// Where a walk stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalkStop {
+    /// The range is filled from the cursor to its end.
+    Done,
+    /// Fault `[addr, end)` (page aligned), then walk again from `addr`.
+    NeedFault {
+        /// First page to fault.
+        addr: u64,
+        /// End of the span that needs the fault.
+        end: u64,
+        /// Whether a write fault is needed.
+        write: bool,
+    },
+    /// Wait for the migration entry at `addr`, then walk again from `addr`.
+    WaitMigration {
+        /// The page under migration.
+        addr: u64,
+    },
+}
+
+/// Counters a walk adds to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WalkCounters {
+    /// Pages whose entry received output.
+    pub pages_filled: u64,
+    /// Leaves (spans) visited.
+    pub leaves: u64,
+}
+
+/// Walk `range` from `from` (page aligned, inside the range) to its end.
+///
+/// The range must already be valid ([`Range::validate`]); an invalid range or
+/// cursor is `-EINVAL`. A backend that reports spans out of order, with gaps,
+/// or outside the requested window is `-EFAULT`: the walker never trusts it
+/// with an index.
+pub fn walk<V: MmView + ?Sized>(
+    view: &V,
+    range: &mut Range<'_>,
+    from: u64,
+    counters: &mut WalkCounters,
+) -> Result<WalkStop, Error> {
+    if range.validate(u64::MAX).is_err()
+        || from & (PAGE_SIZE - 1) != 0
+        || from < range.start
+        || from > range.end
+    {
+        return Err(Error::Inval);
+    }
+    let end = range.end;
+    let mut addr = from;
+    while addr < end {
+        let vma = view.find_vma(addr);
+        let (chunk_end, vma) = match vma {
+            Some(v) if v.end() > addr && v.start() < v.end() => {
+                if v.start() > addr {
+                    (v.start().min(end), None)
+                } else {
+                    (v.end().min(end), Some(v))
+                }
+            }
+            Some(_) => return Err(Error::Fault), // backend returned a VMA below addr
+            None => (end, None),
+        };
+        let chunk_end = chunk_end & !(PAGE_SIZE - 1);
+        if chunk_end <= addr {
+            return Err(Error::Fault);
+        }
+        match vma {
+            None => fill_unmirrorable(range, addr, chunk_end, counters)?,
+            Some(v) if !v.is_mirrorable() => fill_unmirrorable(range, addr, chunk_end, counters)?,
+            Some(v) => {
+                if let Some(stop) = walk_vma(view, &v, range, addr, chunk_end, counters)? {
+                    return Ok(stop);
+                }
+            }
+        }
+        addr = chunk_end;
+    }
+    Ok(WalkStop::Done)
+}
+
+/// No VMA, or a VMA HMM may not mirror: `-EFAULT` if a fault is requested
+/// anywhere in the chunk, `ERROR` otherwise.
+fn fill_unmirrorable(
+    range: &mut Range<'_>,
+    start: u64,
+    end: u64,
+    counters: &mut WalkCounters,
+) -> Result<(), Error> {
+    let request = range.request;
+    let entries = entries_mut(range, start, end)?;
+    if !request.need_fault_range(entries, 0).is_empty() {
+        return Err(Error::Fault);
+    }
+    fill(entries, PfnFlags::ERROR.bits(), counters);
+    Ok(())
+}
+
+fn walk_vma<V: MmView + ?Sized>(
+    view: &V,
+    vma: &Vma<'_>,
+    range: &mut Range<'_>,
+    start: u64,
+    end: u64,
+    counters: &mut WalkCounters,
+) -> Result<Option<WalkStop>, Error> {
+    let mut cursor = start;
+    let mut result: Result<Option<WalkStop>, Error> = Ok(None);
+    view.walk_leaves(vma, start, end, |a, b, leaf| {
+        if a != cursor || b <= a || b > end || b & (PAGE_SIZE - 1) != 0 {
+            result = Err(Error::Fault);
+            return ControlFlow::Break(());
+        }
+        counters.leaves += 1;
+        match leaf_span(vma, range, a, b, leaf, counters) {
+            Ok(None) => {
+                cursor = b;
+                ControlFlow::Continue(())
+            }
+            Ok(Some(stop)) => {
+                result = Ok(Some(stop));
+                ControlFlow::Break(())
+            }
+            Err(e) => {
+                result = Err(e);
+                ControlFlow::Break(())
+            }
+        }
+    });
+    if matches!(result, Ok(None)) && cursor != end {
+        // The backend stopped early without covering the window.
+        return Err(Error::Fault);
+    }
+    result
+}
+
+/// Turn a need into a stop, checking `VM_WRITE` first (`-EPERM`).
+fn fault_stop(vma: &Vma<'_>, a: u64, b: u64, need: NeedFault) -> Result<Option<WalkStop>, Error> {
+    let write = need.contains(NeedFault::WRITE);
+    if write && !vma.flags().contains(VmFlags::WRITE) {
+        return Err(Error::Perm);
+    }
+    Ok(Some(WalkStop::NeedFault {
+        addr: a,
+        end: b,
+        write,
+    }))
+}
+
+fn leaf_span(
+    vma: &Vma<'_>,
+    range: &mut Range<'_>,
+    a: u64,
+    b: u64,
+    leaf: Leaf,
+    counters: &mut WalkCounters,
+) -> Result<Option<WalkStop>, Error> {
+    let request = range.request;
+    let owner = range.dev_private_owner;
+    let entries = entries_mut(range, a, b)?;
+    match leaf {
+        Leaf::None | Leaf::Swap | Leaf::DeviceExclusive => {
+            let need = request.need_fault_range(entries, 0);
+            if !need.is_empty() {
+                return fault_stop(vma, a, b, need);
+            }
+            fill(entries, 0, counters);
+        }
+        Leaf::Present(p) => return present(vma, request, entries, a, b, p, counters),
+        Leaf::DevicePrivate {
+            owner: o,
+            pfn,
+            write,
+            order,
+        } => {
+            if owner == Some(o) {
+                fill_pfns(entries, pfn, HmmPfn::cpu_flags(write, order), counters);
+            } else {
+                let need = request.need_fault_range(entries, 0);
+                if !need.is_empty() {
+                    return fault_stop(vma, a, b, need);
+                }
+                let out = if order > 0 { PfnFlags::ERROR.bits() } else { 0 };
+                fill(entries, out, counters);
+            }
+        }
+        Leaf::Migration => {
+            if !request.need_fault_range(entries, 0).is_empty() {
+                return Ok(Some(WalkStop::WaitMigration { addr: a }));
+            }
+            fill(entries, 0, counters);
+        }
+        Leaf::HwPoison => {
+            if !request.need_fault_range(entries, 0).is_empty() {
+                return Err(Error::Fault);
+            }
+            fill(entries, 0, counters);
+        }
+        Leaf::Bad => {
+            if !request.need_fault_range(entries, 0).is_empty() {
+                return Err(Error::Fault);
+            }
+            fill(entries, PfnFlags::ERROR.bits(), counters);
+        }
+    }
+    Ok(None)
+}
+
+fn present(
+    vma: &Vma<'_>,
+    request: super::need::Request,
+    entries: &mut [u64],
+    a: u64,
+    b: u64,
+    p: Present,
+    counters: &mut WalkCounters,
+) -> Result<Option<WalkStop>, Error> {
+    let order = if vma.is_hugetlb() {
+        vma.hugetlb_order()
+    } else {
+        p.order
+    };
+    let cpu = if p.protnone {
+        0
+    } else {
+        HmmPfn::cpu_flags(p.write, order)
+    };
+    let need = request.need_fault_range(entries, cpu);
+    if !need.is_empty() {
+        return fault_stop(vma, a, b, need);
+    }
+    if p.special && !p.zero {
+        if !request.need_fault_range(entries, 0).is_empty() {
+            return Err(Error::Fault);
+        }
+        fill(entries, PfnFlags::ERROR.bits(), counters);
+        return Ok(None);
+    }
+    fill_pfns(entries, p.pfn, cpu, counters);
+    Ok(None)
+}
+
+fn entries_mut<'r>(range: &'r mut Range<'_>, a: u64, b: u64) -> Result<&'r mut [u64], Error> {
+    let (i, j) = (range.index(a), range.index(b));
+    range.pfns.get_mut(i..j).ok_or(Error::Fault)
+}
+
+#[inline]
+fn fill(entries: &mut [u64], value: u64, counters: &mut WalkCounters) {
+    for e in entries.iter_mut() {
+        *e = HmmPfn::sticky_update(*e, value);
+    }
+    counters.pages_filled += entries.len() as u64;
+}
+
+#[inline]
+fn fill_pfns(entries: &mut [u64], pfn: u64, cpu: u64, counters: &mut WalkCounters) {
+    let mut pfn = pfn;
+    for e in entries.iter_mut() {
+        *e = HmmPfn::sticky_update(*e, (pfn & PFN_MASK) | cpu);
+        pfn = pfn.wrapping_add(1);
+    }
+    counters.pages_filled += entries.len() as u64;
+}
