@@ -79,7 +79,7 @@ impl<'p> Range<'p> {
             return Err(Error::Inval);
         }
         let n = (self.end - self.start) >> PAGE_SHIFT;
-        if u64::try_from(self.pfns.len()).map_or(true, |len| len != n) {
+        if u64::try_from(self.pfns.len()) != Ok(n) {
             return Err(Error::Inval);
         }
         Ok(())
@@ -101,7 +101,7 @@ mod tests {
         let lim = 1 << 47;
         let cases: [(u64, u64, usize); 7] = [
             (0x1000, 0x5000, 3),             // array too short
-            (0x1000, 0x5000, 4 + 0),         // ok (checked below)
+            (0x1000, 0x5000, 4),             // ok (checked below)
             (0x1001, 0x5001, 4),             // unaligned
             (0x5000, 0x1000, 4),             // inverted
             (0x5000, 0x5000, 0),             // empty
