@@ -223,7 +223,7 @@ fn retried_fault_of_the_same_page_carries_tried_and_a_dead_handler_hits_the_budg
     assert_eq!(r, Err(Error::Busy));
     assert_eq!(r.unwrap_err().to_errno(), -16);
     let (log, n) = mm.faults();
-    assert!(n >= 2 && n <= 11, "bounded by the budget: {n}");
+    assert!((2..=11).contains(&n), "bounded by the budget: {n}");
     assert_eq!(log[0].flags & FaultFlags::TRIED.bits(), 0);
     assert!(log[1..n]
         .iter()
