@@ -159,12 +159,29 @@ fn walk_vma<V: MmView + ?Sized>(
 ) -> Result<Option<WalkStop>, Error> {
     let mut cursor = start;
     let mut result: Result<Option<WalkStop>, Error> = Ok(None);
+    let request = range.request;
+    let may_fault = request.may_fault();
+    let hugetlb = vma.is_hugetlb();
     view.walk_leaves(vma, start, end, |a, b, leaf| {
         if a != cursor || b <= a || b > end || b & (PAGE_SIZE - 1) != 0 {
             result = Err(Error::Fault);
             return ControlFlow::Break(());
         }
         counters.leaves += 1;
+        // Fast path: one ordinary present PTE that needs no fault.
+        if let Leaf::Present(p) = leaf {
+            if b - a == PAGE_SIZE && !hugetlb && !p.protnone && !p.special && p.order == 0 {
+                let cpu = HmmPfn::cpu_flags(p.write, 0);
+                if let Some(e) = range.pfns.get_mut(range_index(range.start, a)) {
+                    if !may_fault || request.need_fault(*e, cpu).is_empty() {
+                        *e = HmmPfn::sticky_update(*e, (p.pfn & PFN_MASK) | cpu);
+                        counters.pages_filled += 1;
+                        cursor = b;
+                        return ControlFlow::Continue(());
+                    }
+                }
+            }
+        }
         match leaf_span(vma, range, a, b, leaf, counters) {
             Ok(None) => {
                 cursor = b;
@@ -291,6 +308,11 @@ fn present(
     }
     fill_pfns(entries, p.pfn, cpu, counters);
     Ok(None)
+}
+
+#[inline]
+fn range_index(start: u64, addr: u64) -> usize {
+    (addr.wrapping_sub(start) >> super::pfn::PAGE_SHIFT) as usize
 }
 
 fn entries_mut<'r>(range: &'r mut Range<'_>, a: u64, b: u64) -> Result<&'r mut [u64], Error> {
