@@ -1,0 +1,220 @@
+//! Table-page allocation: the [`TableAlloc`] trait the page-table engine
+//! draws 4 KiB table pages from, and [`StaticPool`], an allocation-free pool
+//! for firmware (and tests).
+//!
+//! A table page is seen by the engine as 512 [`AtomicU64`] descriptors, so
+//! every descriptor update is a single-copy-atomic 64-bit store, as the
+//! hardware walker requires, and the engine needs no `unsafe` of its own.
+//! What the engine cannot check is that the physical address it writes into
+//! a table descriptor really is the page it was given: that is the
+//! allocator's promise, which is why [`TableAlloc`] is an `unsafe trait`.
+
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use super::descriptor::{ENTRIES, TABLE_SIZE};
+
+/// One table page: 512 descriptors, 4 KiB aligned.
+#[repr(C, align(4096))]
+#[derive(Debug)]
+pub struct TablePage(pub [AtomicU64; ENTRIES]);
+
+const _: () = assert!(core::mem::size_of::<TablePage>() == TABLE_SIZE as usize);
+const _: () = assert!(core::mem::align_of::<TablePage>() == TABLE_SIZE as usize);
+
+impl TablePage {
+    /// A zeroed page (every descriptor invalid in both formats).
+    #[allow(clippy::declare_interior_mutable_const)]
+    pub const ZERO: TablePage = {
+        #[allow(clippy::declare_interior_mutable_const)]
+        const Z: AtomicU64 = AtomicU64::new(0);
+        TablePage([Z; ENTRIES])
+    };
+
+    /// Set every descriptor to 0.
+    pub fn zero(&self) {
+        for d in &self.0 {
+            d.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A source of 4 KiB second-stage table pages.
+///
+/// # Safety
+///
+/// Implementations promise, for every `pa` returned by
+/// [`alloc_table`](TableAlloc::alloc_table) and not yet passed to
+/// [`free_table`](TableAlloc::free_table):
+///
+/// * `pa` is 4 KiB aligned and is the physical address at which the
+///   hardware page-table walker finds exactly the memory that
+///   [`table`](TableAlloc::table)`(pa)` returns;
+/// * that page is zeroed when handed out and used by nothing but the page
+///   table it was handed to until it is freed;
+/// * `pa` fits the formats' output-address fields (below 2^48).
+///
+/// Breaking this lets a guest's second-stage walk reach memory it must not.
+pub unsafe trait TableAlloc {
+    /// A zeroed table page, by physical address, or `None` when exhausted.
+    fn alloc_table(&self) -> Option<u64>;
+
+    /// Give back a page obtained from `alloc_table`. The engine calls this
+    /// only after the TLB flush that removed every hardware reference to it.
+    fn free_table(&self, pa: u64);
+
+    /// The memory of the table page at `pa`, or `None` if `pa` is not a
+    /// page of this allocator.
+    fn table(&self, pa: u64) -> Option<&TablePage>;
+}
+
+/// A fixed pool of `N` table pages with no allocation, usable as a
+/// `static`. Physical addresses are the pages' addresses minus a fixed
+/// offset (0 for identity-mapped firmware).
+#[derive(Debug)]
+pub struct StaticPool<const N: usize> {
+    pages: [TablePage; N],
+    used: [AtomicBool; N],
+    hint: AtomicUsize,
+    in_use: AtomicUsize,
+    phys_offset: u64,
+}
+
+impl<const N: usize> Default for StaticPool<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> StaticPool<N> {
+    /// A pool whose physical addresses equal its virtual addresses.
+    pub const fn new() -> Self {
+        Self::with_phys_offset(0)
+    }
+
+    /// A pool in memory mapped at `virtual = physical + phys_offset`.
+    pub const fn with_phys_offset(phys_offset: u64) -> Self {
+        #[allow(clippy::declare_interior_mutable_const)]
+        const F: AtomicBool = AtomicBool::new(false);
+        StaticPool {
+            pages: [TablePage::ZERO; N],
+            used: [F; N],
+            hint: AtomicUsize::new(0),
+            in_use: AtomicUsize::new(0),
+            phys_offset,
+        }
+    }
+
+    /// Pages currently handed out.
+    pub fn in_use(&self) -> usize {
+        self.in_use.load(Ordering::Relaxed)
+    }
+
+    /// Capacity in pages.
+    pub const fn capacity(&self) -> usize {
+        N
+    }
+
+    fn base(&self) -> u64 {
+        (self.pages.as_ptr() as u64).wrapping_sub(self.phys_offset)
+    }
+
+    fn index(&self, pa: u64) -> Option<usize> {
+        let off = pa.checked_sub(self.base())?;
+        if off % TABLE_SIZE != 0 {
+            return None;
+        }
+        let i = usize::try_from(off / TABLE_SIZE).ok()?;
+        (i < N).then_some(i)
+    }
+}
+
+// SAFETY: every page is a 4 KiB-aligned field of the pool, used only by the
+// holder of its `used` flag; the physical address handed out is the page's
+// address minus the offset the pool was built with (the caller's mapping
+// promise); pages are zeroed before being handed out.
+unsafe impl<const N: usize> TableAlloc for StaticPool<N> {
+    fn alloc_table(&self) -> Option<u64> {
+        let start = self.hint.load(Ordering::Relaxed) % N.max(1);
+        for k in 0..N {
+            let i = (start + k) % N;
+            if self.used[i]
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                self.hint.store(i + 1, Ordering::Relaxed);
+                self.in_use.fetch_add(1, Ordering::Relaxed);
+                self.pages[i].zero();
+                return Some(self.base() + i as u64 * TABLE_SIZE);
+            }
+        }
+        None
+    }
+
+    fn free_table(&self, pa: u64) {
+        if let Some(i) = self.index(pa) {
+            if self.used[i].swap(false, Ordering::Release) {
+                self.in_use.fetch_sub(1, Ordering::Relaxed);
+            } else {
+                debug_assert!(false, "double free of table page {pa:#x}");
+            }
+        }
+    }
+
+    fn table(&self, pa: u64) -> Option<&TablePage> {
+        self.index(pa).map(|i| &self.pages[i])
+    }
+}
+
+// SAFETY: forwards to `A`, which upholds the contract.
+unsafe impl<A: TableAlloc + ?Sized> TableAlloc for &A {
+    fn alloc_table(&self) -> Option<u64> {
+        (**self).alloc_table()
+    }
+    fn free_table(&self, pa: u64) {
+        (**self).free_table(pa)
+    }
+    fn table(&self, pa: u64) -> Option<&TablePage> {
+        (**self).table(pa)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::boxed::Box;
+
+    #[test]
+    fn pool_hands_out_distinct_zeroed_aligned_pages() {
+        let pool: Box<StaticPool<4>> = Box::default();
+        let a = pool.alloc_table().unwrap();
+        let b = pool.alloc_table().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a % 4096, 0);
+        pool.table(a).unwrap().0[5].store(77, Ordering::Relaxed);
+        pool.free_table(a);
+        let c = pool.alloc_table().unwrap();
+        let d = pool.alloc_table().unwrap();
+        let e = pool.alloc_table().unwrap();
+        assert!(pool.alloc_table().is_none());
+        assert_eq!(pool.in_use(), 4);
+        for p in [b, c, d, e] {
+            assert!(pool
+                .table(p)
+                .unwrap()
+                .0
+                .iter()
+                .all(|x| x.load(Ordering::Relaxed) == 0));
+        }
+        assert!(pool.table(a + 8).is_none());
+        assert!(pool.table(0).is_none());
+    }
+
+    #[test]
+    fn phys_offset_is_applied() {
+        let pool: Box<StaticPool<1>> = Box::new(StaticPool::with_phys_offset(0x1000));
+        let pa = pool.alloc_table().unwrap();
+        let va = pool.table(pa).unwrap() as *const TablePage as u64;
+        assert_eq!(va - pa, 0x1000);
+    }
+}

@@ -1,0 +1,629 @@
+//! The guest-fault path: a vCPU exits on a second-stage fault at a GPA, and
+//! this maps the memory behind it.
+//!
+//! 1. Find the region containing the GPA ([`FaultError::NoRegion`] if none)
+//!    and check the access against its permissions
+//!    ([`FaultError::Permission`]).
+//! 2. Fault the 2 MiB-aligned window around the GPA (clipped to the region)
+//!    through hmm-core's owning entry point
+//!    [`range_fault_unlocked`](hmm_core::range_fault_unlocked), which takes
+//!    the host mmap lock and the notifier sequence itself and survives host
+//!    faults that drop the lock (userfaultfd). Every page is requested
+//!    present; write is requested only for a write access (the region
+//!    allowing it was checked in step 1), so a read never breaks COW
+//!    sharing. If the window fails (part of it unmapped on the host, say),
+//!    the single faulting page is tried alone so the error is the page's own.
+//! 3. Take the region lock and check `read_retry` on the sequence: if the
+//!    host invalidated anything in the region meanwhile, map nothing and
+//!    return [`GuestFault::Retry`].
+//! 4. Map each page with the largest leaf that the host mapping order
+//!    reported by hmm-core and the GPA / host-address alignment allow: a
+//!    1 GiB block for a 1 GiB host leaf whose whole extent lies in the
+//!    region at matching alignment, else a 2 MiB block likewise, else 4 KiB.
+//!    A leaf is writable only if the region is and the host entry is
+//!    (`HMM_PFN_WRITE`); executable if the region is.
+//!
+//! Mapping a 1 GiB host leaf beyond the faulted window is sound: the
+//! window's entries show the host mapped the whole leaf when it was walked,
+//! and the region's notifier sequence, unchanged under the region lock,
+//! shows it has not changed since.
+
+use core::sync::atomic::AtomicU64;
+
+use hmm_core::{
+    range_fault_unlocked, Env, Error, HmmPfn, IntervalNotifier, Options, PfnFlags, Range, Stats,
+    PAGE_SIZE,
+};
+
+use super::alloc::TableAlloc;
+use super::descriptor::{Attrs, Format, PageSize, Perm};
+use super::guest::{bump, GuestMemory};
+use super::host::Host;
+use super::pagetable::{MapError, PageTable};
+use super::region::{Region, RegionId, Regions};
+use super::tlb::TlbFlush;
+
+/// Size of the window one guest fault maps (`PTRS_PER_PMD` pages, as mshv).
+pub const WINDOW: u64 = 2 << 20;
+/// Pages in a window.
+pub const WINDOW_PAGES: usize = (WINDOW / PAGE_SIZE) as usize;
+
+/// A guest access that faulted.
+pub type Access = Perm;
+
+/// Why a guest fault cannot be resolved. The vCPU reflects it to the guest
+/// or to the VMM (an MMIO exit, a machine check, a kill).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FaultError {
+    /// No region contains the GPA.
+    NoRegion,
+    /// The region does not allow the access.
+    Permission {
+        /// What the region allows.
+        allowed: Perm,
+        /// What the guest attempted.
+        access: Perm,
+    },
+    /// The host could not provide the page: hmm-core's error (`-EFAULT`
+    /// for an unmapped or inaccessible host range, `-EPERM` for a write to
+    /// a read-only host mapping, `-EHWPOISON`, `-ENOMEM`, `-EINTR` for a
+    /// fatal signal, ...).
+    Host(Error),
+    /// No table page was available to map it.
+    NoTableMemory,
+    /// The host frame's physical address does not fit the format's output
+    /// address field.
+    AddressTooWide,
+}
+
+/// What became of a guest fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GuestFault {
+    /// The GPA is mapped; re-enter the guest.
+    Mapped {
+        /// Size of the leaf now mapping the faulting GPA.
+        size: PageSize,
+        /// Leaves this fault installed or updated.
+        leaves: u32,
+    },
+    /// Nothing was mapped because the host changed meanwhile; re-enter the
+    /// guest (it faults again).
+    Retry,
+    /// No-wait mode only: the host fault would block; a worker completes it
+    /// (see [`async_pf`](super::async_pf)).
+    Pending(super::async_pf::AsyncToken),
+    /// The fault cannot be resolved.
+    Error(FaultError),
+}
+
+/// The result of one window fault before async handling.
+pub(crate) enum WindowOutcome {
+    Done(GuestFault),
+    WouldBlock { id: RegionId, window: u64 },
+}
+
+impl<'h, F, A, T, H, N, const R: usize, const P: usize> GuestMemory<'h, F, A, T, H, N, R, P>
+where
+    F: Format,
+    A: TableAlloc,
+    T: TlbFlush,
+    H: Host,
+    N: IntervalNotifier + ?Sized,
+{
+    /// Handle a second-stage fault at `gpa` for `access`, blocking in the
+    /// host fault handler as long as it needs (e.g. for a userfaultfd
+    /// handler to supply the page). Returns [`GuestFault::Mapped`],
+    /// [`GuestFault::Retry`] or [`GuestFault::Error`], never `Pending`.
+    pub fn handle_fault(&self, gpa: u64, access: Access) -> GuestFault {
+        bump(&self.counters.faults, 1);
+        let out = match self.fault_window(gpa, access, false) {
+            WindowOutcome::Done(out) => out,
+            // Without nowait hmm-core never reports would-block.
+            WindowOutcome::WouldBlock { .. } => GuestFault::Retry,
+        };
+        self.count(out);
+        out
+    }
+
+    pub(crate) fn count(&self, out: GuestFault) {
+        let c = match out {
+            GuestFault::Mapped { .. } => &self.counters.mapped,
+            GuestFault::Retry => &self.counters.retries,
+            GuestFault::Pending(_) => &self.counters.pending,
+            GuestFault::Error(_) => &self.counters.errors,
+        };
+        bump(c, 1);
+    }
+
+    /// Steps 1-4 of the module docs. With `nowait`, a host fault that would
+    /// block is reported instead of waited for.
+    pub(crate) fn fault_window(&self, gpa: u64, access: Access, nowait: bool) -> WindowOutcome {
+        let Some(region) = self.regions.find_gpa(gpa) else {
+            return WindowOutcome::Done(GuestFault::Error(FaultError::NoRegion));
+        };
+        let spec = region.spec;
+        let access = if access.is_empty() { Perm::R } else { access };
+        if !spec.perm.contains(access) {
+            return WindowOutcome::Done(GuestFault::Error(FaultError::Permission {
+                allowed: spec.perm,
+                access,
+            }));
+        }
+        let chunk = gpa & !(WINDOW - 1);
+        let ws = chunk.max(spec.gpa);
+        let we = (chunk + WINDOW).min(spec.gpa_end());
+        let mut pfns = [0u64; WINDOW_PAGES];
+        let mut req = PfnFlags::REQ_FAULT;
+        if access.contains(Perm::W) {
+            req |= PfnFlags::REQ_WRITE;
+        }
+        let opts = Options {
+            policy: self.config.policy,
+            timeout_ns: self.config.fault_timeout_ns,
+            nowait,
+        };
+        let mut span = (ws, we);
+        let seq = loop {
+            let n = ((span.1 - span.0) / PAGE_SIZE) as usize;
+            let mut range = Range::new(spec.hva_of(span.0), spec.hva_of(span.1), &mut pfns[..n])
+                .with_default_flags(req.bits());
+            let env = Env::new(self.host.mm(), self.host.handler(), region.notifier)
+                .with_signals(self.host.signals())
+                .with_clock(self.host.clock());
+            let mut st = Stats::default();
+            let r = range_fault_unlocked(&env, &mut range, &opts, &mut st);
+            bump(&self.counters.host_faults, st.faults);
+            bump(&self.counters.host_lock_drops, st.lock_drops);
+            match r {
+                Ok(()) => break range.notifier_seq,
+                Err(Error::Again) if nowait => {
+                    return WindowOutcome::WouldBlock {
+                        id: region.id,
+                        window: ws,
+                    }
+                }
+                Err(Error::Busy) => return WindowOutcome::Done(GuestFault::Retry),
+                Err(Error::Intr) => {
+                    return WindowOutcome::Done(GuestFault::Error(FaultError::Host(Error::Intr)))
+                }
+                Err(e) => {
+                    let page = gpa & !(PAGE_SIZE - 1);
+                    if span == (page, page + PAGE_SIZE) {
+                        return WindowOutcome::Done(GuestFault::Error(FaultError::Host(e)));
+                    }
+                    bump(&self.counters.single_page_fallbacks, 1);
+                    span = (page, page + PAGE_SIZE);
+                }
+            }
+        };
+        let n = ((span.1 - span.0) / PAGE_SIZE) as usize;
+        let Some(lock) = self.regions.lock_slot(region.id) else {
+            return WindowOutcome::Done(GuestFault::Retry);
+        };
+        if !Regions::<N, R>::is_live(region.id, &lock) || region.notifier.read_retry(seq) {
+            return WindowOutcome::Done(GuestFault::Retry);
+        }
+        let mut table = self.table.lock();
+        let out = self.install(&mut table, &region, span.0, &pfns[..n], gpa);
+        drop(table);
+        drop(lock);
+        WindowOutcome::Done(out)
+    }
+
+    /// Map the faulted entries `pfns` (window starting at `ws`) with the
+    /// largest leaves allowed. Called under the region lock and the table
+    /// lock.
+    fn install(
+        &self,
+        table: &mut PageTable<F>,
+        region: &Region<'h, N>,
+        ws: u64,
+        pfns: &[u64],
+        gpa: u64,
+    ) -> GuestFault {
+        let spec = region.spec;
+        let mut leaves = 0u32;
+        let mut at_gpa = None;
+        let mut i = 0usize;
+        while i < pfns.len() {
+            let g = ws + i as u64 * PAGE_SIZE;
+            let e = HmmPfn(pfns[i]);
+            if !e.is_valid() || e.is_error() {
+                i += 1;
+                continue;
+            }
+            let mut perm = spec.perm & (Perm::R | Perm::X);
+            if spec.perm.contains(Perm::W) && e.is_writable() {
+                perm |= Perm::W;
+            }
+            let size = self.leaf_size(region, ws, pfns, i);
+            let base = g & !(size.bytes() - 1);
+            let first_pfn = e.pfn() - (g - base) / PAGE_SIZE;
+            let pa = first_pfn << 12;
+            if pa
+                .checked_add(size.bytes())
+                .map_or(true, |end| end > 1 << F::OA_BITS)
+            {
+                return GuestFault::Error(FaultError::AddressTooWide);
+            }
+            match table.map(&self.alloc, &self.tlb, base, pa, size, Attrs::ram(perm)) {
+                Ok(()) => {}
+                Err(MapError::NoMemory) => return GuestFault::Error(FaultError::NoTableMemory),
+                // Alignment and range were checked above; a corrupt table
+                // cannot be repaired here.
+                Err(_) => return GuestFault::Error(FaultError::NoTableMemory),
+            }
+            leaves += 1;
+            bump(self.leaf_counter(size), 1);
+            if base <= gpa && gpa < base + size.bytes() {
+                at_gpa = Some(size);
+            }
+            // Skip the entries this leaf covered.
+            let next = base + size.bytes();
+            i = usize::try_from((next - ws) / PAGE_SIZE).unwrap_or(usize::MAX);
+        }
+        match at_gpa {
+            Some(size) => GuestFault::Mapped { size, leaves },
+            // The faulting page itself was not valid: cannot happen with
+            // REQ_FAULT on every page, but never report it mapped.
+            None => GuestFault::Retry,
+        }
+    }
+
+    fn leaf_counter(&self, size: PageSize) -> &AtomicU64 {
+        match size {
+            PageSize::Size4K => &self.counters.leaves_4k,
+            PageSize::Size2M => &self.counters.leaves_2m,
+            PageSize::Size1G => &self.counters.leaves_1g,
+        }
+    }
+
+    /// The largest leaf for entry `i` of the window at `ws`.
+    fn leaf_size(&self, region: &Region<'h, N>, ws: u64, pfns: &[u64], i: usize) -> PageSize {
+        let spec = region.spec;
+        let g = ws + i as u64 * PAGE_SIZE;
+        let e = HmmPfn(pfns[i]);
+        for size in [PageSize::Size1G, PageSize::Size2M] {
+            if e.order() < size.order() {
+                continue;
+            }
+            let bytes = size.bytes();
+            let base = g & !(bytes - 1);
+            // The block lies in the region, its host range is aligned like
+            // the host leaf, and the host leaf's frames are aligned.
+            if base < spec.gpa || base + bytes > spec.gpa_end() {
+                continue;
+            }
+            if spec.hva_of(base) % bytes != 0 {
+                continue;
+            }
+            let back = (g - base) / PAGE_SIZE;
+            if e.pfn() < back || (e.pfn() - back) % (bytes / PAGE_SIZE) != 0 {
+                continue;
+            }
+            // Every window entry inside the block agrees (same leaf).
+            let lo = base.max(ws);
+            let hi = (base + bytes).min(ws + pfns.len() as u64 * PAGE_SIZE);
+            let first = (lo - ws) / PAGE_SIZE;
+            let agree = (first..(hi - ws) / PAGE_SIZE).all(|k| {
+                let x = HmmPfn(pfns[k as usize]);
+                x.is_valid()
+                    && !x.is_error()
+                    && x.is_writable() == e.is_writable()
+                    && x.order() >= size.order()
+                    && x.pfn() == e.pfn() - back + (ws + k * PAGE_SIZE - base) / PAGE_SIZE
+            });
+            if agree {
+                return size;
+            }
+        }
+        PageSize::Size4K
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::descriptor::MemType;
+    use crate::ept::Ept;
+    use crate::region::RegionSpec;
+    use crate::stage2::Stage2;
+    use crate::testutil::*;
+    use crate::Config;
+    use core::cell::Cell;
+    use hmm_core::doubles::{FaultMode, TestMm};
+    use hmm_core::{VmFaultError, VmFlags};
+
+    const HVA: u64 = 0x7f00_0000_0000;
+    const RW: VmFlags = VmFlags::READ.union(VmFlags::WRITE);
+
+    fn spec(gpa: u64, size: u64, hva: u64, perm: Perm) -> RegionSpec {
+        RegionSpec {
+            gpa,
+            size,
+            hva,
+            perm,
+        }
+    }
+
+    fn small_window_maps_every_page<F: Format>() {
+        let mm = TestMm::new();
+        mm.add_vma(HVA, HVA + 16 * 4096, RW, 0, FaultMode::Populate);
+        let (pool, tlb) = (pool(), CountTlb::default());
+        let vm: Vm<'_, F, TestMm> = vm(&mm, &pool, &tlb, Config::default());
+        vm.add_region(
+            spec(0x8000_0000, 16 * 4096, HVA, Perm::R | Perm::W | Perm::X),
+            &mm,
+        )
+        .unwrap();
+        let out = vm.handle_fault(0x8000_5000, Perm::R);
+        assert_eq!(
+            out,
+            GuestFault::Mapped {
+                size: PageSize::Size4K,
+                leaves: 16
+            }
+        );
+        let all = leaves(&vm);
+        assert_eq!(all.len(), 16);
+        for m in &all {
+            // Anonymous read faults in TestMm map writable pages (VM_WRITE).
+            assert_eq!(m.attrs, Attrs::ram(Perm::R | Perm::W | Perm::X));
+        }
+        assert_eq!(vm.audit(), Ok(16));
+        let st = vm.stats();
+        assert_eq!(
+            (st.faults, st.mapped, st.leaves_4k, st.host_faults),
+            (1, 1, 16, 16)
+        );
+    }
+
+    #[test]
+    fn small_window_maps_every_page_ept() {
+        small_window_maps_every_page::<Ept>();
+    }
+    #[test]
+    fn small_window_maps_every_page_stage2() {
+        small_window_maps_every_page::<Stage2>();
+    }
+
+    #[test]
+    fn region_permissions_are_enforced_and_capped() {
+        let mm = TestMm::new();
+        mm.add_vma(HVA, HVA + 4 * 4096, RW, 0, FaultMode::Populate);
+        let (pool, tlb) = (pool(), CountTlb::default());
+        let vm: Vm<'_, Stage2, TestMm> = vm(&mm, &pool, &tlb, Config::default());
+        vm.add_region(spec(0, 4 * 4096, HVA, Perm::R), &mm).unwrap();
+        for access in [Perm::W, Perm::X, Perm::R | Perm::W] {
+            assert_eq!(
+                vm.handle_fault(0x1000, access),
+                GuestFault::Error(FaultError::Permission {
+                    allowed: Perm::R,
+                    access
+                })
+            );
+        }
+        assert!(leaves(&vm).is_empty(), "a refused access maps nothing");
+        assert!(matches!(
+            vm.handle_fault(0x1000, Perm::R),
+            GuestFault::Mapped { .. }
+        ));
+        // The host page is writable, the region is not: read-only, no exec.
+        assert_eq!(vm.translate(0x1000).unwrap().attrs, Attrs::ram(Perm::R));
+        assert_eq!(vm.audit(), Ok(4));
+        assert_eq!(
+            vm.handle_fault(0x4000, Perm::R),
+            GuestFault::Error(FaultError::NoRegion)
+        );
+    }
+
+    #[test]
+    fn hugetlb_2m_and_1g_become_blocks() {
+        let mm = TestMm::new();
+        let h2 = HVA;
+        let h1 = 0x7e00_0000_0000;
+        mm.add_vma(
+            h2,
+            h2 + 2 * M2,
+            RW | VmFlags::HUGETLB,
+            9,
+            FaultMode::Populate,
+        );
+        mm.add_vma(h1, h1 + G1, RW | VmFlags::HUGETLB, 18, FaultMode::Populate);
+        let (pool, tlb) = (pool(), CountTlb::default());
+        let vm: Vm<'_, Ept, TestMm> = vm(&mm, &pool, &tlb, Config::default());
+        vm.add_region(spec(4 * G1, 2 * M2, h2, Perm::R | Perm::W), &mm)
+            .unwrap();
+        vm.add_region(spec(G1, G1, h1, Perm::R | Perm::W), &mm)
+            .unwrap();
+        assert_eq!(
+            vm.handle_fault(4 * G1 + M2 + 0x3000, Perm::W),
+            GuestFault::Mapped {
+                size: PageSize::Size2M,
+                leaves: 1
+            }
+        );
+        assert_eq!(
+            vm.handle_fault(G1 + 0x1234_5000, Perm::R),
+            GuestFault::Mapped {
+                size: PageSize::Size1G,
+                leaves: 1
+            }
+        );
+        let all = leaves(&vm);
+        assert_eq!(all.len(), 2);
+        assert_eq!((all[0].gpa, all[0].size), (G1, PageSize::Size1G));
+        assert_eq!((all[1].gpa, all[1].size), (4 * G1 + M2, PageSize::Size2M));
+        assert_eq!(all[0].pa % G1, 0);
+        assert_eq!(all[0].attrs.mem, MemType::WriteBack);
+        assert_eq!(vm.audit(), Ok(512 + (1 << 18)));
+        let st = vm.stats();
+        assert_eq!((st.leaves_2m, st.leaves_1g, st.leaves_4k), (1, 1, 0));
+    }
+
+    #[test]
+    fn misaligned_gpa_maps_huge_host_pages_with_small_leaves() {
+        let mm = TestMm::new();
+        mm.add_vma(HVA, HVA + M2, RW | VmFlags::HUGETLB, 9, FaultMode::Populate);
+        let (pool, tlb) = (pool(), CountTlb::default());
+        let vm: Vm<'_, Ept, TestMm> = vm(&mm, &pool, &tlb, Config::default());
+        // GPA 4 KiB off 2 MiB alignment relative to the host address.
+        vm.add_region(spec(M2 + 0x1000, M2, HVA, Perm::R | Perm::W), &mm)
+            .unwrap();
+        let out = vm.handle_fault(M2 + 0x1000, Perm::R);
+        assert_eq!(
+            out,
+            GuestFault::Mapped {
+                size: PageSize::Size4K,
+                leaves: 511
+            }
+        );
+        assert!(leaves(&vm).iter().all(|m| m.size == PageSize::Size4K));
+        assert_eq!(vm.audit(), Ok(511));
+    }
+
+    #[test]
+    fn userfault_region_is_mapped_through_the_lock_dropping_path() {
+        let mm = TestMm::new();
+        mm.add_vma(
+            HVA,
+            HVA + 8 * 4096,
+            RW,
+            0,
+            FaultMode::Userfault { resolve: true },
+        );
+        let (pool, tlb) = (pool(), CountTlb::default());
+        let vm: Vm<'_, Ept, TestMm> = vm(&mm, &pool, &tlb, Config::default());
+        vm.add_region(spec(0, 8 * 4096, HVA, Perm::R | Perm::W), &mm)
+            .unwrap();
+        assert!(matches!(
+            vm.handle_fault(0x2000, Perm::W),
+            GuestFault::Mapped { .. }
+        ));
+        assert_eq!(leaves(&vm).len(), 8);
+        assert_eq!(vm.stats().host_lock_drops, 8);
+        assert_eq!(vm.audit(), Ok(8));
+    }
+
+    #[test]
+    fn host_errors_reach_the_vcpu() {
+        let mm = TestMm::new();
+        mm.add_vma(HVA, HVA + 0x4000, RW, 0, FaultMode::Fail(VmFaultError::Oom));
+        mm.add_vma(
+            HVA + 0x4000,
+            HVA + 0x8000,
+            RW,
+            0,
+            FaultMode::Fail(VmFaultError::Sigbus),
+        );
+        let (pool, tlb) = (pool(), CountTlb::default());
+        let vm: Vm<'_, Ept, TestMm> = vm(&mm, &pool, &tlb, Config::default());
+        vm.add_region(spec(0, 0x4000, HVA, Perm::R | Perm::W), &mm)
+            .unwrap();
+        vm.add_region(spec(0x4000, 0x4000, HVA + 0x4000, Perm::R | Perm::W), &mm)
+            .unwrap();
+        assert_eq!(
+            vm.handle_fault(0, Perm::R),
+            GuestFault::Error(FaultError::Host(Error::NoMem))
+        );
+        assert_eq!(
+            vm.handle_fault(0x5000, Perm::R),
+            GuestFault::Error(FaultError::Host(Error::Fault))
+        );
+        assert_eq!(vm.stats().errors, 2);
+    }
+
+    #[test]
+    fn window_failure_falls_back_to_the_faulting_page() {
+        let mm = TestMm::new();
+        // Only the first 4 pages of the region's host range have a VMA.
+        mm.add_vma(HVA, HVA + 0x4000, RW, 0, FaultMode::Populate);
+        let (pool, tlb) = (pool(), CountTlb::default());
+        let vm: Vm<'_, Ept, TestMm> = vm(&mm, &pool, &tlb, Config::default());
+        vm.add_region(spec(0, 0x8000, HVA, Perm::R | Perm::W), &mm)
+            .unwrap();
+        assert_eq!(
+            vm.handle_fault(0x1000, Perm::R),
+            GuestFault::Mapped {
+                size: PageSize::Size4K,
+                leaves: 1
+            }
+        );
+        assert_eq!(vm.stats().single_page_fallbacks, 1);
+        assert_eq!(
+            vm.handle_fault(0x6000, Perm::R),
+            GuestFault::Error(FaultError::Host(Error::Fault))
+        );
+        assert_eq!(vm.audit(), Ok(1));
+    }
+
+    #[test]
+    fn moved_sequence_maps_nothing() {
+        let mm = TestMm::new();
+        mm.add_vma(HVA, HVA + 0x4000, RW, 0, FaultMode::Populate);
+        let flaky = Flaky {
+            mm: &mm,
+            fail_next: Cell::new(true),
+        };
+        let (pool, tlb) = (pool(), CountTlb::default());
+        let vm: Vm<'_, Ept, Flaky<'_>> = vm(&mm, &pool, &tlb, Config::default());
+        vm.add_region(spec(0, 0x4000, HVA, Perm::R | Perm::W), &flaky)
+            .unwrap();
+        assert_eq!(vm.handle_fault(0, Perm::R), GuestFault::Retry);
+        assert!(leaves(&vm).is_empty());
+        assert!(matches!(
+            vm.handle_fault(0, Perm::R),
+            GuestFault::Mapped { .. }
+        ));
+        assert_eq!(vm.stats().retries, 1);
+    }
+
+    #[test]
+    fn budget_expiry_is_retry_and_fatal_signal_is_an_error() {
+        let mm = TestMm::new();
+        mm.add_vma(
+            HVA,
+            HVA + 0x4000,
+            RW,
+            0,
+            FaultMode::Userfault { resolve: false },
+        );
+        mm.set_fault_cost_ns(10);
+        let (pool, tlb) = (pool(), CountTlb::default());
+        let cfg = Config {
+            fault_timeout_ns: 100,
+            ..Config::default()
+        };
+        let vm: Vm<'_, Ept, TestMm> = vm(&mm, &pool, &tlb, cfg);
+        vm.add_region(spec(0, 0x4000, HVA, Perm::R | Perm::W), &mm)
+            .unwrap();
+        assert_eq!(vm.handle_fault(0, Perm::R), GuestFault::Retry);
+        mm.signal_on_drop();
+        assert_eq!(
+            vm.handle_fault(0, Perm::R),
+            GuestFault::Error(FaultError::Host(Error::Intr))
+        );
+        assert!(leaves(&vm).is_empty());
+    }
+
+    #[test]
+    fn exhausted_table_pool_is_an_error() {
+        let mm = TestMm::new();
+        mm.add_vma(HVA, HVA + 0x1000, RW, 0, FaultMode::Populate);
+        let pool = Box::<crate::StaticPool<64>>::default();
+        // Leave only the root free for the manager.
+        for _ in 0..63 {
+            crate::TableAlloc::alloc_table(&*pool).unwrap();
+        }
+        let tlb = CountTlb::default();
+        let vm: Vm<'_, Ept, TestMm> = vm(&mm, &pool, &tlb, Config::default());
+        vm.add_region(spec(0, 0x1000, HVA, Perm::R), &mm).unwrap();
+        assert_eq!(
+            vm.handle_fault(0, Perm::R),
+            GuestFault::Error(FaultError::NoTableMemory)
+        );
+    }
+
+    extern crate std;
+    use std::boxed::Box;
+}
