@@ -1,0 +1,114 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The C ABI of the shim (`shim.h`): opaque kernel types, the `#[repr(C)]`
+//! twins of its structs, its constants and its functions.
+//!
+//! Every function here is implemented in `shim.c` except the three
+//! `hmm_rs_mirror_*` callbacks at the end of `shim.h`, which `mirror.rs`
+//! defines for the C side to call.
+
+use core::ffi::{c_int, c_void};
+
+/// `struct mm_struct` (opaque).
+#[repr(C)]
+pub(crate) struct MmStruct {
+    _private: [u8; 0],
+}
+
+/// `struct vm_area_struct` (opaque).
+#[repr(C)]
+pub(crate) struct VmAreaStruct {
+    _private: [u8; 0],
+}
+
+/// `struct hmm_rs_mirror` (opaque): the per-open kernel objects.
+#[repr(C)]
+pub(crate) struct RawMirror {
+    _private: [u8; 0],
+}
+
+/// `struct hmm_rs_vma`.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct RawVma {
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) flags: u64,
+    pub(crate) hugetlb_order: u8,
+}
+
+/// `struct hmm_rs_leaf`.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+pub(crate) struct RawLeaf {
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) pfn: u64,
+    pub(crate) owner: u64,
+    pub(crate) kind: u32,
+    pub(crate) flags: u32,
+    pub(crate) order: u32,
+    pub(crate) pad: u32,
+}
+
+pub(crate) const LEAF_NONE: u32 = 0;
+pub(crate) const LEAF_PRESENT: u32 = 1;
+pub(crate) const LEAF_SWAP: u32 = 2;
+pub(crate) const LEAF_DEVICE_PRIVATE: u32 = 3;
+pub(crate) const LEAF_DEVICE_EXCLUSIVE: u32 = 4;
+pub(crate) const LEAF_MIGRATION: u32 = 5;
+pub(crate) const LEAF_HWPOISON: u32 = 6;
+
+pub(crate) const LEAF_WRITE: u32 = 0x1;
+pub(crate) const LEAF_PROTNONE: u32 = 0x2;
+pub(crate) const LEAF_SPECIAL: u32 = 0x4;
+pub(crate) const LEAF_ZERO: u32 = 0x8;
+
+pub(crate) const FAULT_DONE: u32 = 0;
+pub(crate) const FAULT_RETRY: u32 = 2;
+pub(crate) const FAULT_COMPLETED: u32 = 3;
+pub(crate) const FAULT_WOULDBLOCK: u32 = 4;
+
+pub(crate) const FAULT_ERR_OOM: u32 = 1;
+pub(crate) const FAULT_ERR_SIGSEGV: u32 = 3;
+pub(crate) const FAULT_ERR_HWPOISON: u32 = 4;
+
+extern "C" {
+    pub(crate) fn hmm_rs_mmap_read_lock(mm: *mut MmStruct, killable: bool) -> c_int;
+    pub(crate) fn hmm_rs_mmap_read_unlock(mm: *mut MmStruct);
+    pub(crate) fn hmm_rs_mmget_not_zero(mm: *mut MmStruct) -> bool;
+    pub(crate) fn hmm_rs_mmput(mm: *mut MmStruct);
+    pub(crate) fn hmm_rs_find_vma(mm: *mut MmStruct, addr: u64, out: *mut RawVma) -> bool;
+    pub(crate) fn hmm_rs_fatal_signal_pending() -> bool;
+    pub(crate) fn hmm_rs_ktime_get_ns() -> u64;
+    pub(crate) fn hmm_rs_is_zero_pfn(pfn: u64) -> bool;
+    pub(crate) fn hmm_rs_fault(mm: *mut MmStruct, addr: u64, flags: u32, error: *mut u32) -> u32;
+    pub(crate) fn hmm_rs_migration_wait(mm: *mut MmStruct, addr: u64);
+    pub(crate) fn hmm_rs_walk(
+        mm: *mut MmStruct,
+        start: u64,
+        end: u64,
+        out: *mut RawLeaf,
+        cap: u32,
+        next: *mut u64,
+    ) -> c_int;
+    pub(crate) fn hmm_rs_mirror_mm(m: *mut RawMirror) -> *mut MmStruct;
+    pub(crate) fn hmm_rs_mirror_owner(m: *mut RawMirror) -> u64;
+    pub(crate) fn hmm_rs_mirror_set_flags(m: *mut RawMirror, flags: u64);
+    pub(crate) fn hmm_rs_read_begin(m: *mut RawMirror) -> u64;
+    pub(crate) fn hmm_rs_check_retry(m: *mut RawMirror, seq: u64) -> bool;
+    pub(crate) fn hmm_rs_read_retry(m: *mut RawMirror, seq: u64) -> bool;
+    pub(crate) fn hmm_rs_set_seq(m: *mut RawMirror, seq: u64);
+    pub(crate) fn hmm_rs_mutex_lock(m: *mut RawMirror);
+    pub(crate) fn hmm_rs_mutex_trylock(m: *mut RawMirror) -> bool;
+    pub(crate) fn hmm_rs_mutex_unlock(m: *mut RawMirror);
+    pub(crate) fn hmm_rs_pt_store(m: *mut RawMirror, vpfn: u64, pfn: u64, write: bool) -> c_int;
+    pub(crate) fn hmm_rs_pt_erase(m: *mut RawMirror, vpfn_start: u64, vpfn_last: u64);
+    pub(crate) fn hmm_rs_pt_read_page(m: *mut RawMirror, vpfn: u64, dst: *mut c_void) -> c_int;
+    pub(crate) fn hmm_rs_pt_write_page(m: *mut RawMirror, vpfn: u64, src: *const c_void)
+        -> c_int;
+    pub(crate) fn hmm_rs_vma_insert_zeroed_page(vma: *mut VmAreaStruct, addr: u64) -> c_int;
+    pub(crate) fn hmm_rs_vma_bounds(vma: *mut VmAreaStruct, start: *mut u64, end: *mut u64);
+    pub(crate) fn hmm_rs_register() -> c_int;
+    pub(crate) fn hmm_rs_unregister();
+}

@@ -1,0 +1,282 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! hmm-core's traits over the real mm of one mirrored process.
+//!
+//! [`KernelMm`] is one mirror's view of its process: the `mm_struct` (held
+//! with `mmget_not_zero` for as long as the value lives) and the mirror's
+//! MMU interval notifier. It implements every trait hmm-core drives:
+//!
+//! * [`MmapLock`]: `mmap_read_lock` / `mmap_read_lock_killable`; the
+//!   [`ReadGuard`] unlocks on drop;
+//! * [`MmView`] on the guard: `find_vma` (range, `vm_flags`, hugetlb order)
+//!   and the page-table reader `hmm_rs_walk` of the C shim, which reports
+//!   leaves in batches and holds no page-table lock when it returns;
+//! * [`FaultHandler`]: `vma_lookup` + `handle_mm_fault` with hmm-core's fault
+//!   flags passed through (they have Linux's values); a result that released
+//!   the mmap lock consumes the guard without unlocking again;
+//! * [`IntervalNotifier`]: `mmu_interval_read_begin` / `check_retry` /
+//!   `read_retry` on the mirror's notifier;
+//! * [`Signals`] (`fatal_signal_pending`) and [`Clock`] (`ktime_get_ns`).
+
+use core::marker::PhantomData;
+use core::ops::ControlFlow;
+
+use crate::ffi::{self, MmStruct, RawLeaf, RawMirror, RawVma};
+use crate::hmm_core::{
+    Clock, Error, FaultFlags, FaultHandler, FaultOutcome, IntervalNotifier, Leaf, MmView,
+    MmapLock, Present, Signals, VmFaultError, VmFlags, Vma,
+};
+
+/// Leaves per call into the C page-table reader. Each call re-descends from
+/// the PGD once and then walks tables linearly.
+const LEAF_BATCH: usize = 32;
+
+/// One mirror's view of its process address space.
+///
+/// # Invariants
+///
+/// `mirror` is a live `struct hmm_rs_mirror` for the lifetime of this value
+/// (the file that owns it is open: we are inside one of its ioctls), and
+/// `mm` is its notifier's mm with an `mm_users` reference taken by
+/// [`KernelMm::get`] and released on drop.
+pub(crate) struct KernelMm {
+    mirror: *mut RawMirror,
+    mm: *mut MmStruct,
+}
+
+impl KernelMm {
+    /// Pin the address space mirrored by `mirror` (`mmget_not_zero`).
+    /// `None` if the process is exiting.
+    ///
+    /// # Safety
+    ///
+    /// `mirror` must stay valid for the lifetime of the returned value.
+    pub(crate) unsafe fn get(mirror: *mut RawMirror) -> Option<Self> {
+        // SAFETY: the caller guarantees `mirror` is valid; its notifier's mm
+        // is grabbed (mmgrab) for as long as the notifier is registered, so
+        // the pointer is valid and mmget_not_zero may be called on it.
+        let mm = unsafe { ffi::hmm_rs_mirror_mm(mirror) };
+        // SAFETY: `mm` is valid (see above).
+        if unsafe { ffi::hmm_rs_mmget_not_zero(mm) } {
+            Some(KernelMm { mirror, mm })
+        } else {
+            None
+        }
+    }
+}
+
+impl Drop for KernelMm {
+    fn drop(&mut self) {
+        // SAFETY: `get` took this mm_users reference.
+        unsafe { ffi::hmm_rs_mmput(self.mm) };
+    }
+}
+
+/// A held mmap read lock; dropping it unlocks.
+///
+/// Not `Send`: the lock is released by the task that took it.
+pub(crate) struct ReadGuard<'a> {
+    mm: *mut MmStruct,
+    _mm: PhantomData<&'a KernelMm>,
+}
+
+impl ReadGuard<'_> {
+    /// The fault handler released the lock: forget the guard without
+    /// unlocking a second time.
+    fn released(self) {
+        core::mem::forget(self);
+    }
+}
+
+impl Drop for ReadGuard<'_> {
+    fn drop(&mut self) {
+        // SAFETY: this guard holds the read lock of `mm` (taken by
+        // `KernelMm::read*`), and `mm` is pinned by the KernelMm it borrows.
+        unsafe { ffi::hmm_rs_mmap_read_unlock(self.mm) };
+    }
+}
+
+impl MmapLock for KernelMm {
+    type Guard<'a> = ReadGuard<'a>;
+
+    fn read(&self) -> ReadGuard<'_> {
+        // SAFETY: `self.mm` is pinned (type invariant); the non-killable
+        // lock always succeeds.
+        unsafe { ffi::hmm_rs_mmap_read_lock(self.mm, false) };
+        ReadGuard {
+            mm: self.mm,
+            _mm: PhantomData,
+        }
+    }
+
+    fn read_killable(&self) -> Result<ReadGuard<'_>, Error> {
+        // SAFETY: `self.mm` is pinned (type invariant).
+        if unsafe { ffi::hmm_rs_mmap_read_lock(self.mm, true) } != 0 {
+            return Err(Error::Intr);
+        }
+        Ok(ReadGuard {
+            mm: self.mm,
+            _mm: PhantomData,
+        })
+    }
+}
+
+fn to_leaf(l: &RawLeaf) -> Leaf {
+    let write = l.flags & ffi::LEAF_WRITE != 0;
+    // Orders are 0, 9 or 18 (or a hugetlb order below 32): always fit.
+    let order = (l.order & 0x1f) as u8;
+    match l.kind {
+        ffi::LEAF_NONE => Leaf::None,
+        ffi::LEAF_PRESENT => Leaf::Present(Present {
+            pfn: l.pfn,
+            order,
+            write,
+            protnone: l.flags & ffi::LEAF_PROTNONE != 0,
+            special: l.flags & ffi::LEAF_SPECIAL != 0,
+            zero: l.flags & ffi::LEAF_ZERO != 0,
+        }),
+        ffi::LEAF_SWAP => Leaf::Swap,
+        ffi::LEAF_DEVICE_PRIVATE => Leaf::DevicePrivate {
+            owner: l.owner,
+            pfn: l.pfn,
+            write,
+            order,
+        },
+        ffi::LEAF_DEVICE_EXCLUSIVE => Leaf::DeviceExclusive,
+        ffi::LEAF_MIGRATION => Leaf::Migration,
+        ffi::LEAF_HWPOISON => Leaf::HwPoison,
+        _ => Leaf::Bad,
+    }
+}
+
+impl MmView for ReadGuard<'_> {
+    fn find_vma(&self, addr: u64) -> Option<Vma<'_>> {
+        let mut v = RawVma::default();
+        // SAFETY: the read lock of the pinned `mm` is held by `self`; `v` is
+        // a valid out-pointer.
+        if !unsafe { ffi::hmm_rs_find_vma(self.mm, addr, &mut v) } {
+            return None;
+        }
+        Some(Vma::new(
+            v.start,
+            v.end,
+            VmFlags::from_bits_truncate(v.flags),
+            v.hugetlb_order,
+        ))
+    }
+
+    fn walk_leaves<F>(&self, _vma: &Vma<'_>, start: u64, end: u64, mut f: F)
+    where
+        F: FnMut(u64, u64, Leaf) -> ControlFlow<()>,
+    {
+        let mut buf = [RawLeaf::default(); LEAF_BATCH];
+        let mut cur = start;
+        while cur < end {
+            let mut next = cur;
+            // SAFETY: the read lock of the pinned `mm` is held by `self`;
+            // `buf` has room for LEAF_BATCH leaves and `next` is a valid
+            // out-pointer. The shim holds no lock when it returns.
+            let n = unsafe {
+                ffi::hmm_rs_walk(
+                    self.mm,
+                    cur,
+                    end,
+                    buf.as_mut_ptr(),
+                    LEAF_BATCH as u32,
+                    &mut next,
+                )
+            };
+            let n = match usize::try_from(n) {
+                Ok(n) if n > 0 && n <= LEAF_BATCH && next > cur => n,
+                _ => {
+                    // [cur, end) is not inside one VMA, which cannot happen
+                    // under the lock: report it as a corrupt entry.
+                    let _ = f(cur, end, Leaf::Bad);
+                    return;
+                }
+            };
+            for l in &buf[..n] {
+                if f(l.start, l.end, to_leaf(l)).is_break() {
+                    return;
+                }
+            }
+            cur = next;
+        }
+    }
+}
+
+impl FaultHandler<KernelMm> for KernelMm {
+    fn fault<'a>(
+        &self,
+        guard: ReadGuard<'a>,
+        addr: u64,
+        flags: FaultFlags,
+    ) -> FaultOutcome<ReadGuard<'a>>
+    where
+        KernelMm: 'a,
+    {
+        let mut err = 0u32;
+        // SAFETY: `guard` holds the read lock of the pinned `mm`; `err` is a
+        // valid out-pointer. On RETRY/COMPLETED the kernel released the lock.
+        let r = unsafe { ffi::hmm_rs_fault(guard.mm, addr, flags.bits(), &mut err) };
+        match r {
+            ffi::FAULT_DONE => FaultOutcome::Done(guard),
+            ffi::FAULT_WOULDBLOCK => FaultOutcome::WouldBlock(guard),
+            ffi::FAULT_RETRY => {
+                guard.released();
+                FaultOutcome::Retry
+            }
+            ffi::FAULT_COMPLETED => {
+                guard.released();
+                FaultOutcome::Completed
+            }
+            // FAULT_ERROR (and anything unexpected): the lock is held.
+            _ => {
+                let e = match err {
+                    ffi::FAULT_ERR_OOM => VmFaultError::Oom,
+                    ffi::FAULT_ERR_HWPOISON => VmFaultError::HwPoison,
+                    ffi::FAULT_ERR_SIGSEGV => VmFaultError::Sigsegv,
+                    _ => VmFaultError::Sigbus,
+                };
+                FaultOutcome::Error(guard, e)
+            }
+        }
+    }
+
+    fn migration_wait(&self, guard: &ReadGuard<'_>, addr: u64) {
+        // SAFETY: `guard` holds the read lock of the pinned `mm`; the shim
+        // returns with it still held.
+        unsafe { ffi::hmm_rs_migration_wait(guard.mm, addr) };
+    }
+}
+
+impl IntervalNotifier for KernelMm {
+    fn read_begin(&self) -> u64 {
+        // SAFETY: `self.mirror` is live (type invariant).
+        unsafe { ffi::hmm_rs_read_begin(self.mirror) }
+    }
+
+    fn check_retry(&self, seq: u64) -> bool {
+        // SAFETY: `self.mirror` is live (type invariant).
+        unsafe { ffi::hmm_rs_check_retry(self.mirror, seq) }
+    }
+
+    fn read_retry(&self, seq: u64) -> bool {
+        // SAFETY: `self.mirror` is live (type invariant).
+        unsafe { ffi::hmm_rs_read_retry(self.mirror, seq) }
+    }
+}
+
+impl Signals for KernelMm {
+    fn fatal_signal_pending(&self) -> bool {
+        // SAFETY: no preconditions; reads `current`'s signal state.
+        unsafe { ffi::hmm_rs_fatal_signal_pending() }
+    }
+}
+
+impl Clock for KernelMm {
+    fn now_ns(&self) -> u64 {
+        // SAFETY: no preconditions.
+        unsafe { ffi::hmm_rs_ktime_get_ns() }
+    }
+}

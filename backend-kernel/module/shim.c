@@ -1,0 +1,707 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * C shim of the hmm_rs module.
+ *
+ * Linux 6.12 has no Rust abstractions for mm, MMU notifiers, xarrays or misc
+ * devices, and much of what the Rust side needs is a static inline function
+ * or macro. This file owns the kernel objects (the two misc devices, and per
+ * open file the interval notifier, the driver mutex and the device page
+ * table xarray) and exposes small functions with a plain C ABI. Everything
+ * that decides something (the range walk and fault loop of hmm-core, the
+ * ioctls, the invalidation of the device page table) is Rust, in
+ * hmm_rs_main.rs and its modules; the file operations and the notifier
+ * callback are trampolines into it.
+ *
+ * The page-table reader (hmm_rs_walk) inspects page tables the way
+ * mm/hmm.c's callbacks do: PMDs are read locklessly, PTE tables are mapped
+ * under RCU without the PTE lock, and consistency comes from the caller's
+ * interval-notifier sequence. It reports leaf descriptors in batches and
+ * holds no lock other than the caller's mmap read lock when it returns.
+ */
+
+#include <linux/fs.h>
+#include <linux/highmem.h>
+#include <linux/hugetlb.h>
+#include <linux/memremap.h>
+#include <linux/miscdevice.h>
+#include <linux/mm.h>
+#include <linux/mmu_notifier.h>
+#include <linux/module.h>
+#include <linux/mutex.h>
+#include <linux/pgtable.h>
+#include <linux/rcupdate.h>
+#include <linux/sched/mm.h>
+#include <linux/sched/signal.h>
+#include <linux/slab.h>
+#include <linux/swapops.h>
+#include <linux/timekeeping.h>
+#include <linux/xarray.h>
+
+#include "shim.h"
+
+/* xarray tag of a writable device page-table entry (as lib/test_hmm.c). */
+#define HMM_RS_TAG_WRITE 3
+
+/* Per-open state: the mirror of one process address space. */
+struct hmm_rs_mirror {
+	struct mmu_interval_notifier notifier;
+	struct mutex mutex;		/* the driver's update lock */
+	struct xarray pt;		/* device page table: vpfn -> page */
+	const void *owner;		/* device token (dev_private_owner) */
+	u64 flags;			/* HMM_DMIRROR_FLAGS value */
+};
+
+struct hmm_rs_device {
+	struct miscdevice misc;
+	char name[16];
+	bool registered;
+};
+
+static struct hmm_rs_device hmm_rs_devices[HMM_RS_NDEVICES];
+
+/* ------------------------------------------------------------------ mm */
+
+int hmm_rs_mmap_read_lock(struct mm_struct *mm, bool killable)
+{
+	if (killable)
+		return mmap_read_lock_killable(mm);
+	mmap_read_lock(mm);
+	return 0;
+}
+
+void hmm_rs_mmap_read_unlock(struct mm_struct *mm)
+{
+	mmap_read_unlock(mm);
+}
+
+bool hmm_rs_mmget_not_zero(struct mm_struct *mm)
+{
+	return mmget_not_zero(mm);
+}
+
+void hmm_rs_mmput(struct mm_struct *mm)
+{
+	mmput(mm);
+}
+
+static u8 hmm_rs_hugetlb_order(struct vm_area_struct *vma)
+{
+	if (!is_vm_hugetlb_page(vma))
+		return 0;
+	return (u8)(ilog2(vma_kernel_pagesize(vma)) - PAGE_SHIFT);
+}
+
+bool hmm_rs_find_vma(struct mm_struct *mm, u64 addr, struct hmm_rs_vma *out)
+{
+	struct vm_area_struct *vma = find_vma(mm, addr);
+
+	if (!vma)
+		return false;
+	out->start = vma->vm_start;
+	out->end = vma->vm_end;
+	out->flags = vma->vm_flags;
+	out->hugetlb_order = hmm_rs_hugetlb_order(vma);
+	return true;
+}
+
+bool hmm_rs_fatal_signal_pending(void)
+{
+	return fatal_signal_pending(current);
+}
+
+u64 hmm_rs_ktime_get_ns(void)
+{
+	return ktime_get_ns();
+}
+
+bool hmm_rs_is_zero_pfn(u64 pfn)
+{
+	return is_zero_pfn(pfn);
+}
+
+/* --------------------------------------------------------------- faults */
+
+static u32 hmm_rs_fault_error(vm_fault_t ret)
+{
+	if (ret & VM_FAULT_OOM)
+		return HMM_RS_FAULT_ERR_OOM;
+	if (ret & (VM_FAULT_HWPOISON | VM_FAULT_HWPOISON_LARGE))
+		return HMM_RS_FAULT_ERR_HWPOISON;
+	if (ret & VM_FAULT_SIGSEGV)
+		return HMM_RS_FAULT_ERR_SIGSEGV;
+	return HMM_RS_FAULT_ERR_SIGBUS;
+}
+
+/*
+ * handle_mm_fault() on the page at @addr with @flags (Linux fault-flag
+ * values, passed through). Returns what happened to the mmap lock: on
+ * HMM_RS_FAULT_RETRY and HMM_RS_FAULT_COMPLETED the handler released it.
+ */
+u32 hmm_rs_fault(struct mm_struct *mm, u64 addr, u32 flags, u32 *error)
+{
+	struct vm_area_struct *vma = vma_lookup(mm, addr);
+	vm_fault_t ret;
+
+	*error = 0;
+	if (!vma) {
+		*error = HMM_RS_FAULT_ERR_SIGSEGV;
+		return HMM_RS_FAULT_ERROR;
+	}
+	ret = handle_mm_fault(vma, addr, flags, NULL);
+	if (ret & VM_FAULT_COMPLETED)
+		return HMM_RS_FAULT_COMPLETED;
+	if (ret & VM_FAULT_RETRY)
+		return (flags & FAULT_FLAG_RETRY_NOWAIT) ? HMM_RS_FAULT_WOULDBLOCK
+							  : HMM_RS_FAULT_RETRY;
+	if (ret & VM_FAULT_ERROR) {
+		*error = hmm_rs_fault_error(ret);
+		return HMM_RS_FAULT_ERROR;
+	}
+	return HMM_RS_FAULT_DONE;
+}
+
+/*
+ * Wait for the migration entry at @addr. migration_entry_wait() and
+ * pmd_migration_entry_wait() are not exported to modules; handle_mm_fault()
+ * calls exactly them when it meets a PTE or PMD migration entry (and
+ * hugetlb_fault() does the same for hugetlb), then returns without touching
+ * anything else. The caller only waits where it requires a fault anyway, so
+ * a read fault there is what it asked for. No ALLOW_RETRY: the mmap lock is
+ * held on return.
+ */
+void hmm_rs_migration_wait(struct mm_struct *mm, u64 addr)
+{
+	struct vm_area_struct *vma = vma_lookup(mm, addr);
+
+	if (vma)
+		handle_mm_fault(vma, addr, FAULT_FLAG_REMOTE, NULL);
+}
+
+/* ------------------------------------------------------ page-table walk */
+
+struct hmm_rs_walker {
+	struct hmm_rs_leaf *out;
+	u32 n, cap;
+};
+
+static bool hmm_rs_emit(struct hmm_rs_walker *w, u64 start, u64 end, u32 kind,
+			u64 pfn, u32 flags, u32 order, u64 owner)
+{
+	struct hmm_rs_leaf *l;
+
+	if (w->n >= w->cap)
+		return false;
+	l = &w->out[w->n++];
+	l->start = start;
+	l->end = end;
+	l->pfn = pfn;
+	l->owner = owner;
+	l->kind = kind;
+	l->flags = flags;
+	l->order = order;
+	l->pad = 0;
+	return true;
+}
+
+/* Classify a non-present, non-none PTE (or hugetlb entry). */
+static bool hmm_rs_emit_swap(struct hmm_rs_walker *w, u64 start, u64 end,
+			     pte_t pte, u32 order)
+{
+	swp_entry_t entry = pte_to_swp_entry(pte);
+
+	if (is_device_private_entry(entry)) {
+		struct page *page = pfn_swap_entry_to_page(entry);
+		u32 fl = is_writable_device_private_entry(entry) ?
+				 HMM_RS_LEAF_WRITE : 0;
+
+		return hmm_rs_emit(w, start, end, HMM_RS_LEAF_DEVICE_PRIVATE,
+				   swp_offset_pfn(entry), fl, order,
+				   (u64)(uintptr_t)page->pgmap->owner);
+	}
+	if (is_device_exclusive_entry(entry))
+		return hmm_rs_emit(w, start, end, HMM_RS_LEAF_DEVICE_EXCLUSIVE,
+				   0, 0, order, 0);
+	if (is_migration_entry(entry))
+		return hmm_rs_emit(w, start, end, HMM_RS_LEAF_MIGRATION, 0, 0,
+				   order, 0);
+	if (non_swap_entry(entry))
+		/* hwpoison and unknown entries: not faultable (mm/hmm.c). */
+		return hmm_rs_emit(w, start, end, HMM_RS_LEAF_HWPOISON, 0, 0,
+				   order, 0);
+	return hmm_rs_emit(w, start, end, HMM_RS_LEAF_SWAP, 0, 0, order, 0);
+}
+
+/*
+ * The PTEs of one PTE table for [addr, end) (end within one PMD). The table
+ * is mapped the way __pte_offset_map() does (not exported): under RCU, from
+ * a lockless snapshot of the PMD, without the PTE lock. Returns the address
+ * reached (end, or less if the batch is full).
+ */
+static u64 hmm_rs_walk_ptes(struct hmm_rs_walker *w, pmd_t pmdval, u64 addr,
+			    u64 end)
+{
+	pte_t *ptep;
+
+	rcu_read_lock();
+	ptep = pte_offset_kernel(&pmdval, addr);
+	for (; addr < end; addr += PAGE_SIZE, ptep++) {
+		pte_t pte = ptep_get(ptep);
+		u64 next = addr + PAGE_SIZE;
+		bool ok;
+
+		if (pte_none(pte) || is_pte_marker(pte)) {
+			ok = hmm_rs_emit(w, addr, next, HMM_RS_LEAF_NONE, 0, 0,
+					 0, 0);
+		} else if (!pte_present(pte)) {
+			ok = hmm_rs_emit_swap(w, addr, next, pte, 0);
+		} else {
+			u64 pfn = pte_pfn(pte);
+			u32 fl = 0;
+
+			if (pte_write(pte))
+				fl |= HMM_RS_LEAF_WRITE;
+			if (pte_protnone(pte))
+				fl |= HMM_RS_LEAF_PROTNONE;
+			/*
+			 * vm_normal_page() is not exported. With
+			 * ARCH_HAS_PTE_SPECIAL it returns NULL exactly for
+			 * special PTEs (raw PFNs of VM_PFNMAP/VM_MIXEDMAP,
+			 * devmap, the zero page) and for PFNs without a
+			 * memmap; the zero page is reported on its own.
+			 */
+			if (is_zero_pfn(pfn))
+				fl |= HMM_RS_LEAF_ZERO;
+			else if (pte_special(pte) || !pfn_valid(pfn))
+				fl |= HMM_RS_LEAF_SPECIAL;
+			ok = hmm_rs_emit(w, addr, next, HMM_RS_LEAF_PRESENT, pfn,
+					 fl, 0, 0);
+		}
+		if (!ok)
+			break;
+	}
+	rcu_read_unlock();
+	return addr;
+}
+
+/* One PMD entry's worth of [addr, end). */
+static u64 hmm_rs_walk_pmd(struct hmm_rs_walker *w, pmd_t *pmdp, u64 addr,
+			   u64 end)
+{
+	pmd_t pmd = pmdp_get_lockless(pmdp);
+	u32 order = PMD_SHIFT - PAGE_SHIFT;
+
+	if (pmd_none(pmd))
+		return hmm_rs_emit(w, addr, end, HMM_RS_LEAF_NONE, 0, 0, order,
+				   0) ? end : addr;
+	if (thp_migration_supported() && is_pmd_migration_entry(pmd))
+		return hmm_rs_emit(w, addr, end, HMM_RS_LEAF_MIGRATION, 0, 0,
+				   order, 0) ? end : addr;
+	if (!pmd_present(pmd))
+		/* 6.12 has no device-private PMDs: any other absent PMD. */
+		return hmm_rs_emit(w, addr, end, HMM_RS_LEAF_BAD, 0, 0, order,
+				   0) ? end : addr;
+	if (pmd_trans_huge(pmd) || pmd_devmap(pmd)) {
+		u64 pfn = pmd_pfn(pmd) + ((addr & ~PMD_MASK) >> PAGE_SHIFT);
+		u32 fl = 0;
+
+		if (pmd_write(pmd))
+			fl |= HMM_RS_LEAF_WRITE;
+		if (pmd_protnone(pmd))
+			fl |= HMM_RS_LEAF_PROTNONE;
+		return hmm_rs_emit(w, addr, end, HMM_RS_LEAF_PRESENT, pfn, fl,
+				   order, 0) ? end : addr;
+	}
+	if (pmd_bad(pmd))
+		return hmm_rs_emit(w, addr, end, HMM_RS_LEAF_BAD, 0, 0, order,
+				   0) ? end : addr;
+	return hmm_rs_walk_ptes(w, pmd, addr, end);
+}
+
+/* One PUD entry's worth of [addr, end). */
+static u64 hmm_rs_walk_pud(struct hmm_rs_walker *w, pud_t *pudp, u64 addr,
+			   u64 end)
+{
+	pud_t pud = READ_ONCE(*pudp);
+	u32 order = PUD_SHIFT - PAGE_SHIFT;
+	pmd_t *pmdp;
+	u64 next;
+
+	if (pud_none(pud) || !pud_present(pud))
+		return hmm_rs_emit(w, addr, end, HMM_RS_LEAF_NONE, 0, 0, order,
+				   0) ? end : addr;
+	if (pud_leaf(pud)) {
+		u64 pfn = pud_pfn(pud) + ((addr & ~PUD_MASK) >> PAGE_SHIFT);
+		u32 fl = pud_write(pud) ? HMM_RS_LEAF_WRITE : 0;
+
+		return hmm_rs_emit(w, addr, end, HMM_RS_LEAF_PRESENT, pfn, fl,
+				   order, 0) ? end : addr;
+	}
+	if (pud_bad(pud))
+		return hmm_rs_emit(w, addr, end, HMM_RS_LEAF_BAD, 0, 0, order,
+				   0) ? end : addr;
+	pmdp = pmd_offset(pudp, addr);
+	for (; addr < end; addr = next, pmdp++) {
+		u64 reached;
+
+		next = pmd_addr_end(addr, end);
+		reached = hmm_rs_walk_pmd(w, pmdp, addr, next);
+		if (reached != next)
+			return reached;
+	}
+	return end;
+}
+
+/* Hugetlb VMA: one entry per huge page, at the PMD or PUD level. */
+static u64 hmm_rs_walk_hugetlb(struct hmm_rs_walker *w,
+			       struct vm_area_struct *vma, u64 addr, u64 end)
+{
+	struct mm_struct *mm = vma->vm_mm;
+	unsigned long sz = vma_kernel_pagesize(vma);
+	u32 order = ilog2(sz) - PAGE_SHIFT;
+	/*
+	 * hugetlb_vma_lock_read() is not exported; for a shareable mapping it
+	 * is the read side of the VMA's hugetlb_vma_lock, which keeps a shared
+	 * PMD table from being unshared and freed under us. Private mappings
+	 * never share page tables.
+	 */
+	struct hugetlb_vma_lock *vlock = NULL;
+
+	if ((vma->vm_flags & VM_MAYSHARE) && vma->vm_private_data) {
+		vlock = vma->vm_private_data;
+		down_read(&vlock->rw_sema);
+	}
+	while (addr < end) {
+		u64 next = min_t(u64, (addr & ~(sz - 1)) + sz, end);
+		pgd_t *pgd = pgd_offset(mm, addr);
+		p4d_t *p4d;
+		pud_t *pud;
+		pte_t *ptep = NULL;
+		pte_t pte;
+		bool ok;
+
+		if (!pgd_none(READ_ONCE(*pgd))) {
+			p4d = p4d_offset(pgd, addr);
+			if (!p4d_none(READ_ONCE(*p4d))) {
+				pud = pud_offset(p4d, addr);
+				if (sz == PUD_SIZE)
+					ptep = (pte_t *)pud;
+				else if (pud_present(READ_ONCE(*pud)))
+					ptep = (pte_t *)pmd_offset(pud, addr);
+			}
+		}
+		pte = ptep ? huge_ptep_get(mm, addr, ptep) : __pte(0);
+		if (pte_none(pte) || is_pte_marker(pte)) {
+			ok = hmm_rs_emit(w, addr, next, HMM_RS_LEAF_NONE, 0, 0,
+					 order, 0);
+		} else if (!pte_present(pte)) {
+			ok = hmm_rs_emit_swap(w, addr, next, pte, order);
+		} else {
+			u64 pfn = pte_pfn(pte) + ((addr & (sz - 1)) >> PAGE_SHIFT);
+			u32 fl = 0;
+
+			if (pte_write(pte))
+				fl |= HMM_RS_LEAF_WRITE;
+			if (pte_protnone(pte))
+				fl |= HMM_RS_LEAF_PROTNONE;
+			ok = hmm_rs_emit(w, addr, next, HMM_RS_LEAF_PRESENT, pfn,
+					 fl, order, 0);
+		}
+		if (!ok)
+			break;
+		addr = next;
+	}
+	if (vlock)
+		up_read(&vlock->rw_sema);
+	return addr;
+}
+
+/*
+ * Report the leaves of [start, end) (page aligned, inside one VMA) into
+ * out[0..cap), in address order and without gaps. Returns the number of
+ * leaves, or -EFAULT if [start, end) is not inside one VMA. *next is the
+ * end of the last reported leaf (end if the range is complete).
+ */
+int hmm_rs_walk(struct mm_struct *mm, u64 start, u64 end,
+		struct hmm_rs_leaf *out, u32 cap, u64 *next)
+{
+	struct hmm_rs_walker w = { .out = out, .n = 0, .cap = cap };
+	struct vm_area_struct *vma = vma_lookup(mm, start);
+	u64 addr = start;
+
+	*next = start;
+	if (!vma || end > vma->vm_end || start >= end)
+		return -EFAULT;
+	if (is_vm_hugetlb_page(vma)) {
+		*next = hmm_rs_walk_hugetlb(&w, vma, start, end);
+		return w.n;
+	}
+	while (addr < end) {
+		pgd_t *pgd = pgd_offset(mm, addr);
+		u64 pgd_end = pgd_addr_end(addr, end);
+		u64 p4d_end;
+		p4d_t *p4d;
+
+		if (pgd_none(READ_ONCE(*pgd))) {
+			if (!hmm_rs_emit(&w, addr, pgd_end, HMM_RS_LEAF_NONE,
+					 0, 0, 0, 0))
+				break;
+			addr = pgd_end;
+			continue;
+		}
+		p4d = p4d_offset(pgd, addr);
+		p4d_end = p4d_addr_end(addr, end);
+		if (p4d_none(READ_ONCE(*p4d))) {
+			if (!hmm_rs_emit(&w, addr, p4d_end, HMM_RS_LEAF_NONE,
+					 0, 0, 0, 0))
+				break;
+			addr = p4d_end;
+			continue;
+		}
+		{
+			pud_t *pudp = pud_offset(p4d, addr);
+			u64 pud_end = pud_addr_end(addr, end);
+			u64 reached = hmm_rs_walk_pud(&w, pudp, addr, pud_end);
+
+			addr = reached;
+			if (reached != pud_end)
+				break;
+		}
+	}
+	*next = addr;
+	return w.n;
+}
+
+/* --------------------------------------------------- mirror primitives */
+
+struct mm_struct *hmm_rs_mirror_mm(struct hmm_rs_mirror *m)
+{
+	return m->notifier.mm;
+}
+
+u64 hmm_rs_mirror_owner(struct hmm_rs_mirror *m)
+{
+	return (u64)(uintptr_t)m->owner;
+}
+
+void hmm_rs_mirror_set_flags(struct hmm_rs_mirror *m, u64 flags)
+{
+	m->flags = flags;
+}
+
+u64 hmm_rs_read_begin(struct hmm_rs_mirror *m)
+{
+	return mmu_interval_read_begin(&m->notifier);
+}
+
+bool hmm_rs_check_retry(struct hmm_rs_mirror *m, u64 seq)
+{
+	return mmu_interval_check_retry(&m->notifier, seq);
+}
+
+bool hmm_rs_read_retry(struct hmm_rs_mirror *m, u64 seq)
+{
+	return mmu_interval_read_retry(&m->notifier, seq);
+}
+
+void hmm_rs_set_seq(struct hmm_rs_mirror *m, u64 seq)
+{
+	mmu_interval_set_seq(&m->notifier, seq);
+}
+
+void hmm_rs_mutex_lock(struct hmm_rs_mirror *m)
+{
+	mutex_lock(&m->mutex);
+}
+
+bool hmm_rs_mutex_trylock(struct hmm_rs_mirror *m)
+{
+	return mutex_trylock(&m->mutex);
+}
+
+void hmm_rs_mutex_unlock(struct hmm_rs_mirror *m)
+{
+	mutex_unlock(&m->mutex);
+}
+
+/* Device page table. Entries hold no page reference: they are erased by
+ * the invalidate callback before the CPU mapping goes away. */
+int hmm_rs_pt_store(struct hmm_rs_mirror *m, u64 vpfn, u64 pfn, bool write)
+{
+	void *entry = pfn_to_page(pfn);
+
+	lockdep_assert_held(&m->mutex);
+	if (write)
+		entry = xa_tag_pointer(entry, HMM_RS_TAG_WRITE);
+	entry = xa_store(&m->pt, vpfn, entry, GFP_ATOMIC);
+	return xa_is_err(entry) ? xa_err(entry) : 0;
+}
+
+void hmm_rs_pt_erase(struct hmm_rs_mirror *m, u64 vpfn_start, u64 vpfn_last)
+{
+	unsigned long index;
+	void *entry;
+
+	lockdep_assert_held(&m->mutex);
+	xa_for_each_range(&m->pt, index, entry, vpfn_start, vpfn_last)
+		xa_erase(&m->pt, index);
+}
+
+/* Copy one mirrored page to @dst; -ENOENT if not mirrored. */
+int hmm_rs_pt_read_page(struct hmm_rs_mirror *m, u64 vpfn, void *dst)
+{
+	struct page *page = xa_untag_pointer(xa_load(&m->pt, vpfn));
+
+	lockdep_assert_held(&m->mutex);
+	if (!page)
+		return -ENOENT;
+	memcpy_from_page(dst, page, 0, PAGE_SIZE);
+	return 0;
+}
+
+/* Copy @src into one page mirrored writable; -ENOENT if not so mirrored. */
+int hmm_rs_pt_write_page(struct hmm_rs_mirror *m, u64 vpfn, const void *src)
+{
+	void *entry = xa_load(&m->pt, vpfn);
+	struct page *page = xa_untag_pointer(entry);
+
+	lockdep_assert_held(&m->mutex);
+	if (!page || xa_pointer_tag(entry) != HMM_RS_TAG_WRITE)
+		return -ENOENT;
+	memcpy_to_page(page, 0, src, PAGE_SIZE);
+	return 0;
+}
+
+/* ------------------------------------------------------------- mmap */
+
+int hmm_rs_vma_insert_zeroed_page(struct vm_area_struct *vma, u64 addr)
+{
+	struct page *page = alloc_page(GFP_KERNEL | __GFP_ZERO);
+	int ret;
+
+	if (!page)
+		return -ENOMEM;
+	ret = vm_insert_page(vma, addr, page);
+	/* On success the mapping holds its own reference. */
+	put_page(page);
+	return ret;
+}
+
+void hmm_rs_vma_bounds(struct vm_area_struct *vma, u64 *start, u64 *end)
+{
+	*start = vma->vm_start;
+	*end = vma->vm_end;
+}
+
+/* --------------------------------------------------------- notifier */
+
+static bool hmm_rs_invalidate_cb(struct mmu_interval_notifier *mni,
+				 const struct mmu_notifier_range *range,
+				 unsigned long cur_seq)
+{
+	struct hmm_rs_mirror *m = container_of(mni, struct hmm_rs_mirror,
+					       notifier);
+
+	return hmm_rs_mirror_invalidate(m, range->start, range->end,
+					mmu_notifier_range_blockable(range),
+					cur_seq);
+}
+
+static const struct mmu_interval_notifier_ops hmm_rs_notifier_ops = {
+	.invalidate = hmm_rs_invalidate_cb,
+};
+
+/* ------------------------------------------------------ file ops */
+
+static int hmm_rs_fops_open(struct inode *inode, struct file *filp)
+{
+	struct miscdevice *misc = filp->private_data;
+	struct hmm_rs_device *dev = container_of(misc, struct hmm_rs_device,
+						 misc);
+	struct hmm_rs_mirror *m;
+	int ret;
+
+	m = kzalloc(sizeof(*m), GFP_KERNEL);
+	if (!m)
+		return -ENOMEM;
+	mutex_init(&m->mutex);
+	xa_init(&m->pt);
+	m->owner = dev;
+	/* Mirror the whole address space of the opener, like test_hmm. */
+	ret = mmu_interval_notifier_insert(&m->notifier, current->mm, 0,
+					   ULONG_MAX & PAGE_MASK,
+					   &hmm_rs_notifier_ops);
+	if (ret) {
+		kfree(m);
+		return ret;
+	}
+	filp->private_data = m;
+	return 0;
+}
+
+static int hmm_rs_fops_release(struct inode *inode, struct file *filp)
+{
+	struct hmm_rs_mirror *m = filp->private_data;
+
+	mmu_interval_notifier_remove(&m->notifier);
+	xa_destroy(&m->pt);
+	kfree(m);
+	return 0;
+}
+
+static long hmm_rs_fops_ioctl(struct file *filp, unsigned int cmd,
+			      unsigned long arg)
+{
+	struct hmm_rs_mirror *m = filp->private_data;
+
+	if (!m)
+		return -EINVAL;
+	return hmm_rs_mirror_ioctl(m, cmd, arg);
+}
+
+static int hmm_rs_fops_mmap(struct file *filp, struct vm_area_struct *vma)
+{
+	return hmm_rs_mirror_mmap(filp->private_data, vma);
+}
+
+static const struct file_operations hmm_rs_fops = {
+	.owner = THIS_MODULE,
+	.open = hmm_rs_fops_open,
+	.release = hmm_rs_fops_release,
+	.unlocked_ioctl = hmm_rs_fops_ioctl,
+	.mmap = hmm_rs_fops_mmap,
+	.llseek = default_llseek,
+};
+
+void hmm_rs_unregister(void)
+{
+	int i;
+
+	for (i = 0; i < HMM_RS_NDEVICES; i++) {
+		if (hmm_rs_devices[i].registered)
+			misc_deregister(&hmm_rs_devices[i].misc);
+		hmm_rs_devices[i].registered = false;
+	}
+}
+
+/* Register /dev/hmm_dmirror0 .. /dev/hmm_dmirror{N-1}. */
+int hmm_rs_register(void)
+{
+	int i, ret;
+
+	for (i = 0; i < HMM_RS_NDEVICES; i++) {
+		struct hmm_rs_device *d = &hmm_rs_devices[i];
+
+		snprintf(d->name, sizeof(d->name), "hmm_dmirror%d", i);
+		d->misc.minor = MISC_DYNAMIC_MINOR;
+		d->misc.name = d->name;
+		d->misc.fops = &hmm_rs_fops;
+		d->misc.mode = 0666;
+		ret = misc_register(&d->misc);
+		if (ret) {
+			hmm_rs_unregister();
+			return ret;
+		}
+		d->registered = true;
+	}
+	return 0;
+}

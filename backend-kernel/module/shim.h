@@ -1,0 +1,104 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The C ABI between hmm_rs's Rust code and its C shim (shim.c). Every
+ * struct here has a #[repr(C)] twin in ffi.rs; keep them in sync.
+ */
+#ifndef HMM_RS_SHIM_H
+#define HMM_RS_SHIM_H
+
+#include <linux/types.h>
+
+#define HMM_RS_NDEVICES 2
+
+struct mm_struct;
+struct vm_area_struct;
+struct hmm_rs_mirror;
+
+/* A VMA as the walker sees it. */
+struct hmm_rs_vma {
+	u64 start, end, flags;
+	u8 hugetlb_order;
+};
+
+/* Leaf kinds. */
+enum {
+	HMM_RS_LEAF_NONE = 0,
+	HMM_RS_LEAF_PRESENT = 1,
+	HMM_RS_LEAF_SWAP = 2,
+	HMM_RS_LEAF_DEVICE_PRIVATE = 3,
+	HMM_RS_LEAF_DEVICE_EXCLUSIVE = 4,
+	HMM_RS_LEAF_MIGRATION = 5,
+	HMM_RS_LEAF_HWPOISON = 6,
+	HMM_RS_LEAF_BAD = 7,
+};
+
+/* Leaf flags. */
+#define HMM_RS_LEAF_WRITE	0x1
+#define HMM_RS_LEAF_PROTNONE	0x2
+#define HMM_RS_LEAF_SPECIAL	0x4
+#define HMM_RS_LEAF_ZERO	0x8
+
+/* One page-table leaf covering [start, end). */
+struct hmm_rs_leaf {
+	u64 start, end;
+	u64 pfn;	/* PFN of the page at start */
+	u64 owner;	/* device-private: pgmap->owner */
+	u32 kind, flags, order, pad;
+};
+
+/* hmm_rs_fault() results. */
+enum {
+	HMM_RS_FAULT_DONE = 0,
+	HMM_RS_FAULT_ERROR = 1,
+	HMM_RS_FAULT_RETRY = 2,		/* lock released */
+	HMM_RS_FAULT_COMPLETED = 3,	/* lock released */
+	HMM_RS_FAULT_WOULDBLOCK = 4,
+};
+
+enum {
+	HMM_RS_FAULT_ERR_OOM = 1,
+	HMM_RS_FAULT_ERR_SIGBUS = 2,
+	HMM_RS_FAULT_ERR_SIGSEGV = 3,
+	HMM_RS_FAULT_ERR_HWPOISON = 4,
+};
+
+/* shim.c */
+int hmm_rs_mmap_read_lock(struct mm_struct *mm, bool killable);
+void hmm_rs_mmap_read_unlock(struct mm_struct *mm);
+bool hmm_rs_mmget_not_zero(struct mm_struct *mm);
+void hmm_rs_mmput(struct mm_struct *mm);
+bool hmm_rs_find_vma(struct mm_struct *mm, u64 addr, struct hmm_rs_vma *out);
+bool hmm_rs_fatal_signal_pending(void);
+u64 hmm_rs_ktime_get_ns(void);
+bool hmm_rs_is_zero_pfn(u64 pfn);
+u32 hmm_rs_fault(struct mm_struct *mm, u64 addr, u32 flags, u32 *error);
+void hmm_rs_migration_wait(struct mm_struct *mm, u64 addr);
+int hmm_rs_walk(struct mm_struct *mm, u64 start, u64 end,
+		struct hmm_rs_leaf *out, u32 cap, u64 *next);
+struct mm_struct *hmm_rs_mirror_mm(struct hmm_rs_mirror *m);
+u64 hmm_rs_mirror_owner(struct hmm_rs_mirror *m);
+void hmm_rs_mirror_set_flags(struct hmm_rs_mirror *m, u64 flags);
+u64 hmm_rs_read_begin(struct hmm_rs_mirror *m);
+bool hmm_rs_check_retry(struct hmm_rs_mirror *m, u64 seq);
+bool hmm_rs_read_retry(struct hmm_rs_mirror *m, u64 seq);
+void hmm_rs_set_seq(struct hmm_rs_mirror *m, u64 seq);
+void hmm_rs_mutex_lock(struct hmm_rs_mirror *m);
+bool hmm_rs_mutex_trylock(struct hmm_rs_mirror *m);
+void hmm_rs_mutex_unlock(struct hmm_rs_mirror *m);
+int hmm_rs_pt_store(struct hmm_rs_mirror *m, u64 vpfn, u64 pfn, bool write);
+void hmm_rs_pt_erase(struct hmm_rs_mirror *m, u64 vpfn_start, u64 vpfn_last);
+int hmm_rs_pt_read_page(struct hmm_rs_mirror *m, u64 vpfn, void *dst);
+int hmm_rs_pt_write_page(struct hmm_rs_mirror *m, u64 vpfn, const void *src);
+int hmm_rs_vma_insert_zeroed_page(struct vm_area_struct *vma, u64 addr);
+void hmm_rs_vma_bounds(struct vm_area_struct *vma, u64 *start, u64 *end);
+int hmm_rs_register(void);
+void hmm_rs_unregister(void);
+
+/* Rust (mirror.rs) */
+bool hmm_rs_mirror_invalidate(struct hmm_rs_mirror *m, u64 start, u64 end,
+			      bool blockable, u64 cur_seq);
+long hmm_rs_mirror_ioctl(struct hmm_rs_mirror *m, unsigned int cmd,
+			 unsigned long arg);
+int hmm_rs_mirror_mmap(struct hmm_rs_mirror *m, struct vm_area_struct *vma);
+
+#endif
