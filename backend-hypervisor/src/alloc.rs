@@ -67,6 +67,70 @@ pub unsafe trait TableAlloc {
     fn table(&self, pa: u64) -> Option<&TablePage>;
 }
 
+/// The bookkeeping shared by [`StaticPool`] and [`SlicePool`].
+#[derive(Debug)]
+struct PoolState {
+    hint: AtomicUsize,
+    in_use: AtomicUsize,
+    phys_offset: u64,
+}
+
+impl PoolState {
+    const fn new(phys_offset: u64) -> Self {
+        PoolState {
+            hint: AtomicUsize::new(0),
+            in_use: AtomicUsize::new(0),
+            phys_offset,
+        }
+    }
+
+    fn base(&self, pages: &[TablePage]) -> u64 {
+        (pages.as_ptr() as u64).wrapping_sub(self.phys_offset)
+    }
+
+    fn index(&self, pages: &[TablePage], pa: u64) -> Option<usize> {
+        let off = pa.checked_sub(self.base(pages))?;
+        if off % TABLE_SIZE != 0 {
+            return None;
+        }
+        let i = usize::try_from(off / TABLE_SIZE).ok()?;
+        (i < pages.len()).then_some(i)
+    }
+
+    fn alloc(&self, pages: &[TablePage], used: &[AtomicBool]) -> Option<u64> {
+        let n = pages.len().min(used.len());
+        if n == 0 {
+            return None;
+        }
+        let start = self.hint.load(Ordering::Relaxed) % n;
+        for k in 0..n {
+            let i = (start + k) % n;
+            if used[i]
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                self.hint.store(i + 1, Ordering::Relaxed);
+                self.in_use.fetch_add(1, Ordering::Relaxed);
+                pages[i].zero();
+                return Some(self.base(pages) + i as u64 * TABLE_SIZE);
+            }
+        }
+        None
+    }
+
+    fn free(&self, pages: &[TablePage], used: &[AtomicBool], pa: u64) {
+        let Some(flag) = self.index(pages, pa).and_then(|i| used.get(i)) else {
+            debug_assert!(false, "freeing {pa:#x}, not a page of this pool");
+            return;
+        };
+        if flag.swap(false, Ordering::Release) {
+            self.in_use.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            debug_assert!(false, "double free of table page {pa:#x}");
+        }
+    }
+}
+
 /// A fixed pool of `N` table pages with no allocation, usable as a
 /// `static`. Physical addresses are the pages' addresses minus a fixed
 /// offset (0 for identity-mapped firmware).
@@ -74,9 +138,7 @@ pub unsafe trait TableAlloc {
 pub struct StaticPool<const N: usize> {
     pages: [TablePage; N],
     used: [AtomicBool; N],
-    hint: AtomicUsize,
-    in_use: AtomicUsize,
-    phys_offset: u64,
+    state: PoolState,
 }
 
 impl<const N: usize> Default for StaticPool<N> {
@@ -98,33 +160,18 @@ impl<const N: usize> StaticPool<N> {
         StaticPool {
             pages: [TablePage::ZERO; N],
             used: [F; N],
-            hint: AtomicUsize::new(0),
-            in_use: AtomicUsize::new(0),
-            phys_offset,
+            state: PoolState::new(phys_offset),
         }
     }
 
     /// Pages currently handed out.
     pub fn in_use(&self) -> usize {
-        self.in_use.load(Ordering::Relaxed)
+        self.state.in_use.load(Ordering::Relaxed)
     }
 
     /// Capacity in pages.
     pub const fn capacity(&self) -> usize {
         N
-    }
-
-    fn base(&self) -> u64 {
-        (self.pages.as_ptr() as u64).wrapping_sub(self.phys_offset)
-    }
-
-    fn index(&self, pa: u64) -> Option<usize> {
-        let off = pa.checked_sub(self.base())?;
-        if off % TABLE_SIZE != 0 {
-            return None;
-        }
-        let i = usize::try_from(off / TABLE_SIZE).ok()?;
-        (i < N).then_some(i)
     }
 }
 
@@ -134,34 +181,61 @@ impl<const N: usize> StaticPool<N> {
 // promise); pages are zeroed before being handed out.
 unsafe impl<const N: usize> TableAlloc for StaticPool<N> {
     fn alloc_table(&self) -> Option<u64> {
-        let start = self.hint.load(Ordering::Relaxed) % N.max(1);
-        for k in 0..N {
-            let i = (start + k) % N;
-            if self.used[i]
-                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-            {
-                self.hint.store(i + 1, Ordering::Relaxed);
-                self.in_use.fetch_add(1, Ordering::Relaxed);
-                self.pages[i].zero();
-                return Some(self.base() + i as u64 * TABLE_SIZE);
-            }
-        }
-        None
+        self.state.alloc(&self.pages, &self.used)
     }
-
     fn free_table(&self, pa: u64) {
-        if let Some(i) = self.index(pa) {
-            if self.used[i].swap(false, Ordering::Release) {
-                self.in_use.fetch_sub(1, Ordering::Relaxed);
-            } else {
-                debug_assert!(false, "double free of table page {pa:#x}");
-            }
+        self.state.free(&self.pages, &self.used, pa)
+    }
+    fn table(&self, pa: u64) -> Option<&TablePage> {
+        self.state.index(&self.pages, pa).map(|i| &self.pages[i])
+    }
+}
+
+/// A pool over table pages and flags the caller provides (a large pool
+/// built on the heap of a host, or memory firmware carved out at boot).
+/// Physical addresses are the pages' addresses minus a fixed offset.
+#[derive(Debug)]
+pub struct SlicePool<'a> {
+    pages: &'a [TablePage],
+    used: &'a [AtomicBool],
+    state: PoolState,
+}
+
+impl<'a> SlicePool<'a> {
+    /// A pool of `pages`, with one `used` flag per page (all false; extra
+    /// pages or flags are ignored), at `virtual = physical + phys_offset`.
+    pub fn new(pages: &'a [TablePage], used: &'a [AtomicBool], phys_offset: u64) -> Self {
+        let n = pages.len().min(used.len());
+        SlicePool {
+            pages: &pages[..n],
+            used: &used[..n],
+            state: PoolState::new(phys_offset),
         }
     }
 
+    /// Pages currently handed out.
+    pub fn in_use(&self) -> usize {
+        self.state.in_use.load(Ordering::Relaxed)
+    }
+
+    /// Capacity in pages.
+    pub fn capacity(&self) -> usize {
+        self.pages.len()
+    }
+}
+
+// SAFETY: as for `StaticPool`: the pages are borrowed for the pool's whole
+// life, handed out exclusively by their `used` flags, zeroed on allocation,
+// and their physical address is their address minus the caller's offset.
+unsafe impl TableAlloc for SlicePool<'_> {
+    fn alloc_table(&self) -> Option<u64> {
+        self.state.alloc(self.pages, self.used)
+    }
+    fn free_table(&self, pa: u64) {
+        self.state.free(self.pages, self.used, pa)
+    }
     fn table(&self, pa: u64) -> Option<&TablePage> {
-        self.index(pa).map(|i| &self.pages[i])
+        self.state.index(self.pages, pa).map(|i| &self.pages[i])
     }
 }
 
@@ -208,6 +282,23 @@ mod tests {
         }
         assert!(pool.table(a + 8).is_none());
         assert!(pool.table(0).is_none());
+    }
+
+    #[test]
+    fn slice_pool_over_heap_pages() {
+        use std::vec::Vec;
+        let pages: Vec<TablePage> = (0..3).map(|_| TablePage::ZERO).collect();
+        let used: Vec<AtomicBool> = (0..3).map(|_| AtomicBool::new(false)).collect();
+        let pool = SlicePool::new(&pages, &used, 0);
+        let got: Vec<u64> = (0..3).map(|_| pool.alloc_table().unwrap()).collect();
+        assert!(pool.alloc_table().is_none());
+        assert_eq!(pool.in_use(), 3);
+        for (k, pa) in got.iter().enumerate() {
+            assert_eq!(*pa % 4096, 0);
+            assert!(core::ptr::eq(pool.table(*pa).unwrap(), &pages[k]));
+        }
+        pool.free_table(got[1]);
+        assert_eq!(pool.alloc_table(), Some(got[1]));
     }
 
     #[test]

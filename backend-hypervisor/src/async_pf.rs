@@ -250,3 +250,137 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ept::Ept;
+    use crate::region::RegionSpec;
+    use crate::testutil::*;
+    use crate::{Config, PageSize};
+    use hmm_core::doubles::{FaultMode, TestMm};
+    use hmm_core::VmFlags;
+
+    const HVA: u64 = 0x7f00_0000_0000;
+    const RW: VmFlags = VmFlags::READ.union(VmFlags::WRITE);
+
+    fn region(gpa: u64, hva: u64) -> RegionSpec {
+        RegionSpec {
+            gpa,
+            size: 0x4000,
+            hva,
+            perm: Perm::R | Perm::W,
+        }
+    }
+
+    #[test]
+    fn would_block_fault_is_deferred_and_completed_by_a_worker() {
+        let mm = TestMm::new();
+        mm.add_vma(
+            HVA,
+            HVA + 0x4000,
+            RW,
+            0,
+            FaultMode::Userfault { resolve: true },
+        );
+        let (pool, tlb) = (pool(), CountTlb::default());
+        let vm: Vm<'_, Ept, TestMm> = vm(&mm, &pool, &tlb, Config::default());
+        vm.add_region(region(0, HVA), &mm).unwrap();
+
+        let GuestFault::Pending(t) = vm.handle_fault_nowait(0x1000, Perm::R) else {
+            panic!("expected pending");
+        };
+        assert!(leaves(&vm).is_empty(), "nothing mapped while pending");
+        assert_eq!(mm.readers(), 0, "the host lock is not held while pending");
+        // A second fault on the same window (a write) joins the same token.
+        assert_eq!(
+            vm.handle_fault_nowait(0x3000, Perm::W),
+            GuestFault::Pending(t)
+        );
+        assert_eq!(vm.poll_async(t), AsyncStatus::Pending);
+        assert_eq!(AsyncToken::from_u64(t.to_u64()), t);
+
+        let claimed = vm.claim_async().unwrap();
+        assert_eq!(claimed, t);
+        assert!(vm.claim_async().is_none());
+        let c = vm.complete_async(claimed).unwrap();
+        assert_eq!(c.gpa, 0x1000);
+        assert_eq!(
+            c.outcome,
+            GuestFault::Mapped {
+                size: PageSize::Size4K,
+                leaves: 4
+            }
+        );
+        assert!(vm.complete_async(claimed).is_none(), "completes once");
+        assert_eq!(vm.poll_async(t), AsyncStatus::Done(c.outcome));
+        assert_eq!(vm.poll_async(t), AsyncStatus::Unknown);
+        // The merged write access was honoured: the pages are writable.
+        assert!(leaves(&vm).iter().all(|m| m.attrs.perm.contains(Perm::W)));
+        assert_eq!(vm.audit(), Ok(4));
+        let st = vm.stats();
+        assert_eq!((st.pending, st.async_completed), (2, 1));
+        // Now resident: a no-wait fault maps directly.
+        assert!(matches!(
+            vm.handle_fault_nowait(0x2000, Perm::R),
+            GuestFault::Mapped { .. }
+        ));
+    }
+
+    #[test]
+    fn full_queue_is_retry_and_cancel_frees_a_slot() {
+        let mm = TestMm::new();
+        for i in 0..3 {
+            let h = HVA + i * M2;
+            mm.add_vma(h, h + 0x4000, RW, 0, FaultMode::Userfault { resolve: true });
+        }
+        let (pool, tlb) = (pool(), CountTlb::default());
+        // Two async slots (see `Vm`).
+        let vm: Vm<'_, Ept, TestMm> = vm(&mm, &pool, &tlb, Config::default());
+        for i in 0..3 {
+            vm.add_region(region(i * M2, HVA + i * M2), &mm).unwrap();
+        }
+        let GuestFault::Pending(a) = vm.handle_fault_nowait(0, Perm::R) else {
+            panic!()
+        };
+        let GuestFault::Pending(b) = vm.handle_fault_nowait(M2, Perm::R) else {
+            panic!()
+        };
+        assert_ne!(a, b);
+        assert_eq!(vm.handle_fault_nowait(2 * M2, Perm::R), GuestFault::Retry);
+        assert_eq!(vm.stats().async_full, 1);
+        assert!(vm.cancel_async(a));
+        assert!(!vm.cancel_async(a));
+        assert_eq!(vm.poll_async(a), AsyncStatus::Unknown);
+        let GuestFault::Pending(c) = vm.handle_fault_nowait(2 * M2, Perm::R) else {
+            panic!()
+        };
+        assert_ne!(c, a, "a reused slot gets a new generation");
+        // The worker completes b then c; a was cancelled.
+        let mut done = 0;
+        while let Some(t) = vm.claim_async() {
+            assert!(matches!(
+                vm.complete_async(t).unwrap().outcome,
+                GuestFault::Mapped { .. }
+            ));
+            done += 1;
+        }
+        assert_eq!(done, 2);
+        assert!(vm.translate(0).is_none());
+        assert!(vm.translate(M2).is_some() && vm.translate(2 * M2).is_some());
+    }
+
+    #[test]
+    fn errors_are_not_deferred() {
+        let mm = TestMm::new();
+        let (pool, tlb) = (pool(), CountTlb::default());
+        let vm: Vm<'_, Ept, TestMm> = vm(&mm, &pool, &tlb, Config::default());
+        vm.add_region(region(0, HVA), &mm).unwrap();
+        // No host VMA at all: -EFAULT, not pending.
+        assert_eq!(
+            vm.handle_fault_nowait(0, Perm::R),
+            GuestFault::Error(crate::FaultError::Host(hmm_core::Error::Fault))
+        );
+        assert!(vm.claim_async().is_none());
+    }
+}

@@ -195,6 +195,13 @@ where
         Ok(r.spec)
     }
 
+    /// Unmap guest `[start, end)` from the second-stage table (and flush)
+    /// without touching the host: the guest faults it back in on its next
+    /// access. For ballooning, dirty-logging restarts and benchmarks.
+    pub fn zap(&self, start: u64, end: u64) -> crate::UnmapStats {
+        self.table.lock().unmap(&self.alloc, &self.tlb, start, end)
+    }
+
     /// The region containing `gpa`.
     pub fn region_at(&self, gpa: u64) -> Option<(RegionId, RegionSpec)> {
         self.regions.find_gpa(gpa).map(|r| (r.id, r.spec))

@@ -79,7 +79,7 @@ pub mod region;
 pub mod stage2;
 pub mod tlb;
 
-pub use alloc::{StaticPool, TableAlloc, TablePage};
+pub use alloc::{SlicePool, StaticPool, TableAlloc, TablePage};
 pub use async_pf::{AsyncStatus, AsyncToken, Completion};
 pub use audit::{Disagreement, Mismatch};
 pub use descriptor::{Attrs, Descriptor, Format, MemType, PageSize, Perm};
