@@ -1,0 +1,63 @@
+//! The entry points against the reference model: run to completion with a
+//! fault handler that resolves what it can (populate, userfaultfd with lock
+//! drop, file I/O with lock drop, completed faults, failing VMAs,
+//! invalidations during lock drops), every outcome must be the reference
+//! walk's fixpoint on the final address space: success with every requested
+//! entry `VALID` (and `WRITE` if requested), or the documented errno with
+//! the partial-output contract.
+//!
+//! File-I/O VMAs are left out of the resume policies here: they expose the
+//! resume-cursor defect documented in `tests/resume_cursor.rs`.
+//! `HMM_VERIFY_CASES` sets the number of cases (default 2000 per entry point).
+
+mod common;
+
+use hmm_verify::check::{driver_matches, EntryPoint};
+use proptest::prelude::*;
+
+fn check(r: &hmm_verify::recipe::Recipe, ep: EntryPoint) -> Result<(), TestCaseError> {
+    let case = r.build();
+    let case = if ep.resumes() {
+        case.without_file_io()
+    } else {
+        case
+    };
+    if let Err(e) = driver_matches(&case, ep) {
+        prop_assert!(false, "{ep:?}: {e}\ncase: {case:#x?}");
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(common::config(2000))]
+
+    #[test]
+    fn linux_entry_point(r in common::recipe()) {
+        check(&r, EntryPoint::Linux)?;
+    }
+
+    #[test]
+    fn unlockable_resume(r in common::recipe()) {
+        check(&r, EntryPoint::Unlockable(hmm_core::Policy::Resume))?;
+    }
+
+    #[test]
+    fn unlockable_restart(r in common::recipe()) {
+        check(&r, EntryPoint::Unlockable(hmm_core::Policy::Restart))?;
+    }
+
+    #[test]
+    fn unlocked_resume(r in common::recipe()) {
+        check(&r, EntryPoint::Unlocked(hmm_core::Policy::Resume))?;
+    }
+
+    #[test]
+    fn unlocked_restart(r in common::recipe()) {
+        check(&r, EntryPoint::Unlocked(hmm_core::Policy::Restart))?;
+    }
+
+    #[test]
+    fn unlocked_nowait(r in common::recipe()) {
+        check(&r, EntryPoint::UnlockedNowait)?;
+    }
+}
