@@ -418,6 +418,38 @@ mod tests {
     }
 
     #[test]
+    fn read_only_host_pages_map_read_only_until_a_write_fault() {
+        let mm = TestMm::new();
+        mm.add_vma(HVA, HVA + 0x2000, RW, 0, FaultMode::Populate);
+        // A COW-shared page: present, read-only, in a writable VMA.
+        let shared = hmm_core::Leaf::Present(hmm_core::Present {
+            pfn: 0x777,
+            ..Default::default()
+        });
+        mm.map(HVA, 1, shared);
+        let (pool, tlb) = (pool(), CountTlb::default());
+        let vm: Vm<'_, Ept, TestMm> = vm(&mm, &pool, &tlb, Config::default());
+        vm.add_region(spec(0, 0x2000, HVA, Perm::R | Perm::W), &mm)
+            .unwrap();
+        assert!(matches!(
+            vm.handle_fault(0, Perm::R),
+            GuestFault::Mapped { .. }
+        ));
+        let m = vm.translate(0).unwrap();
+        assert_eq!((m.pa, m.attrs.perm), (0x777 << 12, Perm::R));
+        assert_eq!(vm.audit(), Ok(2));
+        // The write fault breaks COW on the host and maps the copy writable.
+        assert!(matches!(
+            vm.handle_fault(0, Perm::W),
+            GuestFault::Mapped { .. }
+        ));
+        let m = vm.translate(0).unwrap();
+        assert_ne!(m.pa, 0x777 << 12);
+        assert_eq!(m.attrs.perm, Perm::R | Perm::W);
+        assert_eq!(vm.audit(), Ok(2));
+    }
+
+    #[test]
     fn hugetlb_2m_and_1g_become_blocks() {
         let mm = TestMm::new();
         let h2 = HVA;

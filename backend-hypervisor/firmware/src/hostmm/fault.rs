@@ -118,6 +118,10 @@ impl FaultHandler<HostMm> for HostMm {
         }
         let r = match vma.kind {
             VmaKind::Anon => self.fault_anon(addr, write),
+            VmaKind::Image => match self.pt.lookup(addr) {
+                (_, Entry::Leaf { .. }) => Ok(()),
+                _ => Err(VmFaultError::Sigbus),
+            },
             VmaKind::Hugetlb(order) => self.fault_huge(addr, order, vma.flags.contains(VmFlags::WRITE)),
             VmaKind::Userfault => {
                 if let (_, Entry::Leaf { .. }) = self.pt.lookup(addr) {

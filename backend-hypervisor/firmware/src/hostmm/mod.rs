@@ -42,6 +42,9 @@ pub enum VmaKind {
     /// Anonymous memory registered with userfaultfd (MISSING mode): missing
     /// pages come from the pager.
     Userfault,
+    /// The firmware image, mapped read-only and populated when created
+    /// (like a VMM's ROM image); a fault on a missing page is SIGBUS.
+    Image,
 }
 
 /// One host VMA.
@@ -229,6 +232,18 @@ impl HostMm {
             kind,
         });
         t.vmas.sort_unstable_by_key(|v| v.map_or(u64::MAX, |v| v.start));
+        Ok(())
+    }
+
+    /// Map the image pages `[pa, pa + len)` at `hva` read-only
+    /// (`MAP_POPULATE` of the image VMA created with [`mmap`](Self::mmap)).
+    pub fn populate_image(&self, hva: u64, pa: u64, len: u64) -> Result<(), HostError> {
+        let _guard = self.read();
+        let _ptl = self.ptl.lock();
+        for off in (0..len).step_by(4096) {
+            let slot = self.pt.slot(hva + off, 3, true).ok_or(HostError::NoMem)?;
+            slot.store(pgtable::leaf(3, pa + off, false), Ordering::Release);
+        }
         Ok(())
     }
 

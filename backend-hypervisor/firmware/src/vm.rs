@@ -1,0 +1,356 @@
+//! The virtual machine: the host address space, backend-hypervisor's guest
+//! memory manager over the Arm stage-2 format, the TLB maintenance behind
+//! its flush hook, and the EL2 registers that turn stage 2 on.
+//!
+//! Guest physical layout (each region backed by a host VMA of the kind
+//! named; every stage-2 mapping is made by a guest fault through hmm-core):
+//!
+//! | region | GPA | size | host VMA |
+//! |---|---|---|---|
+//! | image | `0x4008_0000` (= link address) | text + rodata | pre-populated read-only image |
+//! | anon | `0x1000_0000` | 1 MiB | anonymous, demand-zero (guest stack at its top) |
+//! | huge2m | `0x2000_0000` | 4 MiB | hugetlb 2 MiB |
+//! | huge1g | `0x1_0000_0000` | 1 GiB | hugetlb 1 GiB |
+//! | uffd | `0x3000_0000` | 1 MiB | userfaultfd, pager on CPU 1 |
+//! | uffd_async | `0x3800_0000` | 1 MiB | userfaultfd, faulted in no-wait mode |
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use backend_hypervisor::{
+    Config, GuestMemory, HostRefs, Perm, RegionId, RegionSpec, Stage2, StaticPool, TlbFlush,
+};
+use hmm_core::{Clock, NoSignals, VmFlags};
+
+use crate::hostmm::notifier::{IntervalOps, MmSeq, Subscription};
+use crate::hostmm::pgtable::HostTablePool;
+use crate::hostmm::{HostMm, VmaKind};
+use crate::sysreg::{dsb_ish, dsb_ishst, isb, read_sysreg, write_sysreg};
+
+/// The generic timer as hmm-core's clock.
+pub struct CounterClock;
+
+impl Clock for CounterClock {
+    fn now_ns(&self) -> u64 {
+        let (cnt, freq) = crate::sysreg::counter();
+        if freq == 0 {
+            return 0;
+        }
+        ((u128::from(cnt) * 1_000_000_000) / u128::from(freq)) as u64
+    }
+}
+
+/// TLB maintenance for stage 2 of VMID 1: by IPA for small ranges, the
+/// whole VMID otherwise, then the combined stage-1+2 entries (tagged by VA).
+pub struct ArmTlb {
+    flushes: AtomicU64,
+    tlbi_ipa: AtomicU64,
+    tlbi_all: AtomicU64,
+}
+
+/// Ranges up to this many pages are flushed page by page.
+const TLBI_BY_IPA_MAX: u64 = 32;
+
+impl TlbFlush for ArmTlb {
+    fn flush_range(&self, start: u64, end: u64) {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        let pages = (end.saturating_sub(start) + 0xfff) >> 12;
+        dsb_ishst();
+        if pages <= TLBI_BY_IPA_MAX {
+            for p in 0..pages {
+                let ipa = (start >> 12) + p;
+                // SAFETY: TLB invalidation by IPA for the current VMID only
+                // removes cached translations; it cannot break memory
+                // safety.
+                unsafe { core::arch::asm!("tlbi ipas2e1is, {}", in(reg) ipa, options(nostack)) };
+            }
+            self.tlbi_ipa.fetch_add(pages, Ordering::Relaxed);
+        } else {
+            // SAFETY: as above, for every stage-1 and stage-2 entry of the
+            // current VMID.
+            unsafe { core::arch::asm!("tlbi vmalls12e1is", options(nostack)) };
+            self.tlbi_all.fetch_add(1, Ordering::Relaxed);
+        }
+        dsb_ish();
+        // SAFETY: as above; combined stage-1+2 entries are tagged by VA.
+        unsafe { core::arch::asm!("tlbi vmalle1is", options(nostack)) };
+        dsb_ish();
+        isb();
+    }
+}
+
+impl ArmTlb {
+    /// (flush calls, TLBI IPAS2E1IS issued, TLBI VMALLS12E1IS issued).
+    pub fn counts(&self) -> (u64, u64, u64) {
+        (
+            self.flushes.load(Ordering::Relaxed),
+            self.tlbi_ipa.load(Ordering::Relaxed),
+            self.tlbi_all.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Stage-2 table pages.
+pub static STAGE2_TABLES: StaticPool<128> = StaticPool::new();
+/// Host page-table pages.
+pub static HOST_TABLES: HostTablePool = StaticPool::new();
+static MM_SEQ: MmSeq = MmSeq::new();
+/// The host address space.
+pub static HOST_MM: HostMm = HostMm::new(&HOST_TABLES, &MM_SEQ);
+static CLOCK: CounterClock = CounterClock;
+
+/// The host as backend-hypervisor sees it.
+pub type HostView = HostRefs<'static, HostMm, HostMm, NoSignals, CounterClock>;
+/// The guest memory manager.
+pub type Vm = GuestMemory<'static, Stage2, &'static StaticPool<128>, &'static ArmTlb, HostView, Subscription>;
+
+/// The TLB hook.
+pub static TLB: ArmTlb = ArmTlb {
+    flushes: AtomicU64::new(0),
+    tlbi_ipa: AtomicU64::new(0),
+    tlbi_all: AtomicU64::new(0),
+};
+
+static VM: spin::Once<Vm> = spin::Once::new();
+
+/// The VM (after [`init`]).
+pub fn vm() -> &'static Vm {
+    VM.get().expect("vm::init not called")
+}
+
+/// A guest region and the host VMA behind it.
+pub struct RegionDef {
+    /// Name for reports.
+    pub name: &'static str,
+    /// Guest-physical start.
+    pub gpa: u64,
+    /// Size.
+    pub size: u64,
+    /// Host virtual start.
+    pub hva: u64,
+    /// Guest permissions.
+    pub perm: Perm,
+    /// Host VMA kind.
+    pub kind: VmaKind,
+    /// Host VMA flags.
+    pub flags: VmFlags,
+    /// Guest faults in this region use the no-wait (async) path.
+    pub nowait: bool,
+}
+
+const RW: VmFlags = VmFlags::READ.union(VmFlags::WRITE);
+
+/// GPA of the anonymous region.
+pub const ANON_GPA: u64 = 0x1000_0000;
+/// GPA of the 2 MiB hugetlb region.
+pub const HUGE2M_GPA: u64 = 0x2000_0000;
+/// GPA of the 1 GiB hugetlb region.
+pub const HUGE1G_GPA: u64 = 0x1_0000_0000;
+/// GPA of the userfault region.
+pub const UFFD_GPA: u64 = 0x3000_0000;
+/// GPA of the userfault region faulted in no-wait mode.
+pub const UFFD_ASYNC_GPA: u64 = 0x3800_0000;
+/// Size of the anonymous region.
+pub const ANON_SIZE: u64 = 1 << 20;
+/// Size of the 2 MiB hugetlb region.
+pub const HUGE2M_SIZE: u64 = 4 << 20;
+/// Size of the 1 GiB hugetlb region.
+pub const HUGE1G_SIZE: u64 = 1 << 30;
+/// Size of each userfault region.
+pub const UFFD_SIZE: u64 = 1 << 20;
+
+/// Host address of the image region.
+const IMAGE_HVA: u64 = 0x100_0000_0000;
+
+/// Number of regions.
+pub const NREGIONS: usize = 6;
+
+/// The regions; index 0 (the image) gets its addresses at run time.
+pub fn regions() -> [RegionDef; NREGIONS] {
+    let (img_start, img_end) = crate::image_text();
+    [
+        RegionDef {
+            name: "image",
+            gpa: img_start,
+            size: img_end - img_start,
+            hva: IMAGE_HVA + img_start,
+            perm: Perm::R | Perm::X,
+            kind: VmaKind::Image,
+            flags: VmFlags::READ.union(VmFlags::EXEC),
+            nowait: false,
+        },
+        RegionDef {
+            name: "anon",
+            gpa: ANON_GPA,
+            size: ANON_SIZE,
+            hva: 0x200_0000_0000,
+            perm: Perm::R | Perm::W,
+            kind: VmaKind::Anon,
+            flags: RW,
+            nowait: false,
+        },
+        RegionDef {
+            name: "huge2m",
+            gpa: HUGE2M_GPA,
+            size: HUGE2M_SIZE,
+            hva: 0x300_0000_0000,
+            perm: Perm::R | Perm::W,
+            kind: VmaKind::Hugetlb(9),
+            flags: RW.union(VmFlags::HUGETLB),
+            nowait: false,
+        },
+        RegionDef {
+            name: "huge1g",
+            gpa: HUGE1G_GPA,
+            size: HUGE1G_SIZE,
+            hva: 0x400_0000_0000,
+            perm: Perm::R | Perm::W,
+            kind: VmaKind::Hugetlb(18),
+            flags: RW.union(VmFlags::HUGETLB),
+            nowait: false,
+        },
+        RegionDef {
+            name: "uffd",
+            gpa: UFFD_GPA,
+            size: UFFD_SIZE,
+            hva: 0x500_0000_0000,
+            perm: Perm::R | Perm::W,
+            kind: VmaKind::Userfault,
+            flags: RW,
+            nowait: false,
+        },
+        RegionDef {
+            name: "uffd_async",
+            gpa: UFFD_ASYNC_GPA,
+            size: UFFD_SIZE,
+            hva: 0x600_0000_0000,
+            perm: Perm::R | Perm::W,
+            kind: VmaKind::Userfault,
+            flags: RW,
+            nowait: true,
+        },
+    ]
+}
+
+/// One region's notifier subscription and the ops routing its
+/// invalidations to the VM.
+struct RegionNotifier {
+    sub: spin::Once<Subscription>,
+    id: spin::Once<RegionId>,
+}
+
+static NOTIFIERS: [RegionNotifier; NREGIONS] = {
+    #[allow(clippy::declare_interior_mutable_const)]
+    const R: RegionNotifier = RegionNotifier {
+        sub: spin::Once::new(),
+        id: spin::Once::new(),
+    };
+    [R; NREGIONS]
+};
+
+impl IntervalOps for RegionNotifier {
+    fn invalidate(&self, sub: &Subscription, start: u64, end: u64, cur_seq: u64) {
+        match self.id.get() {
+            Some(&id) => {
+                vm().invalidate(id, start, end, true, || sub.set_seq(cur_seq));
+            }
+            None => sub.set_seq(cur_seq),
+        }
+    }
+}
+
+/// The region definition containing `gpa`.
+pub fn region_of(gpa: u64) -> Option<(usize, RegionDef)> {
+    regions()
+        .into_iter()
+        .enumerate()
+        .find(|(_, r)| r.gpa <= gpa && gpa < r.gpa + r.size)
+}
+
+/// The host address backing `gpa`.
+pub fn hva_of(gpa: u64) -> Option<u64> {
+    region_of(gpa).map(|(_, r)| r.hva + (gpa - r.gpa))
+}
+
+/// Build the host address space and the VM, and program stage 2.
+pub fn init() -> Result<(), &'static str> {
+    HOST_MM.init().map_err(|_| "host page-table root")?;
+    let host = HostRefs::new(&HOST_MM, &HOST_MM)
+        .with_signals(&NoSignals)
+        .with_clock(&CLOCK);
+    let vm = GuestMemory::new(host, &STAGE2_TABLES, &TLB, Config::default())
+        .map_err(|_| "stage-2 root")?;
+    let vm = VM.call_once(|| vm);
+    for (i, r) in regions().iter().enumerate() {
+        HOST_MM
+            .mmap(r.hva, r.hva + r.size, r.flags, r.kind)
+            .map_err(|_| "host mmap")?;
+        if r.kind == VmaKind::Image {
+            HOST_MM
+                .populate_image(r.hva, r.gpa, r.size)
+                .map_err(|_| "image populate")?;
+        }
+        let n = &NOTIFIERS[i];
+        let sub = n.sub.call_once(|| Subscription::new(&MM_SEQ, r.hva, r.hva + r.size));
+        let spec = RegionSpec {
+            gpa: r.gpa,
+            size: r.size,
+            hva: r.hva,
+            perm: r.perm,
+        };
+        let id = vm.add_region(spec, sub).map_err(|_| "add region")?;
+        n.id.call_once(|| id);
+        if !HOST_MM.notifiers.insert(sub, n) {
+            return Err("notifier insert");
+        }
+    }
+    enable_stage2(vm.root());
+    Ok(())
+}
+
+/// VTCR_EL2 / VTTBR_EL2 / HCR_EL2 for a 4-level stage 2 starting at level 0
+/// with the 4 KiB granule, sized to the implemented PA range.
+fn enable_stage2(root: u64) {
+    let parange = read_sysreg!("id_aa64mmfr0_el1") & 0xf;
+    let (pa_bits, ps) = match parange {
+        0 => (32, 0),
+        1 => (36, 1),
+        2 => (40, 2),
+        3 => (42, 3),
+        4 => (44, 4),
+        _ => (48, 5),
+    };
+    // Start level 0 (SL0 = 0b10) needs an IPA of at least 40 bits; the
+    // engine's level-0 root covers up to 48.
+    let ipa_bits: u64 = pa_bits.clamp(40, 48);
+    let t0sz = 64 - ipa_bits;
+    let vtcr: u64 = t0sz
+        | (0b10 << 6)   // SL0: start at level 0
+        | (0b01 << 8)   // IRGN0: write-back
+        | (0b01 << 10)  // ORGN0: write-back
+        | (0b11 << 12)  // SH0: inner shareable
+        | (ps << 16)    // PS
+        | (1 << 31); // RES1
+    let vttbr = root | (1 << 48); // VMID 1
+    // HCR_EL2: VM (stage 2 on), SWIO, DC (guest MMU off = Normal WB, as
+    // EL2 sees RAM), TSC (guest SMC traps), RW (EL1 is AArch64).
+    let hcr: u64 = (1 << 0) | (1 << 1) | (1 << 12) | (1 << 19) | (1 << 31);
+    // SAFETY: the stage-2 root is a zeroed table page of STAGE2_TABLES
+    // (identity mapped, so its address is its PA); nothing runs at EL1 yet,
+    // so switching its translation regime cannot affect live code. The TLB
+    // is invalidated for the VMID before first use.
+    unsafe {
+        write_sysreg!("vtcr_el2", vtcr);
+        write_sysreg!("vttbr_el2", vttbr);
+        isb();
+        core::arch::asm!("tlbi vmalls12e1is", options(nostack));
+        dsb_ish();
+        write_sysreg!("hcr_el2", hcr);
+        // EL1 may use FP/SIMD (CPACR_EL1.FPEN = 0b11); EL1 MMU off.
+        write_sysreg!("cpacr_el1", 3 << 20);
+        write_sysreg!("sctlr_el1", 0x30d0_0800);
+    }
+    isb();
+    crate::println!(
+        "stage 2: root {root:#x}, VTCR_EL2 {vtcr:#x} (IPA {ipa_bits} bits, PA {pa_bits} bits), HCR_EL2 {hcr:#x}"
+    );
+}
