@@ -1,0 +1,892 @@
+//! A device mirror like `lib/test_hmm.c`'s dmirror.
+//!
+//! A [`Device`] (`struct dmirror_device`) owns device-private memory (its
+//! pagemap owner token is [`Device::owner`]). Each [`Device::open`] gives a
+//! [`Mirror`] (`struct dmirror`) of one mm: a device page table (VA → PFN,
+//! tagged WRITE or ATOMIC), an MMU interval notifier over the whole address
+//! space whose invalidate callback erases device entries under the driver
+//! lock, and the ioctls of the kernel driver as methods taking a [`Cmd`]
+//! (`struct hmm_dmirror_cmd`): [`Mirror::read`], [`Mirror::write`],
+//! [`Mirror::snapshot`], [`Mirror::migrate_to_dev`],
+//! [`Mirror::migrate_to_sys`], [`Mirror::exclusive`],
+//! [`Mirror::check_exclusive`], plus [`Mirror::read_unlocked`], the READ
+//! through hmm-core's lock-dropping entry point (the seed's
+//! `HMM_DMIRROR_READ_UNLOCKED`).
+//!
+//! Device faults follow the kernel's caller pattern exactly:
+//! `read_begin`; mmap read lock; [`hmm_core::range_fault`]; unlock; on
+//! `-EBUSY` start over; take the driver lock; `read_retry`; program the
+//! device page table; all within `HMM_RANGE_DEFAULT_TIMEOUT`.
+//!
+//! One deliberate difference from test_hmm.c: the invalidate callback does
+//! not skip migrations started by the device itself; it bumps the sequence
+//! for them too, which closes a window where a concurrent device fault
+//! could map a page that is being migrated.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use hmm_core::{
+    range_fault, range_fault_unlocked, Env, Error, HmmPfn, IntervalNotifier, Options, PfnFlags,
+    Range, Request, Stats, VmFlags, PAGE_SHIFT, PAGE_SIZE,
+};
+
+use crate::frame::{FrameKind, ZERO_PFN};
+use crate::machine::{Machine, Pagemap};
+use crate::mm::Mm;
+use crate::notifier::{IntervalOps, IntervalSub, InvalidateRange};
+use crate::pagetable::Pte;
+use crate::task::{MonoClock, Task};
+use crate::Errno;
+
+/// `HMM_DMIRROR_PROT_ERROR`.
+pub const PROT_ERROR: u8 = 0xFF;
+/// `HMM_DMIRROR_PROT_NONE`.
+pub const PROT_NONE: u8 = 0x00;
+/// `HMM_DMIRROR_PROT_READ`.
+pub const PROT_READ: u8 = 0x01;
+/// `HMM_DMIRROR_PROT_WRITE`.
+pub const PROT_WRITE: u8 = 0x02;
+/// `HMM_DMIRROR_PROT_PMD`.
+pub const PROT_PMD: u8 = 0x04;
+/// `HMM_DMIRROR_PROT_PUD`.
+pub const PROT_PUD: u8 = 0x08;
+/// `HMM_DMIRROR_PROT_ZERO`.
+pub const PROT_ZERO: u8 = 0x10;
+/// `HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL`.
+pub const PROT_DEV_PRIVATE_LOCAL: u8 = 0x20;
+/// `HMM_DMIRROR_PROT_DEV_PRIVATE_REMOTE`.
+pub const PROT_DEV_PRIVATE_REMOTE: u8 = 0x30;
+
+/// `HMM_RANGE_DEFAULT_TIMEOUT`: the device's retry budget.
+pub const HMM_RANGE_DEFAULT_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Pages per device fault (`ARRAY_SIZE(pfns)` in test_hmm.c).
+pub const FAULT_CHUNK: u64 = 64;
+/// Pages per fault of the lock-dropping READ (the seed's v7/v8 driver).
+pub const UNLOCKED_CHUNK: u64 = 32;
+
+const DEV_VALID: u64 = 1 << 63;
+const DEV_WRITE: u64 = 1 << 62;
+const DEV_ATOMIC: u64 = 1 << 61;
+const DEV_PFN: u64 = (1 << 53) - 1;
+
+static NEXT_OWNER: AtomicU64 = AtomicU64::new(0x0d3_0000);
+
+/// `struct hmm_dmirror_cmd`: the ioctl argument. `buf` is the user buffer
+/// `ptr` points at (READ output, WRITE input, SNAPSHOT output bytes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cmd {
+    /// Start address (page aligned).
+    pub addr: u64,
+    /// The user buffer.
+    pub buf: Vec<u8>,
+    /// Pages.
+    pub npages: u64,
+    /// Out: pages processed.
+    pub cpages: u64,
+    /// Out: device fault passes.
+    pub faults: u64,
+}
+
+impl Cmd {
+    /// A command over `npages` pages at `addr` with a zeroed buffer.
+    pub fn new(addr: u64, npages: u64) -> Self {
+        Cmd {
+            addr,
+            buf: vec![0; (npages * PAGE_SIZE) as usize],
+            npages,
+            cpages: 0,
+            faults: 0,
+        }
+    }
+
+    /// The buffer as native-endian `i32`s.
+    pub fn i32s(&self) -> Vec<i32> {
+        self.buf
+            .chunks_exact(4)
+            .map(|c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    }
+
+    /// Fill the buffer from `i32`s.
+    pub fn set_i32s(&mut self, v: &[i32]) {
+        self.buf = v.iter().flat_map(|x| x.to_ne_bytes()).collect();
+    }
+}
+
+/// The device page table: VA page → tagged PFN, in 512-entry blocks.
+#[derive(Debug, Default)]
+struct DevPt {
+    blocks: BTreeMap<u64, Box<[u64; 512]>>,
+    entries: u64,
+}
+
+impl DevPt {
+    fn get(&self, va: u64) -> u64 {
+        let p = va >> PAGE_SHIFT;
+        self.blocks.get(&(p >> 9)).map_or(0, |b| b[(p & 511) as usize])
+    }
+    fn set(&mut self, va: u64, e: u64) {
+        let p = va >> PAGE_SHIFT;
+        let b = self.blocks.entry(p >> 9).or_insert_with(|| Box::new([0; 512]));
+        let slot = &mut b[(p & 511) as usize];
+        if *slot == 0 && e != 0 {
+            self.entries += 1;
+        } else if *slot != 0 && e == 0 {
+            self.entries -= 1;
+        }
+        *slot = e;
+    }
+    fn erase(&mut self, start: u64, end: u64) {
+        let (ps, pe) = (start >> PAGE_SHIFT, end.div_ceil(PAGE_SIZE));
+        let keys: Vec<u64> = self.blocks.range(ps >> 9..=(pe.saturating_sub(1)) >> 9).map(|(k, _)| *k).collect();
+        for k in keys {
+            let Some(b) = self.blocks.get_mut(&k) else { continue };
+            let mut live = 0;
+            for (i, e) in b.iter_mut().enumerate() {
+                let p = (k << 9) | i as u64;
+                if p >= ps && p < pe && *e != 0 {
+                    *e = 0;
+                    self.entries -= 1;
+                }
+                live += u64::from(*e != 0);
+            }
+            if live == 0 {
+                self.blocks.remove(&k);
+            }
+        }
+    }
+    fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.blocks.iter().flat_map(|(k, b)| {
+            b.iter()
+                .enumerate()
+                .filter(|(_, e)| **e != 0)
+                .map(move |(i, e)| (((k << 9) | i as u64) << PAGE_SHIFT, *e))
+        })
+    }
+}
+
+/// One device-page-table entry, as tests inspect it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DevEntry {
+    /// Virtual address of the page.
+    pub addr: u64,
+    /// The PFN the device maps.
+    pub pfn: u64,
+    /// Tagged WRITE.
+    pub write: bool,
+    /// Tagged ATOMIC (device-exclusive).
+    pub atomic: bool,
+}
+
+struct DeviceInner {
+    owner: u64,
+    machine: Arc<Machine>,
+    mirrors: Mutex<Vec<Weak<MirrorInner>>>,
+}
+
+/// A dmirror device with its device-private memory.
+#[derive(Clone)]
+pub struct Device {
+    inner: Arc<DeviceInner>,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device").field("owner", &self.inner.owner).finish()
+    }
+}
+
+impl Pagemap for DeviceInner {
+    fn owner(&self) -> u64 {
+        self.owner
+    }
+
+    fn migrated_to_ram(&self, mm_id: u64, addr: u64, dev_pfn: u64) {
+        let mirrors: Vec<Arc<MirrorInner>> = self
+            .mirrors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for m in mirrors.iter().filter(|m| m.mm.id() == mm_id) {
+            let mut pt = m.pt();
+            if pt.get(addr) & DEV_PFN == dev_pfn {
+                pt.set(addr, 0);
+            }
+        }
+    }
+}
+
+impl Device {
+    /// A new device on `machine` with its own device-private memory.
+    pub fn new(machine: &Arc<Machine>) -> Device {
+        let inner = Arc::new(DeviceInner {
+            owner: NEXT_OWNER.fetch_add(1, Ordering::Relaxed),
+            machine: machine.clone(),
+            mirrors: Mutex::new(Vec::new()),
+        });
+        let weak: Weak<dyn Pagemap> = Arc::downgrade(&inner) as Weak<dyn Pagemap>;
+        machine.register_pagemap(weak, inner.owner);
+        Device { inner }
+    }
+
+    /// The pagemap owner token (`dev_private_owner`).
+    pub fn owner(&self) -> u64 {
+        self.inner.owner
+    }
+
+    /// `open("/dev/hmm_dmirrorN")` in the process owning `mm`.
+    pub fn open(&self, mm: &Arc<Mm>) -> Mirror {
+        let inner = Arc::new(MirrorInner {
+            mm: mm.clone(),
+            device: self.inner.clone(),
+            pt: Mutex::new(DevPt::default()),
+            notifier: std::sync::OnceLock::new(),
+        });
+        let ops = MirrorOps(Arc::downgrade(&inner));
+        let sub = mm
+            .notifiers()
+            .insert(0, hmm_core::TASK_SIZE + PAGE_SIZE, Box::new(ops));
+        let _ = inner.notifier.set(sub);
+        self.inner
+            .mirrors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::downgrade(&inner));
+        Mirror { inner }
+    }
+}
+
+struct MirrorInner {
+    mm: Arc<Mm>,
+    device: Arc<DeviceInner>,
+    pt: Mutex<DevPt>,
+    notifier: std::sync::OnceLock<Arc<IntervalSub>>,
+}
+
+impl MirrorInner {
+    fn pt(&self) -> MutexGuard<'_, DevPt> {
+        self.pt.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn notifier(&self) -> &Arc<IntervalSub> {
+        self.notifier.get().expect("notifier set at open")
+    }
+}
+
+struct MirrorOps(Weak<MirrorInner>);
+
+impl IntervalOps for MirrorOps {
+    fn invalidate(&self, sub: &IntervalSub, range: &InvalidateRange, cur_seq: u64) -> bool {
+        let Some(m) = self.0.upgrade() else {
+            sub.set_seq(cur_seq);
+            return true;
+        };
+        let mut pt = if range.blockable {
+            m.pt()
+        } else {
+            match m.pt.try_lock() {
+                Ok(g) => g,
+                Err(_) => return false,
+            }
+        };
+        sub.set_seq(cur_seq);
+        pt.erase(range.start, range.end);
+        true
+    }
+}
+
+/// The temporary notifier of a SNAPSHOT: it only bumps the sequence.
+struct SnapshotOps(Weak<MirrorInner>);
+
+impl IntervalOps for SnapshotOps {
+    fn invalidate(&self, sub: &IntervalSub, range: &InvalidateRange, cur_seq: u64) -> bool {
+        let Some(m) = self.0.upgrade() else {
+            sub.set_seq(cur_seq);
+            return true;
+        };
+        let _pt = if range.blockable {
+            m.pt()
+        } else {
+            match m.pt.try_lock() {
+                Ok(g) => g,
+                Err(_) => return false,
+            }
+        };
+        sub.set_seq(cur_seq);
+        true
+    }
+}
+
+/// An open mirror of one mm (`struct dmirror`).
+pub struct Mirror {
+    inner: Arc<MirrorInner>,
+}
+
+impl std::fmt::Debug for Mirror {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mirror")
+            .field("owner", &self.inner.device.owner)
+            .finish()
+    }
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        self.inner.notifier().remove();
+    }
+}
+
+fn cmd_range(cmd: &Cmd) -> Result<(u64, u64), Errno> {
+    let size = cmd.npages.checked_mul(PAGE_SIZE).ok_or(Errno::EINVAL)?;
+    let end = cmd.addr.checked_add(size).ok_or(Errno::EINVAL)?;
+    if cmd.addr % PAGE_SIZE != 0 || size == 0 {
+        return Err(Errno::EINVAL);
+    }
+    Ok((cmd.addr, end))
+}
+
+/// Stop of a device read or write: the first page without a usable entry.
+struct Missing(u64);
+
+impl Mirror {
+    /// The mirrored mm.
+    pub fn mm(&self) -> &Arc<Mm> {
+        &self.inner.mm
+    }
+
+    /// The device's owner token.
+    pub fn owner(&self) -> u64 {
+        self.inner.device.owner
+    }
+
+    /// The interval notifier covering the address space.
+    pub fn notifier(&self) -> &Arc<IntervalSub> {
+        self.inner.notifier()
+    }
+
+    /// Entries in the device page table.
+    pub fn entries(&self) -> u64 {
+        self.inner.pt().entries
+    }
+
+    /// The device page-table entry for `addr`, if any.
+    pub fn entry(&self, addr: u64) -> Option<DevEntry> {
+        let e = self.inner.pt().get(addr & !(PAGE_SIZE - 1));
+        (e != 0).then(|| decode_dev(addr & !(PAGE_SIZE - 1), e))
+    }
+
+    /// Every device page-table entry in `[start, end)`.
+    pub fn entries_in(&self, start: u64, end: u64) -> Vec<DevEntry> {
+        self.inner
+            .pt()
+            .iter()
+            .filter(|(a, _)| *a >= start && *a < end)
+            .map(|(a, e)| decode_dev(a, e))
+            .collect()
+    }
+
+    fn frames(&self) -> &crate::frame::Frames {
+        &self.inner.device.machine.frames
+    }
+
+    /// Device fault of `[start, end)` through Linux's `hmm_range_fault`
+    /// (`dmirror_fault`): 64-page chunks, the kernel caller pattern, a
+    /// 1000 ms budget per chunk.
+    fn fault(&self, task: &Task, start: u64, end: u64, write: bool) -> Result<(), Errno> {
+        let mut a = start;
+        while a < end {
+            let b = (a + FAULT_CHUNK * PAGE_SIZE).min(end);
+            self.range_fault_chunk(task, a, b, write)?;
+            a = b;
+        }
+        Ok(())
+    }
+
+    fn range_fault_chunk(&self, task: &Task, start: u64, end: u64, write: bool) -> Result<(), Errno> {
+        let mm = &self.inner.mm;
+        let notifier = self.inner.notifier();
+        let h = mm.handle(task);
+        let env = Env::new(&h, &h, &**notifier);
+        let n = ((end - start) >> PAGE_SHIFT) as usize;
+        let mut pfns = [0u64; FAULT_CHUNK as usize];
+        let mut flags = PfnFlags::REQ_FAULT;
+        if write {
+            flags |= PfnFlags::REQ_WRITE;
+        }
+        let deadline = Instant::now() + HMM_RANGE_DEFAULT_TIMEOUT;
+        loop {
+            if Instant::now() > deadline {
+                return Err(Errno::EBUSY);
+            }
+            let mut range = Range::new(start, end, &mut pfns[..n])
+                .with_default_flags(flags.bits())
+                .with_owner(self.owner());
+            range.notifier_seq = notifier.read_begin();
+            let g = mm.read(task);
+            let out = range_fault(&env, &mut range, g, &mut Stats::default());
+            drop(out.guard);
+            match out.result {
+                Err(Error::Busy) => continue,
+                Err(e) => return Err(e.into()),
+                Ok(()) => {}
+            }
+            let mut pt = self.inner.pt();
+            if notifier.read_retry(range.notifier_seq) {
+                continue;
+            }
+            program(&mut pt, start, range.pfns);
+            return Ok(());
+        }
+    }
+
+    /// Fault `[start, end)` into the device through hmm-core's owning,
+    /// lock-dropping entry point ([`hmm_core::range_fault_unlocked`]) in
+    /// `chunk`-page pieces, then validate under the driver lock and program
+    /// the device. `opts.timeout_ns` also bounds the validation retries.
+    /// Statistics accumulate in `stats`.
+    pub fn fault_unlocked(
+        &self,
+        task: &Task,
+        start: u64,
+        end: u64,
+        write: bool,
+        chunk: u64,
+        opts: &Options,
+        stats: &mut Stats,
+    ) -> Result<(), Errno> {
+        let mm = &self.inner.mm;
+        let notifier = self.inner.notifier();
+        let h = mm.handle(task);
+        let clock = MonoClock::new();
+        let env = Env::new(&h, &h, &**notifier)
+            .with_signals(task)
+            .with_clock(&clock);
+        let chunk = chunk.max(1);
+        let mut pfns = vec![0u64; chunk as usize];
+        let mut flags = PfnFlags::REQ_FAULT;
+        if write {
+            flags |= PfnFlags::REQ_WRITE;
+        }
+        let mut a = start;
+        while a < end {
+            let b = (a + chunk * PAGE_SIZE).min(end);
+            let n = ((b - a) >> PAGE_SHIFT) as usize;
+            let deadline = (opts.timeout_ns != 0)
+                .then(|| Instant::now() + Duration::from_nanos(opts.timeout_ns));
+            loop {
+                if deadline.is_some_and(|d| Instant::now() > d) {
+                    return Err(Errno::EBUSY);
+                }
+                let mut range = Range::new(a, b, &mut pfns[..n])
+                    .with_request(Request::new(flags.bits(), 0))
+                    .with_owner(self.owner());
+                range_fault_unlocked(&env, &mut range, opts, stats)?;
+                let mut pt = self.inner.pt();
+                if notifier.read_retry(range.notifier_seq) {
+                    continue;
+                }
+                program(&mut pt, a, range.pfns);
+                break;
+            }
+            a = b;
+        }
+        Ok(())
+    }
+
+    fn do_read(&self, start: u64, end: u64, bounce: &mut [u8]) -> Result<(), Missing> {
+        let pt = self.inner.pt();
+        let mut a = start;
+        while a < end {
+            let e = pt.get(a);
+            if e == 0 {
+                return Err(Missing(a));
+            }
+            let off = (a - start) as usize;
+            self.frames()
+                .read(e & DEV_PFN, 0, &mut bounce[off..off + PAGE_SIZE as usize]);
+            a += PAGE_SIZE;
+        }
+        Ok(())
+    }
+
+    fn do_write(&self, start: u64, end: u64, bounce: &[u8]) -> Result<(), Missing> {
+        let pt = self.inner.pt();
+        let mut a = start;
+        while a < end {
+            let e = pt.get(a);
+            if e & DEV_WRITE == 0 {
+                return Err(Missing(a));
+            }
+            let off = (a - start) as usize;
+            self.frames()
+                .write(e & DEV_PFN, 0, &bounce[off..off + PAGE_SIZE as usize]);
+            a += PAGE_SIZE;
+        }
+        Ok(())
+    }
+
+    /// `HMM_DMIRROR_READ`: copy the range through the device into
+    /// `cmd.buf`, faulting missing pages in with `hmm_range_fault`.
+    pub fn read(&self, task: &Task, cmd: &mut Cmd) -> Result<(), Errno> {
+        self.read_with(task, cmd, |m, a, b| m.fault(task, a, b, false))
+    }
+
+    /// The seed's `HMM_DMIRROR_READ_UNLOCKED`: READ faulting through the
+    /// lock-dropping entry point (32-page chunks, resume policy, no budget
+    /// unless `opts` sets one), so userfaultfd-backed ranges work.
+    pub fn read_unlocked(&self, task: &Task, cmd: &mut Cmd, opts: &Options, stats: &mut Stats) -> Result<(), Errno> {
+        self.read_with(task, cmd, |m, a, b| {
+            m.fault_unlocked(task, a, b, false, UNLOCKED_CHUNK, opts, stats)
+        })
+    }
+
+    fn read_with(
+        &self,
+        _task: &Task,
+        cmd: &mut Cmd,
+        mut fault: impl FnMut(&Self, u64, u64) -> Result<(), Errno>,
+    ) -> Result<(), Errno> {
+        let (start, end) = cmd_range(cmd)?;
+        let mut bounce = vec![0u8; (end - start) as usize];
+        cmd.faults = 0;
+        cmd.cpages = 0;
+        let mut from = start;
+        loop {
+            match self.do_read(from, end, &mut bounce[(from - start) as usize..]) {
+                Ok(()) => break,
+                Err(Missing(a)) => {
+                    cmd.cpages = (a - start) >> PAGE_SHIFT;
+                    from = a;
+                    fault(self, a, end)?;
+                    cmd.faults += 1;
+                }
+            }
+        }
+        cmd.cpages = cmd.npages;
+        cmd.buf = bounce;
+        Ok(())
+    }
+
+    /// `HMM_DMIRROR_WRITE`: write `cmd.buf` through the device, faulting
+    /// with write access.
+    pub fn write(&self, task: &Task, cmd: &mut Cmd) -> Result<(), Errno> {
+        let (start, end) = cmd_range(cmd)?;
+        if (cmd.buf.len() as u64) < end - start {
+            return Err(Errno::EINVAL);
+        }
+        cmd.faults = 0;
+        cmd.cpages = 0;
+        let mut from = start;
+        loop {
+            match self.do_write(from, end, &cmd.buf[(from - start) as usize..]) {
+                Ok(()) => break,
+                Err(Missing(a)) => {
+                    cmd.cpages = (a - start) >> PAGE_SHIFT;
+                    from = a;
+                    self.fault(task, a, end, true)?;
+                    cmd.faults += 1;
+                }
+            }
+        }
+        cmd.cpages = cmd.npages;
+        Ok(())
+    }
+
+    /// `HMM_DMIRROR_SNAPSHOT`: one `HMM_DMIRROR_PROT_*` byte per page in
+    /// `cmd.buf`, from a no-fault `hmm_range_fault` under a temporary
+    /// interval notifier per 64 pages.
+    pub fn snapshot(&self, task: &Task, cmd: &mut Cmd) -> Result<(), Errno> {
+        let (start, end) = cmd_range(cmd)?;
+        let mm = &self.inner.mm;
+        let h = mm.handle(task);
+        cmd.buf = vec![0; cmd.npages as usize];
+        cmd.cpages = 0;
+        let mut a = start;
+        while a < end {
+            let b = (a + FAULT_CHUNK * PAGE_SIZE).min(end);
+            let n = ((b - a) >> PAGE_SHIFT) as usize;
+            let sub = mm.notifiers().insert(
+                a,
+                b,
+                Box::new(SnapshotOps(Arc::downgrade(&self.inner))),
+            );
+            let env = Env::new(&h, &h, &*sub);
+            let mut pfns = [0u64; FAULT_CHUNK as usize];
+            let deadline = Instant::now() + HMM_RANGE_DEFAULT_TIMEOUT;
+            let r = loop {
+                if Instant::now() > deadline {
+                    break Err(Errno::EBUSY);
+                }
+                let mut range = Range::new(a, b, &mut pfns[..n]).with_owner(self.owner());
+                range.notifier_seq = sub.read_begin();
+                let g = mm.read(task);
+                let out = range_fault(&env, &mut range, g, &mut Stats::default());
+                drop(out.guard);
+                match out.result {
+                    Err(Error::Busy) => continue,
+                    Err(e) => break Err(e.into()),
+                    Ok(()) => {}
+                }
+                let _pt = self.inner.pt();
+                if sub.read_retry(range.notifier_seq) {
+                    continue;
+                }
+                let off = ((a - start) >> PAGE_SHIFT) as usize;
+                for (i, &p) in range.pfns.iter().enumerate() {
+                    cmd.buf[off + i] = self.mkentry(p);
+                }
+                break Ok(());
+            };
+            sub.remove();
+            r?;
+            cmd.cpages += n as u64;
+            a = b;
+        }
+        Ok(())
+    }
+
+    /// `dmirror_mkentry`: the snapshot byte of one HMM PFN word.
+    pub fn mkentry(&self, p: u64) -> u8 {
+        let e = HmmPfn(p);
+        if e.is_error() {
+            return PROT_ERROR;
+        }
+        if !e.is_valid() {
+            return PROT_NONE;
+        }
+        let mut perm = match self.frames().kind(e.pfn()) {
+            FrameKind::DevicePrivate(o) if o == self.owner() => PROT_DEV_PRIVATE_LOCAL,
+            FrameKind::DevicePrivate(_) => PROT_DEV_PRIVATE_REMOTE,
+            FrameKind::System if e.pfn() == ZERO_PFN => PROT_ZERO,
+            FrameKind::System => PROT_NONE,
+        };
+        perm |= if e.is_writable() { PROT_WRITE } else { PROT_READ };
+        match e.order() {
+            9 => perm |= PROT_PMD,
+            18 => perm |= PROT_PUD,
+            _ => {}
+        }
+        perm
+    }
+
+    fn check_readable(&self, start: u64, end: u64) -> Result<(), Errno> {
+        let mut a = start;
+        for v in self.inner.mm.vma_list() {
+            if v.end <= a || v.start >= end {
+                continue;
+            }
+            if v.start > a || !v.flags.contains(VmFlags::READ) {
+                return Err(Errno::EINVAL);
+            }
+            a = v.end;
+        }
+        if a < end {
+            return Err(Errno::EINVAL);
+        }
+        Ok(())
+    }
+
+    /// `HMM_DMIRROR_MIGRATE_TO_DEV`: migrate the range into this device's
+    /// private memory, map it in the device, and read it back into
+    /// `cmd.buf`. `-EINVAL` if part of the range is unmapped or unreadable;
+    /// `-ENOENT` if some page could not migrate (e.g. shared memory).
+    pub fn migrate_to_dev(&self, task: &Task, cmd: &mut Cmd) -> Result<(), Errno> {
+        let (start, end) = cmd_range(cmd)?;
+        let mm = &self.inner.mm;
+        let owner = self.owner();
+        let machine = self.inner.device.machine.clone();
+        let moved = {
+            let g = mm.read(task);
+            self.check_readable(start, end)?;
+            let mut alloc = || machine.alloc(0, FrameKind::DevicePrivate(owner));
+            let mut moved = Vec::new();
+            let mut a = start;
+            while a < end {
+                let b = (a + FAULT_CHUNK * PAGE_SIZE).min(end);
+                moved.extend(mm.migrate_to_device(&g, a, b, owner, &mut alloc));
+                a = b;
+            }
+            moved
+        };
+        {
+            let mut pt = self.inner.pt();
+            for (a, dev, write) in moved {
+                // Map only if the CPU still maps this device page (a CPU
+                // fault may already have migrated it back).
+                if mm.pte_at(a).0 == (Pte::DevicePrivate { pfn: dev, write }) {
+                    pt.set(a, DEV_VALID | dev | if write { DEV_WRITE } else { 0 });
+                }
+            }
+        }
+        let mut bounce = vec![0u8; (end - start) as usize];
+        match self.do_read(start, end, &mut bounce) {
+            Ok(()) => {
+                cmd.cpages = cmd.npages;
+                cmd.buf = bounce;
+                Ok(())
+            }
+            Err(Missing(a)) => {
+                cmd.cpages = (a - start) >> PAGE_SHIFT;
+                Err(Errno::ENOENT)
+            }
+        }
+    }
+
+    /// `HMM_DMIRROR_MIGRATE_TO_SYS`: migrate this device's pages in the
+    /// range back to system memory. `cmd.cpages` = pages migrated.
+    pub fn migrate_to_sys(&self, task: &Task, cmd: &mut Cmd) -> Result<(), Errno> {
+        let (start, end) = cmd_range(cmd)?;
+        let mm = &self.inner.mm;
+        let moved = {
+            let g = mm.read(task);
+            self.check_readable(start, end)?;
+            mm.migrate_from_device(&g, start, end, self.owner())?
+        };
+        let mut pt = self.inner.pt();
+        for &(a, dev) in &moved {
+            if pt.get(a) & DEV_PFN == dev {
+                pt.set(a, 0);
+            }
+        }
+        cmd.cpages = moved.len() as u64;
+        Ok(())
+    }
+
+    /// `HMM_DMIRROR_EXCLUSIVE`: take device-exclusive access to every page
+    /// (`make_device_exclusive`), map them ATOMIC, and read them back.
+    /// `-EBUSY` if some page could not be made exclusive.
+    pub fn exclusive(&self, task: &Task, cmd: &mut Cmd) -> Result<(), Errno> {
+        let (start, end) = cmd_range(cmd)?;
+        let mm = &self.inner.mm;
+        let mut taken = Vec::new();
+        {
+            let mut g = mm.read(task);
+            let mut a = start;
+            while a < end {
+                let (g2, r) = mm.make_device_exclusive(g, a, self.owner());
+                g = g2;
+                match r {
+                    Ok(pfn) => taken.push((a, pfn)),
+                    Err(_) => return Err(Errno::EBUSY),
+                }
+                a += PAGE_SIZE;
+            }
+        }
+        {
+            let mut pt = self.inner.pt();
+            for (a, pfn) in taken {
+                if matches!(mm.pte_at(a).0, Pte::DeviceExclusive { pfn: p, .. } if p == pfn) {
+                    pt.set(a, DEV_VALID | DEV_ATOMIC | pfn);
+                }
+            }
+        }
+        let mut bounce = vec![0u8; (end - start) as usize];
+        match self.do_read(start, end, &mut bounce) {
+            Ok(()) => {
+                cmd.cpages = cmd.npages;
+                cmd.buf = bounce;
+                Ok(())
+            }
+            Err(Missing(a)) => {
+                cmd.cpages = (a - start) >> PAGE_SHIFT;
+                Err(Errno::EBUSY)
+            }
+        }
+    }
+
+    /// `HMM_DMIRROR_CHECK_EXCLUSIVE`: `-EPERM` if a page of the range is
+    /// still mapped ATOMIC (CPU access did not revoke exclusivity).
+    pub fn check_exclusive(&self, _task: &Task, cmd: &mut Cmd) -> Result<(), Errno> {
+        let (start, end) = cmd_range(cmd)?;
+        let pt = self.inner.pt();
+        let mut a = start;
+        while a < end {
+            if pt.get(a) & DEV_ATOMIC != 0 {
+                return Err(Errno::EPERM);
+            }
+            a += PAGE_SIZE;
+        }
+        Ok(())
+    }
+
+    /// Check the device page table against the CPU page tables, holding the
+    /// mmap read lock and the driver lock: every device entry must map the
+    /// same PFN as the CPU (device-private entries the same device page,
+    /// ATOMIC entries a device-exclusive entry of that page), and a WRITE
+    /// entry needs a writable CPU mapping. Returns the entries checked.
+    pub fn check_coherent(&self, task: &Task) -> Result<u64, String> {
+        let mm = &self.inner.mm;
+        let _g = mm.read(task);
+        let pt = self.inner.pt();
+        let mut n = 0;
+        for (a, e) in pt.iter() {
+            let d = decode_dev(a, e);
+            let (pte, pfn) = mm.pte_at(a);
+            let ok = match pte {
+                Pte::Present { write, .. } => {
+                    !d.atomic && pfn == Some(d.pfn) && (!d.write || write)
+                }
+                Pte::DevicePrivate { pfn: p, write } => {
+                    !d.atomic && p == d.pfn && (!d.write || write)
+                }
+                Pte::DeviceExclusive { pfn: p, .. } => d.atomic && p == d.pfn,
+                _ => false,
+            };
+            if !ok {
+                return Err(format!(
+                    "device entry {d:x?} at {a:#x} does not match the CPU entry {pte:x?}"
+                ));
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+fn decode_dev(addr: u64, e: u64) -> DevEntry {
+    DevEntry {
+        addr,
+        pfn: e & DEV_PFN,
+        write: e & DEV_WRITE != 0,
+        atomic: e & DEV_ATOMIC != 0,
+    }
+}
+
+/// `dmirror_do_fault`: store the faulted PFNs in the device page table.
+fn program(pt: &mut DevPt, start: u64, pfns: &[u64]) {
+    for (i, &p) in pfns.iter().enumerate() {
+        let e = HmmPfn(p);
+        // The request demanded VALID; the kernel driver WARNs otherwise.
+        debug_assert!(e.is_valid() && !e.is_error(), "entry {p:#x} not valid");
+        if !e.is_valid() || e.is_error() {
+            continue;
+        }
+        let w = if e.is_writable() { DEV_WRITE } else { 0 };
+        pt.set(start + i as u64 * PAGE_SIZE, DEV_VALID | w | e.pfn());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_page_table_set_erase_iter() {
+        let mut pt = DevPt::default();
+        for i in 0..1030u64 {
+            pt.set(0x1000_0000 + i * PAGE_SIZE, DEV_VALID | i);
+        }
+        assert_eq!(pt.entries, 1030);
+        pt.erase(0x1000_0000 + 10 * PAGE_SIZE, 0x1000_0000 + 1025 * PAGE_SIZE);
+        assert_eq!(pt.entries, 15);
+        let got: Vec<u64> = pt.iter().map(|(_, e)| e & DEV_PFN).collect();
+        let want: Vec<u64> = (0..10).chain(1025..1030).collect();
+        assert_eq!(got, want);
+        pt.erase(0, u64::MAX & !(PAGE_SIZE - 1));
+        assert_eq!((pt.entries, pt.blocks.len()), (0, 0));
+    }
+}
