@@ -27,10 +27,22 @@ pub(crate) struct RawMirror {
     _private: [u8; 0],
 }
 
+impl Default for RawVma {
+    fn default() -> Self {
+        RawVma {
+            vma: core::ptr::null_mut(),
+            start: 0,
+            end: 0,
+            flags: 0,
+            hugetlb_order: 0,
+        }
+    }
+}
+
 /// `struct hmm_rs_vma`.
 #[repr(C)]
-#[derive(Default)]
 pub(crate) struct RawVma {
+    pub(crate) vma: *mut VmAreaStruct,
     pub(crate) start: u64,
     pub(crate) end: u64,
     pub(crate) flags: u64,
@@ -80,12 +92,13 @@ extern "C" {
     pub(crate) fn hmm_rs_mmput(mm: *mut MmStruct);
     pub(crate) fn hmm_rs_find_vma(mm: *mut MmStruct, addr: u64, out: *mut RawVma) -> bool;
     pub(crate) fn hmm_rs_fatal_signal_pending() -> bool;
-    pub(crate) fn hmm_rs_ktime_get_ns() -> u64;
-    pub(crate) fn hmm_rs_is_zero_pfn(pfn: u64) -> bool;
+    pub(crate) fn hmm_rs_ktime_get_coarse_ns() -> u64;
+    pub(crate) fn hmm_rs_zero_pfn() -> u64;
     pub(crate) fn hmm_rs_fault(mm: *mut MmStruct, addr: u64, flags: u32, error: *mut u32) -> u32;
     pub(crate) fn hmm_rs_migration_wait(mm: *mut MmStruct, addr: u64);
     pub(crate) fn hmm_rs_walk(
         mm: *mut MmStruct,
+        vma: *mut VmAreaStruct,
         start: u64,
         end: u64,
         out: *mut RawLeaf,

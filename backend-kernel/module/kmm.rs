@@ -16,12 +16,16 @@
 //!   the mmap lock consumes the guard without unlocking again;
 //! * [`IntervalNotifier`]: `mmu_interval_read_begin` / `check_retry` /
 //!   `read_retry` on the mirror's notifier;
-//! * [`Signals`] (`fatal_signal_pending`) and [`Clock`] (`ktime_get_ns`).
+//! * [`Signals`] (`fatal_signal_pending`) and [`Clock`]
+//!   (`ktime_get_coarse_ns`: tick resolution is plenty for budgets of a
+//!   second, and it costs no clocksource read).
 
+use core::cell::Cell;
 use core::marker::PhantomData;
+use core::ptr;
 use core::ops::ControlFlow;
 
-use crate::ffi::{self, MmStruct, RawLeaf, RawMirror, RawVma};
+use crate::ffi::{self, MmStruct, RawLeaf, RawMirror, RawVma, VmAreaStruct};
 use crate::hmm_core::{
     Clock, Error, FaultFlags, FaultHandler, FaultOutcome, IntervalNotifier, Leaf, MmView,
     MmapLock, Present, Signals, VmFaultError, VmFlags, Vma,
@@ -77,10 +81,22 @@ impl Drop for KernelMm {
 /// Not `Send`: the lock is released by the task that took it.
 pub(crate) struct ReadGuard<'a> {
     mm: *mut MmStruct,
+    /// The last VMA `find_vma` returned, with its bounds: the page-table
+    /// reader gets it instead of looking the VMA up again. Valid while this
+    /// guard holds the lock.
+    last_vma: Cell<(*mut VmAreaStruct, u64, u64)>,
     _mm: PhantomData<&'a KernelMm>,
 }
 
-impl ReadGuard<'_> {
+impl<'a> ReadGuard<'a> {
+    fn new(mm: *mut MmStruct) -> Self {
+        ReadGuard {
+            mm,
+            last_vma: Cell::new((ptr::null_mut(), 0, 0)),
+            _mm: PhantomData,
+        }
+    }
+
     /// The fault handler released the lock: forget the guard without
     /// unlocking a second time.
     fn released(self) {
@@ -103,10 +119,7 @@ impl MmapLock for KernelMm {
         // SAFETY: `self.mm` is pinned (type invariant); the non-killable
         // lock always succeeds.
         unsafe { ffi::hmm_rs_mmap_read_lock(self.mm, false) };
-        ReadGuard {
-            mm: self.mm,
-            _mm: PhantomData,
-        }
+        ReadGuard::new(self.mm)
     }
 
     fn read_killable(&self) -> Result<ReadGuard<'_>, Error> {
@@ -114,10 +127,7 @@ impl MmapLock for KernelMm {
         if unsafe { ffi::hmm_rs_mmap_read_lock(self.mm, true) } != 0 {
             return Err(Error::Intr);
         }
-        Ok(ReadGuard {
-            mm: self.mm,
-            _mm: PhantomData,
-        })
+        Ok(ReadGuard::new(self.mm))
     }
 }
 
@@ -157,6 +167,7 @@ impl MmView for ReadGuard<'_> {
         if !unsafe { ffi::hmm_rs_find_vma(self.mm, addr, &mut v) } {
             return None;
         }
+        self.last_vma.set((v.vma, v.start, v.end));
         Some(Vma::new(
             v.start,
             v.end,
@@ -165,20 +176,31 @@ impl MmView for ReadGuard<'_> {
         ))
     }
 
-    fn walk_leaves<F>(&self, _vma: &Vma<'_>, start: u64, end: u64, mut f: F)
+    fn walk_leaves<F>(&self, vma: &Vma<'_>, start: u64, end: u64, mut f: F)
     where
         F: FnMut(u64, u64, Leaf) -> ControlFlow<()>,
     {
+        let (cached, cs, ce) = self.last_vma.get();
+        // The VMA came from this guard's find_vma (its lifetime says so);
+        // reuse its pointer, or let the shim look it up if it is not the
+        // last one found.
+        let raw_vma = if cs == vma.start() && ce == vma.end() {
+            cached
+        } else {
+            ptr::null_mut()
+        };
         let mut buf = [RawLeaf::default(); LEAF_BATCH];
         let mut cur = start;
         while cur < end {
             let mut next = cur;
-            // SAFETY: the read lock of the pinned `mm` is held by `self`;
-            // `buf` has room for LEAF_BATCH leaves and `next` is a valid
+            // SAFETY: the read lock of the pinned `mm` is held by `self`, so
+            // `raw_vma` (null, or found under this same lock) is valid; `buf`
+            // has room for LEAF_BATCH leaves and `next` is a valid
             // out-pointer. The shim holds no lock when it returns.
             let n = unsafe {
                 ffi::hmm_rs_walk(
                     self.mm,
+                    raw_vma,
                     cur,
                     end,
                     buf.as_mut_ptr(),
@@ -277,6 +299,6 @@ impl Signals for KernelMm {
 impl Clock for KernelMm {
     fn now_ns(&self) -> u64 {
         // SAFETY: no preconditions.
-        unsafe { ffi::hmm_rs_ktime_get_ns() }
+        unsafe { ffi::hmm_rs_ktime_get_coarse_ns() }
     }
 }

@@ -347,6 +347,8 @@ impl Mirror {
         // SAFETY: `raw` is live for the whole ioctl.
         let mm = unsafe { KernelMm::get(self.raw) }.ok_or(EINVAL)?;
         let env = Env::new(&mm, &mm, &mm);
+        // SAFETY: no preconditions.
+        let zero_pfn = unsafe { ffi::hmm_rs_zero_pfn() };
         let mut pfns = [0u64; CHUNK];
         let mut perm = [0u8; CHUNK];
         let mut uptr = cmd.ptr;
@@ -376,7 +378,7 @@ impl Mirror {
                     continue;
                 }
                 for (p, &w) in perm[..n].iter_mut().zip(range.pfns.iter()) {
-                    *p = prot(HmmPfn(w));
+                    *p = prot(HmmPfn(w), zero_pfn);
                 }
                 break;
             }
@@ -429,15 +431,14 @@ fn span(cmd: &Cmd) -> Result<(u64, u64, usize)> {
 }
 
 /// test_hmm's `dmirror_mkentry` for a driver without device memory.
-fn prot(p: HmmPfn) -> u8 {
+fn prot(p: HmmPfn, zero_pfn: u64) -> u8 {
     if p.is_error() {
         return PROT_ERROR;
     }
     if !p.is_valid() {
         return PROT_NONE;
     }
-    // SAFETY: no preconditions; compares against the zero page's PFN.
-    let mut b = if unsafe { ffi::hmm_rs_is_zero_pfn(p.pfn()) } {
+    let mut b = if p.pfn() == zero_pfn {
         PROT_ZERO
     } else {
         PROT_NONE

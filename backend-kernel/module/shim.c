@@ -97,6 +97,7 @@ bool hmm_rs_find_vma(struct mm_struct *mm, u64 addr, struct hmm_rs_vma *out)
 
 	if (!vma)
 		return false;
+	out->vma = vma;
 	out->start = vma->vm_start;
 	out->end = vma->vm_end;
 	out->flags = vma->vm_flags;
@@ -109,14 +110,19 @@ bool hmm_rs_fatal_signal_pending(void)
 	return fatal_signal_pending(current);
 }
 
-u64 hmm_rs_ktime_get_ns(void)
+/*
+ * The retry budgets are 1 s; the coarse clock (updated every tick) is a
+ * memory read, while ktime_get_ns() reads the clocksource, which under
+ * emulation is an expensive device access on every call.
+ */
+u64 hmm_rs_ktime_get_coarse_ns(void)
 {
-	return ktime_get_ns();
+	return ktime_get_coarse_ns();
 }
 
-bool hmm_rs_is_zero_pfn(u64 pfn)
+u64 hmm_rs_zero_pfn(void)
 {
-	return is_zero_pfn(pfn);
+	return my_zero_pfn(0);
 }
 
 /* --------------------------------------------------------------- faults */
@@ -264,14 +270,16 @@ static u64 hmm_rs_walk_ptes(struct hmm_rs_walker *w, pmd_t pmdval, u64 addr,
 				fl |= HMM_RS_LEAF_PROTNONE;
 			/*
 			 * vm_normal_page() is not exported. With
-			 * ARCH_HAS_PTE_SPECIAL it returns NULL exactly for
+			 * ARCH_HAS_PTE_SPECIAL (x86) it returns NULL for
 			 * special PTEs (raw PFNs of VM_PFNMAP/VM_MIXEDMAP,
-			 * devmap, the zero page) and for PFNs without a
-			 * memmap; the zero page is reported on its own.
+			 * devmap, the zero page) and, after reporting a bad
+			 * PTE, for a non-special PTE beyond the memmap, which
+			 * a correct kernel never installs. The zero page is
+			 * reported on its own.
 			 */
 			if (is_zero_pfn(pfn))
 				fl |= HMM_RS_LEAF_ZERO;
-			else if (pte_special(pte) || !pfn_valid(pfn))
+			else if (pte_special(pte))
 				fl |= HMM_RS_LEAF_SPECIAL;
 			ok = hmm_rs_emit(w, addr, next, HMM_RS_LEAF_PRESENT, pfn,
 					 fl, 0, 0);
@@ -417,19 +425,24 @@ static u64 hmm_rs_walk_hugetlb(struct hmm_rs_walker *w,
 
 /*
  * Report the leaves of [start, end) (page aligned, inside one VMA) into
- * out[0..cap), in address order and without gaps. Returns the number of
- * leaves, or -EFAULT if [start, end) is not inside one VMA. *next is the
- * end of the last reported leaf (end if the range is complete).
+ * out[0..cap), in address order and without gaps. @vma is the VMA found by
+ * hmm_rs_find_vma() under the same mmap read lock, or NULL to look it up.
+ * Returns the number of leaves, or -EFAULT if [start, end) is not inside
+ * that VMA. *next is the end of the last reported leaf (end if the range
+ * is complete).
  */
-int hmm_rs_walk(struct mm_struct *mm, u64 start, u64 end,
-		struct hmm_rs_leaf *out, u32 cap, u64 *next)
+int hmm_rs_walk(struct mm_struct *mm, struct vm_area_struct *vma, u64 start,
+		u64 end, struct hmm_rs_leaf *out, u32 cap, u64 *next)
 {
 	struct hmm_rs_walker w = { .out = out, .n = 0, .cap = cap };
-	struct vm_area_struct *vma = vma_lookup(mm, start);
 	u64 addr = start;
 
+	mmap_assert_locked(mm);
 	*next = start;
-	if (!vma || end > vma->vm_end || start >= end)
+	if (!vma)
+		vma = vma_lookup(mm, start);
+	if (!vma || vma->vm_mm != mm || start < vma->vm_start ||
+	    end > vma->vm_end || start >= end)
 		return -EFAULT;
 	if (is_vm_hugetlb_page(vma)) {
 		*next = hmm_rs_walk_hugetlb(&w, vma, start, end);

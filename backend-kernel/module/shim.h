@@ -16,6 +16,7 @@ struct hmm_rs_mirror;
 
 /* A VMA as the walker sees it. */
 struct hmm_rs_vma {
+	struct vm_area_struct *vma;	/* valid while the mmap lock is held */
 	u64 start, end, flags;
 	u8 hugetlb_order;
 };
@@ -69,12 +70,12 @@ bool hmm_rs_mmget_not_zero(struct mm_struct *mm);
 void hmm_rs_mmput(struct mm_struct *mm);
 bool hmm_rs_find_vma(struct mm_struct *mm, u64 addr, struct hmm_rs_vma *out);
 bool hmm_rs_fatal_signal_pending(void);
-u64 hmm_rs_ktime_get_ns(void);
-bool hmm_rs_is_zero_pfn(u64 pfn);
+u64 hmm_rs_ktime_get_coarse_ns(void);
 u32 hmm_rs_fault(struct mm_struct *mm, u64 addr, u32 flags, u32 *error);
 void hmm_rs_migration_wait(struct mm_struct *mm, u64 addr);
-int hmm_rs_walk(struct mm_struct *mm, u64 start, u64 end,
-		struct hmm_rs_leaf *out, u32 cap, u64 *next);
+int hmm_rs_walk(struct mm_struct *mm, struct vm_area_struct *vma, u64 start,
+		u64 end, struct hmm_rs_leaf *out, u32 cap, u64 *next);
+u64 hmm_rs_zero_pfn(void);
 struct mm_struct *hmm_rs_mirror_mm(struct hmm_rs_mirror *m);
 u64 hmm_rs_mirror_owner(struct hmm_rs_mirror *m);
 void hmm_rs_mirror_set_flags(struct hmm_rs_mirror *m, u64 flags);

@@ -1,0 +1,177 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * hmm_bench: time READ and SNAPSHOT of a large buffer through a dmirror
+ * device, so the kernel's C driver and hmm_rs can be compared in one VM.
+ *
+ * The buffer is private anonymous memory, populated by the CPU first (so
+ * the measured work is the range walk, the device page-table update and the
+ * copy, not page allocation). Each READ uses a freshly opened device file,
+ * so its device page table starts empty and the whole range goes through
+ * the range-fault path. SNAPSHOT never caches and walks every time.
+ *
+ * usage: hmm_bench [-d DEVICE] [-m MiB] [-r ROUNDS] [-u] [-n]
+ *   -u   also time HMM_DMIRROR_READ_UNLOCKED (hmm_rs only)
+ *   -n   MADV_NOHUGEPAGE: 4 KiB PTEs only (default: THP where possible)
+ * Output: one line per operation,
+ *   bench <op>_<thp|4k> pages=<n> rounds=<r> min_ns=<ns> median_ns=<ns>
+ * Exit status: 0 if every ioctl succeeded and the data read back matched.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+struct hmm_dmirror_cmd {
+	uint64_t addr, ptr, npages, cpages, faults;
+};
+
+#define HMM_DMIRROR_READ _IOWR('H', 0x00, struct hmm_dmirror_cmd)
+#define HMM_DMIRROR_SNAPSHOT _IOWR('H', 0x04, struct hmm_dmirror_cmd)
+#define HMM_DMIRROR_READ_UNLOCKED _IOWR('H', 0x09, struct hmm_dmirror_cmd)
+
+#define PAGE 4096UL
+#define MAX_ROUNDS 64
+
+static uint64_t now_ns(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000000000ull + t.tv_nsec;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static const char *suffix = "";
+
+static void report(const char *op, size_t npages, int rounds, uint64_t *ns)
+{
+	qsort(ns, rounds, sizeof(*ns), cmp_u64);
+	printf("bench %s%s pages=%zu rounds=%d min_ns=%llu median_ns=%llu\n",
+	       op, suffix, npages, rounds, (unsigned long long)ns[0],
+	       (unsigned long long)ns[rounds / 2]);
+	fflush(stdout);
+}
+
+int main(int argc, char **argv)
+{
+	const char *dev = "/dev/hmm_dmirror0";
+	size_t mib = 64, size, npages, i;
+	int rounds = 5, unlocked = 0, nothp = 0, opt, r;
+	uint64_t ns[MAX_ROUNDS];
+	unsigned char *buf, *out;
+
+	while ((opt = getopt(argc, argv, "d:m:r:un")) != -1) {
+		switch (opt) {
+		case 'd': dev = optarg; break;
+		case 'm': mib = strtoul(optarg, NULL, 0); break;
+		case 'r': rounds = atoi(optarg); break;
+		case 'u': unlocked = 1; break;
+		case 'n': nothp = 1; break;
+		default:
+			fprintf(stderr, "usage: %s [-d DEV] [-m MiB] [-r N] [-u] [-n]\n",
+				argv[0]);
+			return 2;
+		}
+	}
+	if (rounds < 1 || rounds > MAX_ROUNDS || mib < 1)
+		return 2;
+	suffix = nothp ? "_4k" : "_thp";
+	size = mib << 20;
+	npages = size / PAGE;
+	buf = mmap(NULL, size, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	out = malloc(size);
+	if (buf == MAP_FAILED || !out) {
+		perror("alloc");
+		return 1;
+	}
+	if (madvise(buf, size, nothp ? MADV_NOHUGEPAGE : MADV_HUGEPAGE)) {
+		perror("madvise");
+		return 1;
+	}
+	for (i = 0; i < size; i++)
+		buf[i] = (unsigned char)(i * 13 + (i >> 12));
+	memset(out, 0, size);	/* populate the destination too */
+
+	for (int pass = 0; pass < 1 + unlocked; pass++) {
+		unsigned long req = pass ? HMM_DMIRROR_READ_UNLOCKED
+					 : HMM_DMIRROR_READ;
+
+		for (r = 0; r < rounds; r++) {
+			struct hmm_dmirror_cmd cmd = {
+				.addr = (uintptr_t)buf, .ptr = (uintptr_t)out,
+				.npages = npages,
+			};
+			int fd = open(dev, O_RDWR | O_CLOEXEC);
+			uint64_t t0;
+
+			if (fd < 0) {
+				perror(dev);
+				return 1;
+			}
+			t0 = now_ns();
+			if (ioctl(fd, req, &cmd)) {
+				perror(pass ? "READ_UNLOCKED" : "READ");
+				return 1;
+			}
+			ns[r] = now_ns() - t0;
+			close(fd);
+			if (cmd.cpages != npages || memcmp(buf, out, size)) {
+				fprintf(stderr, "READ: wrong data\n");
+				return 1;
+			}
+		}
+		report(pass ? "read_unlocked" : "read", npages, rounds, ns);
+	}
+
+	{
+		int fd = open(dev, O_RDWR | O_CLOEXEC);
+
+		if (fd < 0) {
+			perror(dev);
+			return 1;
+		}
+		for (r = 0; r < rounds; r++) {
+			struct hmm_dmirror_cmd cmd = {
+				.addr = (uintptr_t)buf, .ptr = (uintptr_t)out,
+				.npages = npages,
+			};
+			uint64_t t0 = now_ns();
+
+			if (ioctl(fd, HMM_DMIRROR_SNAPSHOT, &cmd)) {
+				perror("SNAPSHOT");
+				return 1;
+			}
+			ns[r] = now_ns() - t0;
+			if (cmd.cpages != npages) {
+				fprintf(stderr, "SNAPSHOT: cpages %llu\n",
+					(unsigned long long)cmd.cpages);
+				return 1;
+			}
+			/* Populated private anonymous memory: RW (maybe PMD). */
+			for (i = 0; i < npages; i++) {
+				if ((out[i] & 0x3) != 0x2) {
+					fprintf(stderr, "SNAPSHOT: page %zu is 0x%x\n",
+						i, out[i]);
+					return 1;
+				}
+			}
+		}
+		close(fd);
+		report("snapshot", npages, rounds, ns);
+	}
+	return 0;
+}

@@ -1,0 +1,277 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * uffd_read: a device reads a userfaultfd-backed range.
+ *
+ * For each variant (4 KiB pages, a THP-advised 2 MiB-aligned range, a
+ * MAP_HUGETLB range) the range is registered with UFFDIO_REGISTER_MODE_MISSING
+ * and left unpopulated; a handler thread answers every missing fault with
+ * UFFDIO_COPY of a known pattern. Two cases per variant:
+ *
+ *   <variant>_read_efault     HMM_DMIRROR_READ (0x00) fails with EFAULT: the
+ *                             kernel's hmm_range_fault cannot let the
+ *                             userfaultfd handler drop the mmap lock, so the
+ *                             fault is SIGBUS. Both drivers behave so.
+ *   <variant>_read_unlocked   HMM_DMIRROR_READ_UNLOCKED (0x09) succeeds:
+ *                             cpages == npages and every byte the device read
+ *                             equals the pattern the handler supplied. The
+ *                             kernel's C driver has no such ioctl (EINVAL).
+ *
+ * usage: uffd_read [DEVICE]      (default /dev/hmm_dmirror0)
+ * Output: kselftest TAP ("ok N name" / "not ok N name").
+ * Exit status: 0 if every case passed.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+struct hmm_dmirror_cmd {
+	uint64_t addr, ptr, npages, cpages, faults;
+};
+
+#define HMM_DMIRROR_READ _IOWR('H', 0x00, struct hmm_dmirror_cmd)
+#define HMM_DMIRROR_READ_UNLOCKED _IOWR('H', 0x09, struct hmm_dmirror_cmd)
+
+#define PAGE 4096UL
+#define TWOMEG (2UL << 20)
+
+struct handler {
+	int uffd, stopfd;
+	char *base, *src;
+	size_t size, unit;	/* bytes per UFFDIO_COPY */
+	unsigned long copies;
+	int error;
+};
+
+static void *handler_main(void *arg)
+{
+	struct handler *h = arg;
+
+	for (;;) {
+		struct pollfd p[2] = {
+			{ .fd = h->uffd, .events = POLLIN },
+			{ .fd = h->stopfd, .events = POLLIN },
+		};
+		struct uffd_msg msg;
+		struct uffdio_copy copy;
+		uintptr_t addr;
+
+		if (poll(p, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			h->error = errno;
+			return NULL;
+		}
+		if (p[1].revents)
+			return NULL;
+		if (read(h->uffd, &msg, sizeof(msg)) != sizeof(msg)) {
+			if (errno == EAGAIN)
+				continue;
+			h->error = errno;
+			return NULL;
+		}
+		if (msg.event != UFFD_EVENT_PAGEFAULT)
+			continue;
+		addr = msg.arg.pagefault.address & ~(uintptr_t)(h->unit - 1);
+		copy.dst = addr;
+		copy.src = (uintptr_t)(h->src + (addr - (uintptr_t)h->base));
+		copy.len = h->unit;
+		copy.mode = 0;
+		copy.copy = 0;
+		if (ioctl(h->uffd, UFFDIO_COPY, &copy) < 0) {
+			if (errno == EEXIST) {
+				/* Raced with another copy: just wake. */
+				struct uffdio_range r = { addr, h->unit };
+
+				ioctl(h->uffd, UFFDIO_WAKE, &r);
+				continue;
+			}
+			h->error = errno;
+			return NULL;
+		}
+		h->copies++;
+	}
+}
+
+static int ntest;
+static int nfail;
+
+static void result(int ok, const char *name, const char *why)
+{
+	ntest++;
+	if (!ok)
+		nfail++;
+	if (why && *why)
+		printf("# %s: %s\n", name, why);
+	printf("%sok %d %s\n", ok ? "" : "not ", ntest, name);
+	fflush(stdout);
+}
+
+static unsigned char pattern(size_t off)
+{
+	return (unsigned char)((off >> 12) * 7 + (off & 0xfff) + 0xab);
+}
+
+enum variant { V_4K, V_THP, V_HUGETLB };
+
+/* Runs the two cases of one variant; *skip is set if the setup failed. */
+static void run_variant(const char *dev, enum variant v)
+{
+	static const char *const names[] = { "4k", "thp", "hugetlb" };
+	char n_efault[64], n_unlocked[64], why[256];
+	size_t size = v == V_4K ? 256 * PAGE : v == V_THP ? TWOMEG : 2 * TWOMEG;
+	size_t unit = v == V_HUGETLB ? TWOMEG : PAGE;
+	struct uffdio_api api = { .api = UFFD_API };
+	struct uffdio_register reg;
+	struct hmm_dmirror_cmd cmd;
+	struct handler h;
+	pthread_t thread;
+	char *map, *base, *mirror = NULL;
+	size_t i, bad;
+	int fd, uffd, ret, err;
+	uint64_t one = 1;
+
+	snprintf(n_efault, sizeof(n_efault), "uffd_%s_read_efault", names[v]);
+	snprintf(n_unlocked, sizeof(n_unlocked), "uffd_%s_read_unlocked",
+		 names[v]);
+	memset(&h, 0, sizeof(h));
+
+	if (v == V_HUGETLB) {
+		map = mmap(NULL, size, PROT_READ | PROT_WRITE,
+			   MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
+		base = map;
+	} else {
+		/* Over-allocate so a 2 MiB-aligned range fits. */
+		map = mmap(NULL, size + TWOMEG, PROT_READ | PROT_WRITE,
+			   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		base = map == MAP_FAILED ? map :
+			(char *)(((uintptr_t)map + TWOMEG - 1) & ~(TWOMEG - 1));
+	}
+	if (map == MAP_FAILED) {
+		snprintf(why, sizeof(why), "mmap: %s", strerror(errno));
+		result(0, n_efault, why);
+		result(0, n_unlocked, why);
+		return;
+	}
+	if (v == V_THP && madvise(base, size, MADV_HUGEPAGE)) {
+		snprintf(why, sizeof(why), "madvise(MADV_HUGEPAGE): %s",
+			 strerror(errno));
+		result(0, n_efault, why);
+		result(0, n_unlocked, why);
+		return;
+	}
+
+	h.src = malloc(size);
+	mirror = malloc(size);
+	if (!h.src || !mirror)
+		abort();
+	for (i = 0; i < size; i++)
+		h.src[i] = pattern(i);
+
+	uffd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	if (uffd < 0 || ioctl(uffd, UFFDIO_API, &api)) {
+		snprintf(why, sizeof(why), "userfaultfd: %s", strerror(errno));
+		result(0, n_efault, why);
+		result(0, n_unlocked, why);
+		return;
+	}
+	reg.range.start = (uintptr_t)base;
+	reg.range.len = size;
+	reg.mode = UFFDIO_REGISTER_MODE_MISSING;
+	if (ioctl(uffd, UFFDIO_REGISTER, &reg)) {
+		snprintf(why, sizeof(why), "UFFDIO_REGISTER: %s",
+			 strerror(errno));
+		result(0, n_efault, why);
+		result(0, n_unlocked, why);
+		return;
+	}
+	h.uffd = uffd;
+	h.stopfd = eventfd(0, EFD_CLOEXEC);
+	h.base = base;
+	h.size = size;
+	h.unit = unit;
+	if (h.stopfd < 0 || pthread_create(&thread, NULL, handler_main, &h))
+		abort();
+
+	fd = open(dev, O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		snprintf(why, sizeof(why), "open %s: %s", dev, strerror(errno));
+		result(0, n_efault, why);
+		result(0, n_unlocked, why);
+		goto stop;
+	}
+
+	/* Linux hmm_range_fault path: userfaultfd cannot drop the lock. */
+	memset(&cmd, 0, sizeof(cmd));
+	cmd.addr = (uintptr_t)base;
+	cmd.ptr = (uintptr_t)mirror;
+	cmd.npages = size / PAGE;
+	ret = ioctl(fd, HMM_DMIRROR_READ, &cmd);
+	err = errno;
+	snprintf(why, sizeof(why), "READ returned %d (%s), want -1 (EFAULT)",
+		 ret, ret ? strerror(err) : "success");
+	result(ret == -1 && err == EFAULT, n_efault,
+	       ret == -1 && err == EFAULT ? NULL : why);
+
+	/* The lock-dropping path. */
+	memset(&cmd, 0, sizeof(cmd));
+	cmd.addr = (uintptr_t)base;
+	cmd.ptr = (uintptr_t)mirror;
+	cmd.npages = size / PAGE;
+	memset(mirror, 0, size);
+	ret = ioctl(fd, HMM_DMIRROR_READ_UNLOCKED, &cmd);
+	err = errno;
+	if (ret) {
+		snprintf(why, sizeof(why), "READ_UNLOCKED: %s%s", strerror(err),
+			 err == EINVAL || err == ENOTTY ?
+				 " (driver has no lock-dropping READ)" : "");
+		result(0, n_unlocked, why);
+	} else {
+		for (i = 0, bad = 0; i < size; i++)
+			bad += (unsigned char)mirror[i] != pattern(i);
+		for (i = 0; i < size && !bad; i++)
+			bad += (unsigned char)base[i] != pattern(i);
+		snprintf(why, sizeof(why),
+			 "cpages %llu/%zu, faults %llu, %zu bad bytes, "
+			 "%lu UFFDIO_COPYs of %zu bytes",
+			 (unsigned long long)cmd.cpages, size / PAGE,
+			 (unsigned long long)cmd.faults, bad, h.copies, unit);
+		result(cmd.cpages == size / PAGE && !bad && h.copies > 0 &&
+			       !h.error,
+		       n_unlocked, why);
+	}
+	close(fd);
+stop:
+	if (write(h.stopfd, &one, sizeof(one)) != sizeof(one))
+		abort();
+	pthread_join(thread, NULL);
+	close(h.stopfd);
+	close(uffd);
+	munmap(map, v == V_HUGETLB ? size : size + TWOMEG);
+	free(h.src);
+	free(mirror);
+}
+
+int main(int argc, char **argv)
+{
+	const char *dev = argc > 1 ? argv[1] : "/dev/hmm_dmirror0";
+
+	printf("TAP version 13\n1..6\n");
+	printf("# uffd_read on %s\n", dev);
+	run_variant(dev, V_4K);
+	run_variant(dev, V_THP);
+	run_variant(dev, V_HUGETLB);
+	printf("# %d passed, %d failed\n", ntest - nfail, nfail);
+	return nfail ? 1 : 0;
+}
