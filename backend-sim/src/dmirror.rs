@@ -713,13 +713,19 @@ impl Mirror {
             moved
         };
         {
+            // Map every page of the range that the CPU maps in this device's
+            // memory: the ones just migrated and the ones already there. A
+            // page a CPU fault has meanwhile moved back is not mapped.
+            let _ = moved;
             let mut pt = self.inner.pt();
-            for (a, dev, write) in moved {
-                // Map only if the CPU still maps this device page (a CPU
-                // fault may already have migrated it back).
-                if mm.pte_at(a).0 == (Pte::DevicePrivate { pfn: dev, write }) {
-                    pt.set(a, DEV_VALID | dev | if write { DEV_WRITE } else { 0 });
+            let mut a = start;
+            while a < end {
+                if let Pte::DevicePrivate { pfn, write } = mm.pte_at(a).0 {
+                    if self.frames().kind(pfn) == FrameKind::DevicePrivate(owner) {
+                        pt.set(a, DEV_VALID | pfn | if write { DEV_WRITE } else { 0 });
+                    }
                 }
+                a += PAGE_SIZE;
             }
         }
         let mut bounce = vec![0u8; (end - start) as usize];

@@ -276,7 +276,14 @@ impl Mm {
                     };
                     store(e, p);
                 }
-                self.machine.frames.get_many(pfn, 511);
+                let frames = &self.machine.frames;
+                if frames.refcount(pfn) == 1 {
+                    // Mapped only here: split the folio too, each subpage
+                    // keeping the reference of its own PTE.
+                    frames.split(pfn, |_| 1);
+                } else {
+                    frames.get_many(pfn, 511);
+                }
                 store(pmd, Pte::Table(id));
             }
             Pte::Migration { .. } | Pte::DevicePrivate { .. } => {}

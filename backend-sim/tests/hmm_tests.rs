@@ -1,0 +1,483 @@
+//! The kernel's `tools/testing/selftests/mm/hmm-tests.c`, ported: same
+//! setups, same assertions, against the simulated mm and dmirror device
+//! (the device-private variants).
+
+mod common;
+
+use backend_sim::dmirror::{self, Cmd};
+use backend_sim::task::Task;
+use backend_sim::userfaultfd::Features;
+use backend_sim::vma::File;
+use backend_sim::Errno;
+use common::*;
+use hmm_core::{Options, Stats, VmFlags, PAGE_SIZE};
+
+const N: usize = (HMM_BUFFER_SIZE / 4) as usize;
+
+#[test]
+fn open_close() {
+    let h = Hmm::new();
+    assert_eq!(h.fd.entries(), 0);
+    let owner = h.fd.owner();
+    drop(h.fd);
+    // The device and its notifier are gone; the mm still works.
+    let a = h.mm.mmap_anon(None, PAGE_SIZE, RW).unwrap();
+    h.mm.munmap(&h.task, a, PAGE_SIZE).unwrap();
+    assert_eq!(h.dev.owner(), owner);
+}
+
+#[test]
+fn anon_read() {
+    let h = Hmm::new();
+    let p = h.mm.mmap_anon(None, HMM_BUFFER_SIZE, RW).unwrap();
+    // Initialize data that the device will read, except the first 2 pages.
+    let first = (2 * PAGE_SIZE / 4) as usize;
+    let v: Vec<i32> = (first as i32..N as i32).collect();
+    h.mm.write_i32s(&h.task, p + 2 * PAGE_SIZE, &v).unwrap();
+    h.mm.mprotect(p, HMM_BUFFER_SIZE, RO).unwrap();
+    // Simulate a device reading a zero page of memory.
+    assert_eq!(h.ints(p + PAGE_SIZE, 1), [0]);
+    let mut cmd = Cmd::new(p, NPAGES);
+    h.fd.read(&h.task, &mut cmd).unwrap();
+    assert_eq!(cmd.cpages, NPAGES);
+    assert_eq!(cmd.faults, 1);
+    let m = cmd.i32s();
+    assert!(m[..first].iter().all(|&x| x == 0));
+    assert_eq!(&m[first..], &v[..]);
+}
+
+#[test]
+fn anon_read_prot() {
+    let h = Hmm::new();
+    let p = h.mm.mmap_anon(None, HMM_BUFFER_SIZE, RW).unwrap();
+    h.fill(p, N, |i| i);
+    let mut cmd = Cmd::new(p, NPAGES);
+    cmd.set_i32s(&iota(N, |i| -i));
+    h.mm.mprotect(p, HMM_BUFFER_SIZE, VmFlags::empty()).unwrap();
+    assert_eq!(h.fd.read(&h.task, &mut cmd), Err(Errno::EFAULT));
+    // Nothing was copied to the mirror buffer.
+    assert_eq!(cmd.i32s(), iota(N, |i| -i));
+    h.mm.mprotect(p, HMM_BUFFER_SIZE, RO).unwrap();
+    assert_eq!(h.ints(p, N), iota(N, |i| i));
+}
+
+#[test]
+fn anon_write() {
+    let h = Hmm::new();
+    let p = h.mm.mmap_anon(None, HMM_BUFFER_SIZE, RW).unwrap();
+    let mut cmd = Cmd::new(p, NPAGES);
+    cmd.set_i32s(&iota(N, |i| i));
+    h.fd.write(&h.task, &mut cmd).unwrap();
+    assert_eq!((cmd.cpages, cmd.faults), (NPAGES, 1));
+    assert_eq!(h.ints(p, N), iota(N, |i| i));
+}
+
+#[test]
+fn anon_write_prot() {
+    let h = Hmm::new();
+    let p = h.mm.mmap_anon(None, HMM_BUFFER_SIZE, RO).unwrap();
+    // Simulate a device reading a zero page of memory.
+    let mut cmd = Cmd::new(p, 1);
+    h.fd.read(&h.task, &mut cmd).unwrap();
+    assert_eq!((cmd.cpages, cmd.faults), (1, 1));
+    assert!(cmd.buf.iter().all(|&b| b == 0));
+    // Writing to a read-only region fails with -EPERM.
+    let mut cmd = Cmd::new(p, NPAGES);
+    cmd.set_i32s(&iota(N, |i| i));
+    assert_eq!(h.fd.write(&h.task, &mut cmd), Err(Errno::EPERM));
+    assert!(h.ints(p, N).iter().all(|&x| x == 0));
+    h.mm.mprotect(p, HMM_BUFFER_SIZE, RW).unwrap();
+    h.fd.write(&h.task, &mut cmd).unwrap();
+    assert_eq!((cmd.cpages, cmd.faults), (NPAGES, 1));
+    assert_eq!(h.ints(p, N), iota(N, |i| i));
+}
+
+#[test]
+fn anon_write_child() {
+    for migrate in [false, true] {
+        for thp in [false, true] {
+            let h = Hmm::new();
+            let size = if thp { TWOMEG } else { HMM_BUFFER_SIZE };
+            let npages = size / PAGE_SIZE;
+            let n = (size / 4) as usize;
+            let p = h.mm.mmap_anon(None, size, RW).unwrap();
+            if thp {
+                h.mm.madvise_hugepage(p, size).unwrap();
+            }
+            h.fill(p, n, |i| i);
+            let mut mirror = Cmd::new(p, npages);
+            mirror.set_i32s(&iota(n, |i| -i));
+            if migrate {
+                let mut c = Cmd::new(p, npages);
+                h.fd.migrate_to_dev(&h.task, &mut c).unwrap();
+                assert_eq!(c.cpages, npages);
+            }
+            let child = h.mm.fork(&h.task);
+            {
+                // The child: sees the parent's values, writes through its
+                // own mirror.
+                let ct = Task::new();
+                assert_eq!(child.read_i32s(&ct, p, n).unwrap(), iota(n, |i| i));
+                let cfd = h.dev.open(&child);
+                cfd.write(&ct, &mut mirror).unwrap();
+                assert_eq!((mirror.cpages, mirror.faults), (npages, 1));
+                if !migrate {
+                    assert_eq!(child.read_i32s(&ct, p, n).unwrap(), iota(n, |i| -i));
+                }
+                drop(cfd);
+            }
+            drop(child);
+            // The parent's buffer did not change.
+            assert_eq!(h.ints(p, n), iota(n, |i| i), "migrate={migrate} thp={thp}");
+        }
+    }
+}
+
+#[test]
+fn anon_write_child_shared() {
+    let h = Hmm::new();
+    let p = h.mm.mmap_shared_anon(None, HMM_BUFFER_SIZE, RW).unwrap();
+    h.fill(p, N, |i| i);
+    let mut mirror = Cmd::new(p, NPAGES);
+    mirror.set_i32s(&iota(N, |i| -i));
+    let child = h.mm.fork(&h.task);
+    {
+        let ct = Task::new();
+        assert_eq!(child.read_i32s(&ct, p, N).unwrap(), iota(N, |i| i));
+        let cfd = h.dev.open(&child);
+        cfd.write(&ct, &mut mirror).unwrap();
+        assert_eq!((mirror.cpages, mirror.faults), (NPAGES, 1));
+        assert_eq!(child.read_i32s(&ct, p, N).unwrap(), iota(N, |i| -i));
+    }
+    drop(child);
+    // Shared memory: the parent sees what the child's device wrote.
+    assert_eq!(h.ints(p, N), iota(N, |i| -i));
+}
+
+#[test]
+fn anon_write_huge() {
+    let h = Hmm::new();
+    let buf = h.mm.mmap_anon(None, 2 * TWOMEG, RW).unwrap();
+    let p = buf.next_multiple_of(TWOMEG);
+    let npages = TWOMEG / PAGE_SIZE;
+    let n = (TWOMEG / 4) as usize;
+    h.mm.madvise_hugepage(p, TWOMEG).unwrap();
+    let mut cmd = Cmd::new(p, npages);
+    cmd.set_i32s(&iota(n, |i| i));
+    h.fd.write(&h.task, &mut cmd).unwrap();
+    assert_eq!((cmd.cpages, cmd.faults), (npages, 1));
+    assert_eq!(h.ints(p, n), iota(n, |i| i));
+}
+
+#[test]
+fn anon_write_hugetlbfs() {
+    let h = Hmm::new();
+    let size = TWOMEG;
+    let npages = size / PAGE_SIZE;
+    let n = (size / 4) as usize;
+    let p = h.mm.mmap_hugetlb(None, size, RW, 9, false).unwrap();
+    let mut cmd = Cmd::new(p, npages);
+    cmd.set_i32s(&iota(n, |i| i));
+    h.fd.write(&h.task, &mut cmd).unwrap();
+    assert_eq!((cmd.cpages, cmd.faults), (npages, 1));
+    assert_eq!(h.ints(p, n), iota(n, |i| i));
+}
+
+#[test]
+fn file_read() {
+    let h = Hmm::new();
+    let file = File::new(h.machine.frames.clone(), 0, 0);
+    let data: Vec<u8> = iota(N, |i| i).iter().flat_map(|x| x.to_ne_bytes()).collect();
+    file.pwrite(0, &data).unwrap();
+    let p = h.mm.mmap_file(None, HMM_BUFFER_SIZE, RO, true, &file, 0).unwrap();
+    let mut cmd = Cmd::new(p, NPAGES);
+    h.fd.read(&h.task, &mut cmd).unwrap();
+    assert_eq!((cmd.cpages, cmd.faults), (NPAGES, 1));
+    assert_eq!(cmd.i32s(), iota(N, |i| i));
+}
+
+#[test]
+fn file_write() {
+    let h = Hmm::new();
+    let file = File::new(h.machine.frames.clone(), HMM_BUFFER_SIZE, 0);
+    let p = h.mm.mmap_file(None, HMM_BUFFER_SIZE, RW, true, &file, 0).unwrap();
+    let mut cmd = Cmd::new(p, NPAGES);
+    cmd.set_i32s(&iota(N, |i| i));
+    h.fd.write(&h.task, &mut cmd).unwrap();
+    assert_eq!((cmd.cpages, cmd.faults), (NPAGES, 1));
+    assert_eq!(h.ints(p, N), iota(N, |i| i));
+    let mut back = vec![0u8; HMM_BUFFER_SIZE as usize];
+    file.pread(0, &mut back);
+    assert_eq!(back, cmd.buf);
+}
+
+#[test]
+fn migrate() {
+    let h = Hmm::new();
+    let p = h.mm.mmap_anon(None, HMM_BUFFER_SIZE, RW).unwrap();
+    h.fill(p, N, |i| i);
+    let mut cmd = Cmd::new(p, NPAGES);
+    h.fd.migrate_to_dev(&h.task, &mut cmd).unwrap();
+    assert_eq!(cmd.cpages, NPAGES);
+    assert_eq!(cmd.i32s(), iota(N, |i| i));
+}
+
+#[test]
+fn migrate_fault() {
+    let h = Hmm::new();
+    let p = h.mm.mmap_anon(None, HMM_BUFFER_SIZE, RW).unwrap();
+    h.fill(p, N, |i| i);
+    let mut cmd = Cmd::new(p, NPAGES);
+    h.fd.migrate_to_dev(&h.task, &mut cmd).unwrap();
+    assert_eq!(cmd.cpages, NPAGES);
+    assert_eq!(cmd.i32s(), iota(N, |i| i));
+    // Fault half the pages back to system memory and check them.
+    assert_eq!(h.ints(p, N / 2), iota(N / 2, |i| i));
+    let mut cmd = Cmd::new(p, NPAGES);
+    h.fd.migrate_to_dev(&h.task, &mut cmd).unwrap();
+    assert_eq!(cmd.cpages, NPAGES);
+    assert_eq!(cmd.i32s(), iota(N, |i| i));
+}
+
+#[test]
+fn migrate_shared() {
+    let h = Hmm::new();
+    let p = h.mm.mmap_shared_anon(None, HMM_BUFFER_SIZE, RW).unwrap();
+    let mut cmd = Cmd::new(p, NPAGES);
+    assert_eq!(h.fd.migrate_to_dev(&h.task, &mut cmd), Err(Errno::ENOENT));
+}
+
+#[test]
+fn migrate_multiple() {
+    let h = Hmm::new();
+    for _ in 0..10 {
+        let p = h.mm.mmap_anon(None, HMM_BUFFER_SIZE, RW).unwrap();
+        h.fill(p, N, |i| i);
+        let mut cmd = Cmd::new(p, NPAGES);
+        h.fd.migrate_to_dev(&h.task, &mut cmd).unwrap();
+        assert_eq!(cmd.cpages, NPAGES);
+        assert_eq!(cmd.i32s(), iota(N, |i| i));
+        let mut back = Cmd::new(p, NPAGES);
+        h.fd.migrate_to_sys(&h.task, &mut back).unwrap();
+        assert_eq!(back.cpages, NPAGES);
+        assert_eq!(h.ints(p, N), iota(N, |i| i));
+        h.mm.munmap(&h.task, p, HMM_BUFFER_SIZE).unwrap();
+    }
+}
+
+#[test]
+fn anon_read_multiple() {
+    let h = Hmm::new();
+    for c in 0..10 {
+        let p = h.mm.mmap_anon(None, HMM_BUFFER_SIZE, RW).unwrap();
+        h.fill(p, N, |i| i + c);
+        let mut cmd = Cmd::new(p, NPAGES);
+        h.fd.read(&h.task, &mut cmd).unwrap();
+        assert_eq!((cmd.cpages, cmd.faults), (NPAGES, 1));
+        assert_eq!(cmd.i32s(), iota(N, |i| i + c));
+        h.mm.munmap(&h.task, p, HMM_BUFFER_SIZE).unwrap();
+    }
+}
+
+#[test]
+fn anon_teardown() {
+    let h = Hmm::new();
+    for c in 0..10 {
+        let p = h.mm.mmap_anon(None, HMM_BUFFER_SIZE, RW).unwrap();
+        h.fill(p, N, |i| i + c);
+        let go = std::sync::Barrier::new(2);
+        let r = std::thread::scope(|s| {
+            let unmapper = s.spawn(|| {
+                let t = Task::new();
+                go.wait();
+                // Vary where the unmap lands relative to the READ.
+                for _ in 0..c * 50 {
+                    std::thread::yield_now();
+                }
+                h.mm.munmap(&t, p + HMM_BUFFER_SIZE / 2, HMM_BUFFER_SIZE / 2)
+            });
+            go.wait();
+            let mut cmd = Cmd::new(p, NPAGES);
+            let r = h.fd.read(&h.task, &mut cmd).map(|()| cmd);
+            unmapper.join().unwrap().unwrap();
+            r
+        });
+        match r {
+            Ok(cmd) => {
+                assert_eq!((cmd.cpages, cmd.faults), (NPAGES, 1));
+                assert_eq!(cmd.i32s(), iota(N, |i| i + c));
+            }
+            // Racing with munmap may fail the read; that is allowed.
+            Err(e) => assert_eq!(e, Errno::EFAULT),
+        }
+        h.mm.munmap(&h.task, p, HMM_BUFFER_SIZE / 2).unwrap();
+    }
+}
+
+#[test]
+fn mixedmap() {
+    let h = Hmm::new();
+    let p = h.mm.mmap_mixedmap(None, PAGE_SIZE, RO).unwrap();
+    let mut cmd = Cmd::new(p, 1);
+    h.fd.snapshot(&h.task, &mut cmd).unwrap();
+    assert_eq!(cmd.cpages, 1);
+    assert_eq!(cmd.buf[0], dmirror::PROT_READ);
+}
+
+#[test]
+fn snapshot() {
+    let h2 = Hmm2::new();
+    let h = &h2.h;
+    let npages = 7;
+    let p = h.mm.mmap_anon(None, npages * PAGE_SIZE, VmFlags::empty()).unwrap();
+    let pg = |i: u64| p + i * PAGE_SIZE;
+    // Punch a hole after the first page address.
+    h.mm.munmap(&h.task, pg(1), PAGE_SIZE).unwrap();
+    // Page 2 will be the read-only zero page.
+    h.mm.mprotect(pg(2), PAGE_SIZE, RO).unwrap();
+    assert_eq!(h.ints(pg(2), 1)[0] + 3, 3);
+    // Page 3 will be read-only.
+    h.mm.mprotect(pg(3), PAGE_SIZE, RW).unwrap();
+    h.mm.write_i32s(&h.task, pg(3), &[3]).unwrap();
+    h.mm.mprotect(pg(3), PAGE_SIZE, RO).unwrap();
+    // Pages 4-6 will be read-write.
+    h.mm.mprotect(pg(4), 3 * PAGE_SIZE, RW).unwrap();
+    h.mm.write_i32s(&h.task, pg(4), &[3]).unwrap();
+    // Page 5 will be migrated to device 0, page 6 to device 1.
+    let mut c = Cmd::new(pg(5), 1);
+    h.fd.migrate_to_dev(&h.task, &mut c).unwrap();
+    assert_eq!(c.cpages, 1);
+    let mut c = Cmd::new(pg(6), 1);
+    h2.fd1.migrate_to_dev(&h.task, &mut c).unwrap();
+    assert_eq!(c.cpages, 1);
+    // Simulate a device snapshotting CPU page tables.
+    let mut cmd = Cmd::new(p, npages);
+    h.fd.snapshot(&h.task, &mut cmd).unwrap();
+    assert_eq!(cmd.cpages, npages);
+    let m = &cmd.buf;
+    assert_eq!(m[0], dmirror::PROT_ERROR);
+    assert_eq!(m[1], dmirror::PROT_ERROR);
+    assert_eq!(m[2], dmirror::PROT_ZERO | dmirror::PROT_READ);
+    assert_eq!(m[3], dmirror::PROT_READ);
+    assert_eq!(m[4], dmirror::PROT_WRITE);
+    assert_eq!(m[5], dmirror::PROT_DEV_PRIVATE_LOCAL | dmirror::PROT_WRITE);
+    assert_eq!(m[6], dmirror::PROT_NONE);
+}
+
+#[test]
+fn compound() {
+    let h = Hmm::new();
+    let size = TWOMEG;
+    let npages = size / PAGE_SIZE;
+    let n = (size / 4) as usize;
+    let p = h.mm.mmap_hugetlb(None, size, RW, 9, false).unwrap();
+    h.fill(p, n, |i| i);
+    let mut cmd = Cmd::new(p, npages);
+    h.fd.snapshot(&h.task, &mut cmd).unwrap();
+    assert_eq!(cmd.cpages, npages);
+    assert!(cmd.buf.iter().all(|&m| m == dmirror::PROT_WRITE | dmirror::PROT_PMD));
+    h.mm.mprotect(p, size, RO).unwrap();
+    let mut cmd = Cmd::new(p, npages);
+    h.fd.snapshot(&h.task, &mut cmd).unwrap();
+    assert_eq!(cmd.cpages, npages);
+    assert!(cmd.buf.iter().all(|&m| m == dmirror::PROT_READ | dmirror::PROT_PMD));
+}
+
+#[test]
+fn double_map() {
+    let h2 = Hmm2::new();
+    let h = &h2.h;
+    let npages = 6;
+    let n = (npages * PAGE_SIZE / 4) as usize;
+    let p = h.mm.mmap_anon(None, npages * PAGE_SIZE, RW).unwrap();
+    h.fill(p, n, |i| i);
+    h.mm.mprotect(p, npages * PAGE_SIZE, RO).unwrap();
+    for fd in [&h.fd, &h2.fd1] {
+        let mut cmd = Cmd::new(p, npages);
+        fd.read(&h.task, &mut cmd).unwrap();
+        assert_eq!((cmd.cpages, cmd.faults), (npages, 1));
+        assert_eq!(cmd.i32s(), iota(n, |i| i));
+    }
+    // Migrate pages to device 1 and read from device 0.
+    let mut c = Cmd::new(p, npages);
+    h2.fd1.migrate_to_dev(&h.task, &mut c).unwrap();
+    assert_eq!(c.cpages, npages);
+    let mut cmd = Cmd::new(p, npages);
+    h.fd.read(&h.task, &mut cmd).unwrap();
+    assert_eq!((cmd.cpages, cmd.faults), (npages, 1));
+    assert_eq!(cmd.i32s(), iota(n, |i| i));
+}
+
+#[test]
+fn exclusive() {
+    let h = Hmm::new();
+    let p = h.mm.mmap_anon(None, HMM_BUFFER_SIZE, RW).unwrap();
+    h.fill(p, N, |i| i);
+    let mut cmd = Cmd::new(p, NPAGES);
+    h.fd.exclusive(&h.task, &mut cmd).unwrap();
+    assert_eq!(cmd.cpages, NPAGES);
+    assert_eq!(cmd.i32s(), iota(N, |i| i));
+    // CPU access revokes device-exclusive access.
+    let v = h.ints(p, N);
+    let inc: Vec<i32> = v.iter().map(|x| x + 1).collect();
+    h.mm.write_i32s(&h.task, p, &inc).unwrap();
+    assert_eq!(h.ints(p, N), iota(N, |i| i + 1));
+    let mut cmd = Cmd::new(p, NPAGES);
+    assert_eq!(h.fd.check_exclusive(&h.task, &mut cmd), Ok(()));
+}
+
+#[test]
+fn exclusive_mprotect() {
+    let h = Hmm::new();
+    let p = h.mm.mmap_anon(None, HMM_BUFFER_SIZE, RW).unwrap();
+    h.fill(p, N, |i| i);
+    let mut cmd = Cmd::new(p, NPAGES);
+    h.fd.exclusive(&h.task, &mut cmd).unwrap();
+    assert_eq!(cmd.cpages, NPAGES);
+    assert_eq!(cmd.i32s(), iota(N, |i| i));
+    h.mm.mprotect(p, HMM_BUFFER_SIZE, RO).unwrap();
+    let mut cmd = Cmd::new(p, NPAGES);
+    assert_eq!(h.fd.write(&h.task, &mut cmd), Err(Errno::EPERM));
+}
+
+#[test]
+fn exclusive_cow() {
+    let h = Hmm::new();
+    let p = h.mm.mmap_anon(None, HMM_BUFFER_SIZE, RW).unwrap();
+    h.fill(p, N, |i| i);
+    let mut cmd = Cmd::new(p, NPAGES);
+    h.fd.exclusive(&h.task, &mut cmd).unwrap();
+    assert_eq!(cmd.cpages, NPAGES);
+    assert_eq!(cmd.i32s(), iota(N, |i| i));
+    let child = h.mm.fork(&h.task);
+    let ct = Task::new();
+    for (mm, t) in [(&h.mm, &h.task), (&child, &ct)] {
+        let v = mm.read_i32s(t, p, N).unwrap();
+        let inc: Vec<i32> = v.iter().map(|x| x + 1).collect();
+        mm.write_i32s(t, p, &inc).unwrap();
+    }
+    for (mm, t) in [(&h.mm, &h.task), (&child, &ct)] {
+        assert_eq!(mm.read_i32s(t, p, N).unwrap(), iota(N, |i| i + 1));
+    }
+}
+
+/// The seed series' selftest: a READ through the lock-dropping entry point
+/// of a userfaultfd MISSING range resolved by a handler thread.
+#[test]
+fn userfaultfd_read() {
+    let h = Hmm::new();
+    let npages = 4;
+    let p = h.mm.mmap_anon(None, npages * PAGE_SIZE, RW).unwrap();
+    let uffd = h.mm.userfaultfd(Features::default());
+    uffd.register(p, npages * PAGE_SIZE, true, false).unwrap();
+    let handler = Handler::spawn(&uffd, PAGE_SIZE, |_| page_of(0xAB));
+    let mut cmd = Cmd::new(p, npages);
+    let mut stats = Stats::default();
+    h.fd
+        .read_unlocked(&h.task, &mut cmd, &Options::default(), &mut stats)
+        .unwrap();
+    assert_eq!(cmd.cpages, npages);
+    assert!(cmd.buf.iter().all(|&b| b == 0xAB));
+    let seen = handler.stop(&uffd);
+    assert_eq!(seen.len() as u64, npages);
+}
