@@ -88,13 +88,12 @@ extern "C" {
 
 /// Physical address where PSCI `CPU_ON` starts the second CPU.
 pub fn secondary_entry_pa() -> u64 {
-    _secondary_entry as usize as u64
+    _secondary_entry as *const () as usize as u64
 }
 
 /// Address of the EL2 vector table.
 pub fn vectors() -> u64 {
-    // SAFETY: only the address of the linker-provided symbol is taken.
-    unsafe { core::ptr::addr_of!(el2_vectors) as u64 }
+    core::ptr::addr_of!(el2_vectors) as u64
 }
 
 /// Run the guest described by `ctx` until its next exit; returns the exit

@@ -188,6 +188,11 @@ impl FramePool {
     }
 }
 
+/// Whether `pa` is a frame of the pool (not the zero page, not the image).
+pub fn is_pool_frame(pa: u64) -> bool {
+    (SMALL_BASE..RAM_END).contains(&pa)
+}
+
 /// Whether `[pa, pa + len)` lies in RAM the firmware manages as frames or
 /// in the firmware image (the only memory the helpers below may touch).
 fn in_ram(pa: u64, len: u64) -> bool {

@@ -8,7 +8,8 @@
 //! | region | GPA | size | host VMA |
 //! |---|---|---|---|
 //! | image | `0x4008_0000` (= link address) | text + rodata | pre-populated read-only image |
-//! | anon | `0x1000_0000` | 1 MiB | anonymous, demand-zero (guest stack at its top) |
+//! | stack | `0x0800_0000` | 64 KiB | anonymous, demand-zero (guest stack) |
+//! | anon | `0x1000_0000` | 1 MiB | anonymous, demand-zero |
 //! | huge2m | `0x2000_0000` | 4 MiB | hugetlb 2 MiB |
 //! | huge1g | `0x1_0000_0000` | 1 GiB | hugetlb 1 GiB |
 //! | uffd | `0x3000_0000` | 1 MiB | userfaultfd, pager on CPU 1 |
@@ -139,6 +140,10 @@ pub struct RegionDef {
 
 const RW: VmFlags = VmFlags::READ.union(VmFlags::WRITE);
 
+/// GPA of the guest stack region.
+pub const STACK_GPA: u64 = 0x0800_0000;
+/// Size of the guest stack region.
+pub const STACK_SIZE: u64 = 64 << 10;
 /// GPA of the anonymous region.
 pub const ANON_GPA: u64 = 0x1000_0000;
 /// GPA of the 2 MiB hugetlb region.
@@ -162,7 +167,7 @@ pub const UFFD_SIZE: u64 = 1 << 20;
 const IMAGE_HVA: u64 = 0x100_0000_0000;
 
 /// Number of regions.
-pub const NREGIONS: usize = 6;
+pub const NREGIONS: usize = 7;
 
 /// The regions; index 0 (the image) gets its addresses at run time.
 pub fn regions() -> [RegionDef; NREGIONS] {
@@ -176,6 +181,16 @@ pub fn regions() -> [RegionDef; NREGIONS] {
             perm: Perm::R | Perm::X,
             kind: VmaKind::Image,
             flags: VmFlags::READ.union(VmFlags::EXEC),
+            nowait: false,
+        },
+        RegionDef {
+            name: "stack",
+            gpa: STACK_GPA,
+            size: STACK_SIZE,
+            hva: 0x180_0000_0000,
+            perm: Perm::R | Perm::W,
+            kind: VmaKind::Anon,
+            flags: RW,
             nowait: false,
         },
         RegionDef {

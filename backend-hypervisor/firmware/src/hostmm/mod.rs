@@ -274,7 +274,7 @@ impl HostMm {
                 if let Entry::Leaf { pa, .. } = e {
                     if let Some(slot) = self.pt.slot(a, level, false) {
                         slot.store(0, Ordering::Release);
-                        if pa != frames::zero_page_pa() && n < freed.len() {
+                        if frames::is_pool_frame(pa) && n < freed.len() {
                             freed[n] = (pa, Self::frame_size(level));
                             n += 1;
                         }

@@ -1,0 +1,280 @@
+//! The guest: EL1 code in the same image, entered with `ERET`, MMU off, so
+//! every access it makes is an IPA translated by stage 2 only. It touches
+//! its memory regions, asks the host to invalidate some of them midway, and
+//! reports each check through `HVC`.
+//!
+//! The guest may only use its own memory (the regions of [`crate::vm`]) and
+//! the image's text and read-only data: it must not touch firmware statics.
+
+use crate::hostmm::uffd::source_word;
+use crate::vm::{ANON_GPA, HUGE1G_GPA, HUGE1G_SIZE, HUGE2M_GPA, UFFD_ASYNC_GPA, UFFD_GPA};
+
+/// Hypercall numbers (x0), arguments in x1..x3, result in x0.
+pub mod hc {
+    /// Report a check: x1 = test id, x2 = 0 for pass or a failure code,
+    /// x3 = a detail (the failing address, say).
+    pub const REPORT: u64 = 1;
+    /// Zap host pages backing `[x1, x1 + x2)` (`MADV_DONTNEED`). For
+    /// userfault memory the post-copy source then re-sends pages at a new
+    /// generation; x0 = the source generation now current.
+    pub const ZAP: u64 = 2;
+    /// Migrate the host page backing x1 to a new frame, then store x2 at
+    /// x1 through the host mapping. x0 = 0 on success.
+    pub const MIGRATE: u64 = 3;
+    /// Store x2 at x1 through the host mapping. x0 = 0 on success.
+    pub const HOST_WRITE: u64 = 4;
+    /// Like `MIGRATE`, but done by the second CPU while the guest runs.
+    pub const MIGRATE_ASYNC: u64 = 5;
+    /// The guest is done.
+    pub const DONE: u64 = 0xff;
+}
+
+/// Names of the guest's checks, by id.
+pub const TESTS: [&str; 12] = [
+    "anon_zero_page_read",
+    "anon_cow_write_4k",
+    "hugetlb_2m_rw",
+    "hugetlb_1g_rw",
+    "uffd_postcopy_read",
+    "uffd_write_back",
+    "uffd_zap_refetch",
+    "migrate_sees_new_frame",
+    "host_write_coherent",
+    "hugetlb_2m_zap_refault",
+    "uffd_nowait_async",
+    "concurrent_migrate",
+];
+
+/// Failure codes (x2 of `REPORT`).
+pub mod fail {
+    /// A word held the wrong value.
+    pub const MISMATCH: u64 = 1;
+    /// A host operation failed.
+    pub const HOST_OP: u64 = 2;
+    /// A bounded wait ran out.
+    pub const TIMEOUT: u64 = 3;
+}
+
+/// Top of the guest stack (in the stack region).
+pub const STACK_TOP: u64 = 0x0801_0000;
+
+fn hvc(nr: u64, a1: u64, a2: u64, a3: u64) -> u64 {
+    let r: u64;
+    // SAFETY: HVC traps to the firmware, which reads x0..x3, writes x0 and
+    // restores every other register before resuming the guest.
+    unsafe {
+        core::arch::asm!("hvc #0", inout("x0") nr => r, in("x1") a1, in("x2") a2, in("x3") a3, options(nostack));
+    }
+    r
+}
+
+fn rd(gpa: u64) -> u64 {
+    // SAFETY: the guest runs with its MMU off, so `gpa` is an IPA; every
+    // address passed here lies in a guest RAM region, where stage 2 either
+    // maps it or faults to the firmware, which maps it and retries.
+    unsafe { core::ptr::read_volatile(gpa as *const u64) }
+}
+
+fn wr(gpa: u64, v: u64) {
+    // SAFETY: as for `rd`.
+    unsafe { core::ptr::write_volatile(gpa as *mut u64, v) }
+}
+
+fn report(id: usize, code: u64, detail: u64) {
+    hvc(hc::REPORT, id as u64, code, detail);
+}
+
+/// Check `[gpa + 8 * i]` against `f(i)` for the given word indices; the
+/// first mismatch is the result.
+fn check(id: usize, words: impl Iterator<Item = u64>, expect: impl Fn(u64) -> u64) -> bool {
+    for gpa in words {
+        if rd(gpa) != expect(gpa) {
+            report(id, fail::MISMATCH, gpa);
+            return false;
+        }
+    }
+    true
+}
+
+fn pass(id: usize) {
+    report(id, 0, 0);
+}
+
+fn tag(gpa: u64) -> u64 {
+    gpa ^ 0xa5a5_0000_0000_0000
+}
+
+const PAGE: u64 = 4096;
+
+/// The guest's program.
+#[no_mangle]
+pub extern "C" fn guest_main() -> ! {
+    // 0: untouched anonymous memory reads as zeroes (the zero page, mapped
+    // read-only at stage 2).
+    let zero_pages = 16;
+    if check(0, (0..zero_pages).map(|p| ANON_GPA + p * PAGE + 8 * (p % 512)), |_| 0) {
+        pass(0);
+    }
+
+    // 1: writing them takes stage-2 permission faults; the host breaks COW
+    // of the zero page (notifiers) and the new pages are mapped writable.
+    let cow_pages = 64;
+    for p in 0..cow_pages {
+        for w in 0..512 {
+            let a = ANON_GPA + p * PAGE + w * 8;
+            wr(a, tag(a));
+        }
+    }
+    if check(1, (0..cow_pages * 512).map(|i| ANON_GPA + i * 8), tag) {
+        pass(1);
+    }
+
+    // 2: 2 MiB hugetlb pages, mapped with 2 MiB stage-2 blocks.
+    let offs2m = [0, PAGE, 1 << 20, (2 << 20) - 8, 2 << 20, 3 << 20, (4 << 20) - 8];
+    for o in offs2m {
+        wr(HUGE2M_GPA + o, tag(HUGE2M_GPA + o));
+    }
+    if check(2, offs2m.iter().map(|o| HUGE2M_GPA + o), tag) {
+        pass(2);
+    }
+
+    // 3: a 1 GiB hugetlb page, mapped with one 1 GiB stage-2 block.
+    let offs1g = [0, PAGE, 2 << 20, 256 << 20, (512 << 20) + 3 * PAGE, HUGE1G_SIZE - 8];
+    for o in offs1g {
+        wr(HUGE1G_GPA + o, tag(HUGE1G_GPA + o));
+    }
+    if check(3, offs1g.iter().map(|o| HUGE1G_GPA + o), tag) {
+        pass(3);
+    }
+
+    // 4: post-copy: every page comes from the pager on the other CPU, each
+    // host fault dropping the mmap lock while it waits.
+    let mut generation = 0;
+    let uffd_pages = 32;
+    let words = |base: u64, pages: u64| {
+        (0..pages).flat_map(move |p| [base + p * PAGE, base + p * PAGE + 8 * 255, base + p * PAGE + 8 * 511])
+    };
+    if check(4, words(UFFD_GPA, uffd_pages), |a| source_word(a - UFFD_GPA, generation)) {
+        pass(4);
+    }
+
+    // 5: the post-copied pages are writable guest RAM.
+    for p in 0..uffd_pages {
+        wr(UFFD_GPA + p * PAGE + 16, tag(p));
+    }
+    if check(5, (0..uffd_pages).map(|p| UFFD_GPA + p * PAGE + 16), |a| tag((a - UFFD_GPA) / PAGE)) {
+        pass(5);
+    }
+
+    // 6: the host zaps the first 8 pages; the source re-sends them at a new
+    // generation. Zapped pages show the new contents, the rest keep theirs.
+    let zapped = 8;
+    generation = hvc(hc::ZAP, UFFD_GPA, zapped * PAGE, 0);
+    let g = generation;
+    let ok = check(6, words(UFFD_GPA, zapped), |a| source_word(a - UFFD_GPA, g))
+        && check(6, (zapped..uffd_pages).map(|p| UFFD_GPA + p * PAGE + 16), |a| {
+            tag((a - UFFD_GPA) / PAGE)
+        })
+        && check(6, (zapped..uffd_pages).map(|p| UFFD_GPA + p * PAGE + 8), |a| {
+            source_word(a - UFFD_GPA, 0)
+        });
+    if ok {
+        pass(6);
+    }
+
+    // 7: the host migrates an anonymous page and then stores a marker into
+    // the new frame; the guest must see the marker (old frame poisoned).
+    let mp = ANON_GPA + 5 * PAGE;
+    wr(mp + 56, 0x1111_2222_3333_4444);
+    let marker = 0x6d69_6772_6174_6521;
+    if hvc(hc::MIGRATE, mp, marker, 0) != 0 {
+        report(7, fail::HOST_OP, mp);
+    } else if check(7, [mp, mp + 56, mp + 64].into_iter(), |a| match a - mp {
+        0 => marker,
+        56 => 0x1111_2222_3333_4444,
+        _ => tag(mp + 64),
+    }) {
+        pass(7);
+    }
+
+    // 8: a host store into a mapped huge page is visible at once (same
+    // frame, nothing to invalidate).
+    let hw = HUGE2M_GPA + (3 << 20) + 0x1238;
+    if hvc(hc::HOST_WRITE, hw, 0x0123_4567_89ab_cdef, 0) != 0 {
+        report(8, fail::HOST_OP, hw);
+    } else if check(8, [hw].into_iter(), |_| 0x0123_4567_89ab_cdef) {
+        pass(8);
+    }
+
+    // 9: zapping a whole 2 MiB hugetlb page: the stage-2 block goes, the
+    // next access faults a fresh zeroed huge page; the other one is intact.
+    generation = hvc(hc::ZAP, HUGE2M_GPA, 2 << 20, 0);
+    let ok = check(9, [HUGE2M_GPA, HUGE2M_GPA + PAGE, HUGE2M_GPA + (2 << 20) - 8].into_iter(), |_| 0)
+        && check(9, [HUGE2M_GPA + (2 << 20), HUGE2M_GPA + (3 << 20)].into_iter(), tag);
+    wr(HUGE2M_GPA + 64, 77);
+    if ok && check(9, [HUGE2M_GPA + 64].into_iter(), |_| 77) {
+        pass(9);
+    }
+
+    // 10: the no-wait region: a fault that would block is deferred
+    // (async page fault), completed by the worker, then the guest resumes.
+    let g = generation;
+    if check(10, words(UFFD_ASYNC_GPA, 8), |a| source_word(a - UFFD_ASYNC_GPA, g)) {
+        pass(10);
+    }
+
+    // 11: the other CPU migrates a page while the guest keeps reading it:
+    // the guest only ever sees the old value or the host's marker, and sees
+    // the marker in the end.
+    let cp = ANON_GPA + 9 * PAGE;
+    wr(cp + 24, 0x7777);
+    let old = rd(cp);
+    let marker = 0x636f_6e63_7572_7221;
+    hvc(hc::MIGRATE_ASYNC, cp, marker, 0);
+    let mut seen = false;
+    let mut bad = None;
+    for _ in 0..20_000_000u64 {
+        let v = rd(cp);
+        if v == marker {
+            seen = true;
+            break;
+        }
+        if v != old {
+            bad = Some(v);
+            break;
+        }
+    }
+    match (seen, bad) {
+        (_, Some(v)) => report(11, fail::MISMATCH, v),
+        (false, None) => report(11, fail::TIMEOUT, cp),
+        (true, None) => {
+            if check(11, [cp + 24].into_iter(), |_| 0x7777) {
+                pass(11);
+            }
+        }
+    }
+
+    hvc(hc::DONE, 0, 0, 0);
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+core::arch::global_asm!(
+    r#"
+.text
+.global guest_entry
+guest_entry:
+    bl      guest_main
+1:  b       1b
+"#
+);
+
+extern "C" {
+    fn guest_entry();
+}
+
+/// Where the guest starts (an IPA equal to its link address).
+pub fn entry() -> u64 {
+    guest_entry as *const () as usize as u64
+}

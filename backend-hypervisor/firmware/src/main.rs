@@ -1,0 +1,197 @@
+//! # hmm-firmware: hmm-core in a bare-metal hypervisor
+//!
+//! An aarch64 image that QEMU's `virt` machine boots at EL2
+//! (`virtualization=on`). It runs a tiny EL1 guest whose stage-2 faults are
+//! served by backend-hypervisor's guest-fault path, which faults the host
+//! address space through hmm-core. The host address space is the
+//! firmware's own ([`hostmm`]): VMAs, page tables, an mmap lock, interval
+//! notifiers, demand-zero and hugetlb memory and userfaultfd-style memory
+//! whose faults drop the lock and are completed by a pager on the second
+//! CPU ([`pager`]).
+//!
+//! Boot: [`entry`] (EL2 entry, vectors, world switch) -> [`fw_main`]: EL2
+//! MMU ([`mmu`]), pager CPU up by PSCI, host mm and VM ([`vm`]), then the
+//! vCPU loop ([`vcpu`]) runs the guest ([`guest`]) to completion; the
+//! firmware adds its own checks, prints results and counters ([`report`])
+//! and powers off ([`psci`]).
+
+#![no_std]
+#![no_main]
+
+pub mod sysreg;
+#[macro_use]
+pub mod uart;
+pub mod entry;
+pub mod frames;
+pub mod guest;
+pub mod hostmm;
+pub mod mmu;
+pub mod pager;
+pub mod psci;
+pub mod report;
+pub mod vcpu;
+pub mod vm;
+
+use backend_hypervisor::PageSize;
+use core::sync::atomic::Ordering;
+
+use report::{counter, Tally};
+use sysreg::{counter as timer, cpu_id, read_sysreg, wfe};
+use vm::HOST_MM;
+
+extern "C" {
+    static __image_start: u8;
+    static __guest_text_end: u8;
+}
+
+/// The image's text and read-only data, `[start, end)` (page aligned).
+pub fn image_text() -> (u64, u64) {
+    (
+        core::ptr::addr_of!(__image_start) as u64,
+        core::ptr::addr_of!(__guest_text_end) as u64,
+    )
+}
+
+/// The boot CPU's Rust entry.
+#[no_mangle]
+pub extern "C" fn fw_main() -> ! {
+    mmu::build();
+    mmu::enable();
+    let (t0, freq) = timer();
+    println!(
+        "hmm-firmware: EL{} on CPU {}, MIDR {:#x}",
+        (read_sysreg!("currentel") >> 2) & 3,
+        cpu_id(),
+        read_sysreg!("midr_el1")
+    );
+    let mut tally = Tally::default();
+
+    let rc = psci::cpu_on(1, entry::secondary_entry_pa(), entry::secondary_stack_top());
+    if rc != 0 {
+        println!("PSCI CPU_ON failed: {rc}");
+        finish(&mut tally, false);
+    }
+    while !pager::running() {
+        wfe();
+    }
+    println!("pager CPU 1 up");
+
+    if let Err(e) = vm::init() {
+        println!("vm init failed: {e}");
+        finish(&mut tally, false);
+    }
+    let stop = vcpu::run(guest::entry(), guest::STACK_TOP, &mut tally);
+    let guest_done = matches!(stop, vcpu::Stop::Done);
+    tally.check("guest_ran_to_completion", guest_done, 0);
+    firmware_checks(&mut tally);
+    pager::stop();
+    let (t1, _) = timer();
+    print_counters();
+    if freq != 0 {
+        println!("elapsed {} ms", (t1 - t0) * 1000 / freq);
+    }
+    finish(&mut tally, guest_done)
+}
+
+/// Checks of the final state the guest cannot see.
+fn firmware_checks(tally: &mut Tally) {
+    let vm = vm::vm();
+    let size_at = |gpa: u64| vm.translate(gpa).map(|m| m.size);
+    tally.check(
+        "stage2_1g_block",
+        size_at(vm::HUGE1G_GPA + (512 << 20)) == Some(PageSize::Size1G),
+        vm::HUGE1G_GPA,
+    );
+    tally.check(
+        "stage2_2m_block",
+        size_at(vm::HUGE2M_GPA + (3 << 20)) == Some(PageSize::Size2M),
+        vm::HUGE2M_GPA,
+    );
+    tally.check(
+        "stage2_4k_page",
+        size_at(vm::ANON_GPA) == Some(PageSize::Size4K),
+        vm::ANON_GPA,
+    );
+    let st = vm.stats();
+    let drops = HOST_MM.counters.lock_drops.load(Ordering::Relaxed);
+    tally.check("uffd_faults_dropped_the_lock", drops >= 32 && st.host_lock_drops >= 32, drops);
+    tally.check("async_fault_deferred_and_completed", st.pending >= 1 && st.async_completed >= 1, st.pending);
+    tally.check(
+        "guest_code_mapped_by_instruction_aborts",
+        vcpu::EXITS.instruction_aborts.load(Ordering::Relaxed) >= 1,
+        0,
+    );
+    tally.check("no_guest_fault_errors", st.errors == 0, st.errors);
+    let (_, jobs_done, jobs_failed) = pager::counts();
+    tally.check("concurrent_migration_done", jobs_done == 1 && jobs_failed == 0, jobs_failed);
+}
+
+fn print_counters() {
+    let vm = vm::vm();
+    let st = vm.stats();
+    let e = &vcpu::EXITS;
+    let l = |a: &core::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let h = &HOST_MM.counters;
+    counter("guest_faults", l(&e.stage2_aborts));
+    counter("guest_permission_faults", l(&e.permission_faults));
+    counter("guest_instruction_aborts", l(&e.instruction_aborts));
+    counter("guest_fault_retries", st.retries);
+    counter("hypercalls", l(&e.hypercalls));
+    counter("stage2_map_4k", st.leaves_4k);
+    counter("stage2_map_2m", st.leaves_2m);
+    counter("stage2_map_1g", st.leaves_1g);
+    counter("host_faults", st.host_faults);
+    counter("lock_drops", st.host_lock_drops);
+    counter("async_deferred", st.pending);
+    counter("async_completed", st.async_completed);
+    counter("invalidations_host", HOST_MM.notifiers.count());
+    counter("invalidations_stage2", st.invalidations);
+    let (flushes, by_ipa, all) = vm::TLB.counts();
+    counter("tlb_flushes", flushes);
+    counter("tlbi_ipas2e1is", by_ipa);
+    counter("tlbi_vmalls12e1is", all);
+    counter("host_zero_page_maps", l(&h.zero_maps));
+    counter("host_cow_breaks", l(&h.cow));
+    counter("host_anon_pages", l(&h.anon_pages));
+    counter("host_huge_pages", l(&h.huge_pages));
+    counter("host_migrations", l(&h.migrations));
+    counter("host_migration_waits", l(&h.migration_waits));
+    counter("host_zapped_leaves", l(&h.zapped));
+    let (msgs, copies) = HOST_MM.uffd.counts();
+    counter("uffd_messages", msgs);
+    counter("uffd_copies", copies);
+    counter("stage2_table_pages", vm::STAGE2_TABLES.in_use() as u64);
+    counter("host_table_pages", HOST_MM.table_pages() as u64);
+}
+
+fn finish(tally: &mut Tally, ok: bool) -> ! {
+    println!("RESULT {} passed, {} failed", tally.passed, tally.failed);
+    println!("{}", if ok && tally.failed == 0 { "FIRMWARE PASS" } else { "FIRMWARE FAIL" });
+    psci::system_off()
+}
+
+/// The second CPU's Rust entry: the pager.
+#[no_mangle]
+pub extern "C" fn fw_secondary_main() -> ! {
+    mmu::enable();
+    pager::main_loop();
+    loop {
+        wfe();
+    }
+}
+
+/// An exception taken at EL2: a firmware bug.
+#[no_mangle]
+pub extern "C" fn el2_unexpected(slot: u64, esr: u64, elr: u64, far: u64) -> ! {
+    uart::print_unlocked(format_args!(
+        "EL2 exception: vector slot {slot} on CPU {}, ESR {esr:#x}, ELR {elr:#x}, FAR {far:#x}\nFIRMWARE FAIL\n",
+        cpu_id()
+    ));
+    psci::system_off()
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    uart::print_unlocked(format_args!("PANIC on CPU {}: {info}\nFIRMWARE FAIL\n", cpu_id()));
+    psci::system_off()
+}
