@@ -154,7 +154,9 @@ impl FramePool {
                 }
             }
             FrameSize::Huge2M | FrameSize::Base => {
-                let Some(off) = pa.checked_sub(SMALL_BASE) else { return };
+                let Some(off) = pa.checked_sub(SMALL_BASE) else {
+                    return;
+                };
                 let i = (off / SZ_2M) as usize;
                 if i >= CHUNKS {
                     return;
@@ -196,7 +198,10 @@ pub fn is_pool_frame(pa: u64) -> bool {
 /// Whether `[pa, pa + len)` lies in RAM the firmware manages as frames or
 /// in the firmware image (the only memory the helpers below may touch).
 fn in_ram(pa: u64, len: u64) -> bool {
-    pa % 8 == 0 && len % 8 == 0 && pa >= 0x4000_0000 && pa.checked_add(len).is_some_and(|e| e <= RAM_END)
+    pa.is_multiple_of(8)
+        && len.is_multiple_of(8)
+        && pa >= 0x4000_0000
+        && pa.checked_add(len).is_some_and(|e| e <= RAM_END)
 }
 
 /// Fill `[pa, pa + len)` with the 64-bit word `v`.

@@ -112,7 +112,11 @@ pub extern "C" fn guest_main() -> ! {
     // 0: untouched anonymous memory reads as zeroes (the zero page, mapped
     // read-only at stage 2).
     let zero_pages = 16;
-    if check(0, (0..zero_pages).map(|p| ANON_GPA + p * PAGE + 8 * (p % 512)), |_| 0) {
+    if check(
+        0,
+        (0..zero_pages).map(|p| ANON_GPA + p * PAGE + 8 * (p % 512)),
+        |_| 0,
+    ) {
         pass(0);
     }
 
@@ -130,7 +134,15 @@ pub extern "C" fn guest_main() -> ! {
     }
 
     // 2: 2 MiB hugetlb pages, mapped with 2 MiB stage-2 blocks.
-    let offs2m = [0, PAGE, 1 << 20, (2 << 20) - 8, 2 << 20, 3 << 20, (4 << 20) - 8];
+    let offs2m = [
+        0,
+        PAGE,
+        1 << 20,
+        (2 << 20) - 8,
+        2 << 20,
+        3 << 20,
+        (4 << 20) - 8,
+    ];
     for o in offs2m {
         wr(HUGE2M_GPA + o, tag(HUGE2M_GPA + o));
     }
@@ -139,7 +151,14 @@ pub extern "C" fn guest_main() -> ! {
     }
 
     // 3: a 1 GiB hugetlb page, mapped with one 1 GiB stage-2 block.
-    let offs1g = [0, PAGE, 2 << 20, 256 << 20, (512 << 20) + 3 * PAGE, HUGE1G_SIZE - 8];
+    let offs1g = [
+        0,
+        PAGE,
+        2 << 20,
+        256 << 20,
+        (512 << 20) + 3 * PAGE,
+        HUGE1G_SIZE - 8,
+    ];
     for o in offs1g {
         wr(HUGE1G_GPA + o, tag(HUGE1G_GPA + o));
     }
@@ -152,9 +171,17 @@ pub extern "C" fn guest_main() -> ! {
     let mut generation = 0;
     let uffd_pages = 32;
     let words = |base: u64, pages: u64| {
-        (0..pages).flat_map(move |p| [base + p * PAGE, base + p * PAGE + 8 * 255, base + p * PAGE + 8 * 511])
+        (0..pages).flat_map(move |p| {
+            [
+                base + p * PAGE,
+                base + p * PAGE + 8 * 255,
+                base + p * PAGE + 8 * 511,
+            ]
+        })
     };
-    if check(4, words(UFFD_GPA, uffd_pages), |a| source_word(a - UFFD_GPA, generation)) {
+    if check(4, words(UFFD_GPA, uffd_pages), |a| {
+        source_word(a - UFFD_GPA, generation)
+    }) {
         pass(4);
     }
 
@@ -162,7 +189,9 @@ pub extern "C" fn guest_main() -> ! {
     for p in 0..uffd_pages {
         wr(UFFD_GPA + p * PAGE + 16, tag(p));
     }
-    if check(5, (0..uffd_pages).map(|p| UFFD_GPA + p * PAGE + 16), |a| tag((a - UFFD_GPA) / PAGE)) {
+    if check(5, (0..uffd_pages).map(|p| UFFD_GPA + p * PAGE + 16), |a| {
+        tag((a - UFFD_GPA) / PAGE)
+    }) {
         pass(5);
     }
 
@@ -172,12 +201,16 @@ pub extern "C" fn guest_main() -> ! {
     generation = hvc(hc::ZAP, UFFD_GPA, zapped * PAGE, 0);
     let g = generation;
     let ok = check(6, words(UFFD_GPA, zapped), |a| source_word(a - UFFD_GPA, g))
-        && check(6, (zapped..uffd_pages).map(|p| UFFD_GPA + p * PAGE + 16), |a| {
-            tag((a - UFFD_GPA) / PAGE)
-        })
-        && check(6, (zapped..uffd_pages).map(|p| UFFD_GPA + p * PAGE + 8), |a| {
-            source_word(a - UFFD_GPA, 0)
-        });
+        && check(
+            6,
+            (zapped..uffd_pages).map(|p| UFFD_GPA + p * PAGE + 16),
+            |a| tag((a - UFFD_GPA) / PAGE),
+        )
+        && check(
+            6,
+            (zapped..uffd_pages).map(|p| UFFD_GPA + p * PAGE + 8),
+            |a| source_word(a - UFFD_GPA, 0),
+        );
     if ok {
         pass(6);
     }
@@ -209,8 +242,15 @@ pub extern "C" fn guest_main() -> ! {
     // 9: zapping a whole 2 MiB hugetlb page: the stage-2 block goes, the
     // next access faults a fresh zeroed huge page; the other one is intact.
     generation = hvc(hc::ZAP, HUGE2M_GPA, 2 << 20, 0);
-    let ok = check(9, [HUGE2M_GPA, HUGE2M_GPA + PAGE, HUGE2M_GPA + (2 << 20) - 8].into_iter(), |_| 0)
-        && check(9, [HUGE2M_GPA + (2 << 20), HUGE2M_GPA + (3 << 20)].into_iter(), tag);
+    let ok = check(
+        9,
+        [HUGE2M_GPA, HUGE2M_GPA + PAGE, HUGE2M_GPA + (2 << 20) - 8].into_iter(),
+        |_| 0,
+    ) && check(
+        9,
+        [HUGE2M_GPA + (2 << 20), HUGE2M_GPA + (3 << 20)].into_iter(),
+        tag,
+    );
     wr(HUGE2M_GPA + 64, 77);
     if ok && check(9, [HUGE2M_GPA + 64].into_iter(), |_| 77) {
         pass(9);
@@ -219,7 +259,9 @@ pub extern "C" fn guest_main() -> ! {
     // 10: the no-wait region: a fault that would block is deferred
     // (async page fault), completed by the worker, then the guest resumes.
     let g = generation;
-    if check(10, words(UFFD_ASYNC_GPA, 8), |a| source_word(a - UFFD_ASYNC_GPA, g)) {
+    if check(10, words(UFFD_ASYNC_GPA, 8), |a| {
+        source_word(a - UFFD_ASYNC_GPA, g)
+    }) {
         pass(10);
     }
 

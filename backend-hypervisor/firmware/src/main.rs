@@ -87,8 +87,8 @@ pub extern "C" fn fw_main() -> ! {
     pager::stop();
     let (t1, _) = timer();
     print_counters();
-    if freq != 0 {
-        println!("elapsed {} ms", (t1 - t0) * 1000 / freq);
+    if let Some(ms) = ((t1 - t0) * 1000).checked_div(freq) {
+        println!("elapsed {ms} ms");
     }
     finish(&mut tally, guest_done)
 }
@@ -114,8 +114,18 @@ fn firmware_checks(tally: &mut Tally) {
     );
     let st = vm.stats();
     let drops = HOST_MM.counters.lock_drops.load(Ordering::Relaxed);
-    tally.check("uffd_faults_dropped_the_lock", drops >= 32 && st.host_lock_drops >= 32, drops);
-    tally.check("async_fault_deferred_and_completed", st.pending >= 1 && st.async_completed >= 1, st.pending);
+    tally.check(
+        "uffd_faults_dropped_the_lock",
+        drops >= 32 && st.host_lock_drops >= 32,
+        drops,
+    );
+    let (resumes, _) = hostmm::retry::counts();
+    tally.check("walks_resumed_after_lock_drops", resumes >= 32, resumes);
+    tally.check(
+        "async_fault_deferred_and_completed",
+        st.pending >= 1 && st.async_completed >= 1,
+        st.pending,
+    );
     tally.check(
         "guest_code_mapped_by_instruction_aborts",
         vcpu::EXITS.instruction_aborts.load(Ordering::Relaxed) >= 1,
@@ -123,7 +133,11 @@ fn firmware_checks(tally: &mut Tally) {
     );
     tally.check("no_guest_fault_errors", st.errors == 0, st.errors);
     let (_, jobs_done, jobs_failed) = pager::counts();
-    tally.check("concurrent_migration_done", jobs_done == 1 && jobs_failed == 0, jobs_failed);
+    tally.check(
+        "concurrent_migration_done",
+        jobs_done == 1 && jobs_failed == 0,
+        jobs_failed,
+    );
 }
 
 fn print_counters() {
@@ -142,6 +156,9 @@ fn print_counters() {
     counter("stage2_map_1g", st.leaves_1g);
     counter("host_faults", st.host_faults);
     counter("lock_drops", st.host_lock_drops);
+    let (resumes, restarts) = hostmm::retry::counts();
+    counter("resumes", resumes);
+    counter("restarts_after_drop", restarts);
     counter("async_deferred", st.pending);
     counter("async_completed", st.async_completed);
     counter("invalidations_host", HOST_MM.notifiers.count());
@@ -166,7 +183,14 @@ fn print_counters() {
 
 fn finish(tally: &mut Tally, ok: bool) -> ! {
     println!("RESULT {} passed, {} failed", tally.passed, tally.failed);
-    println!("{}", if ok && tally.failed == 0 { "FIRMWARE PASS" } else { "FIRMWARE FAIL" });
+    println!(
+        "{}",
+        if ok && tally.failed == 0 {
+            "FIRMWARE PASS"
+        } else {
+            "FIRMWARE FAIL"
+        }
+    );
     psci::system_off()
 }
 
@@ -192,6 +216,9 @@ pub extern "C" fn el2_unexpected(slot: u64, esr: u64, elr: u64, far: u64) -> ! {
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    uart::print_unlocked(format_args!("PANIC on CPU {}: {info}\nFIRMWARE FAIL\n", cpu_id()));
+    uart::print_unlocked(format_args!(
+        "PANIC on CPU {}: {info}\nFIRMWARE FAIL\n",
+        cpu_id()
+    ));
     psci::system_off()
 }

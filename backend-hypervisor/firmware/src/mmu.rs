@@ -40,7 +40,10 @@ const SCTLR: u64 = (1 << 0) | (1 << 2) | (1 << 3) | (1 << 12) | 0x30c5_0830;
 pub fn build() {
     EL2_L1.0[0].store(ATTR_DEVICE | BLOCK | AF | XN, Ordering::Relaxed);
     for i in 1..4u64 {
-        EL2_L1.0[i as usize].store((i << 30) | ATTR_NORMAL | SH_INNER | BLOCK | AF, Ordering::Relaxed);
+        EL2_L1.0[i as usize].store(
+            (i << 30) | ATTR_NORMAL | SH_INNER | BLOCK | AF,
+            Ordering::Relaxed,
+        );
     }
     dsb_ish();
 }

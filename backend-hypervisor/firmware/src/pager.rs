@@ -90,7 +90,9 @@ pub fn main_loop() {
         if MAILBOX.job.load(Ordering::Acquire) == JOB_MIGRATE {
             let hva = MAILBOX.addr.load(Ordering::Relaxed);
             let ok = HOST_MM.migrate(hva).is_ok()
-                && HOST_MM.write_u64(hva, MAILBOX.value.load(Ordering::Relaxed)).is_ok();
+                && HOST_MM
+                    .write_u64(hva, MAILBOX.value.load(Ordering::Relaxed))
+                    .is_ok();
             let c = if ok { &MAILBOX.done } else { &MAILBOX.failed };
             c.fetch_add(1, Ordering::Relaxed);
             MAILBOX.job.store(JOB_NONE, Ordering::Release);

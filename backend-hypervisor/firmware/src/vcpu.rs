@@ -18,9 +18,9 @@ use backend_hypervisor::{AsyncStatus, GuestFault, Perm};
 
 use crate::entry::{exit, guest_enter, VcpuContext};
 use crate::guest::{self, hc};
+use crate::hostmm::VmaKind;
 use crate::pager;
 use crate::report::Tally;
-use crate::hostmm::VmaKind;
 use crate::vm::{self, HOST_MM};
 
 const EC_HVC64: u64 = 0x16;
@@ -179,7 +179,10 @@ fn hypercall(ctx: &mut VcpuContext, tally: &mut Tally) -> Option<Stop> {
             Some((_, r)) => {
                 let hva = r.hva + (a1 - r.gpa);
                 let n = HOST_MM.zap(hva, hva + a2);
-                crate::println!("host: zapped {n} leaves at GPA {a1:#x}+{a2:#x} ({})", r.name);
+                crate::println!(
+                    "host: zapped {n} leaves at GPA {a1:#x}+{a2:#x} ({})",
+                    r.name
+                );
                 if r.kind == VmaKind::Userfault {
                     // The post-copy source re-sends what was dropped.
                     HOST_MM.uffd.bump_generation()

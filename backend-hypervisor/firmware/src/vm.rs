@@ -102,7 +102,8 @@ static CLOCK: CounterClock = CounterClock;
 /// The host as backend-hypervisor sees it.
 pub type HostView = HostRefs<'static, HostMm, HostMm, NoSignals, CounterClock>;
 /// The guest memory manager.
-pub type Vm = GuestMemory<'static, Stage2, &'static StaticPool<128>, &'static ArmTlb, HostView, Subscription>;
+pub type Vm =
+    GuestMemory<'static, Stage2, &'static StaticPool<128>, &'static ArmTlb, HostView, Subscription>;
 
 /// The TLB hook.
 pub static TLB: ArmTlb = ArmTlb {
@@ -305,7 +306,9 @@ pub fn init() -> Result<(), &'static str> {
                 .map_err(|_| "image populate")?;
         }
         let n = &NOTIFIERS[i];
-        let sub = n.sub.call_once(|| Subscription::new(&MM_SEQ, r.hva, r.hva + r.size));
+        let sub = n
+            .sub
+            .call_once(|| Subscription::new(&MM_SEQ, r.hva, r.hva + r.size));
         let spec = RegionSpec {
             gpa: r.gpa,
             size: r.size,
@@ -346,8 +349,8 @@ fn enable_stage2(root: u64) {
         | (ps << 16)    // PS
         | (1 << 31); // RES1
     let vttbr = root | (1 << 48); // VMID 1
-    // HCR_EL2: VM (stage 2 on), SWIO, DC (guest MMU off = Normal WB, as
-    // EL2 sees RAM), TSC (guest SMC traps), RW (EL1 is AArch64).
+                                  // HCR_EL2: VM (stage 2 on), SWIO, DC (guest MMU off = Normal WB, as
+                                  // EL2 sees RAM), TSC (guest SMC traps), RW (EL1 is AArch64).
     let hcr: u64 = (1 << 0) | (1 << 1) | (1 << 12) | (1 << 19) | (1 << 31);
     // SAFETY: the stage-2 root is a zeroed table page of STAGE2_TABLES
     // (identity mapped, so its address is its PA); nothing runs at EL1 yet,

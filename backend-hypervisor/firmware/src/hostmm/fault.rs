@@ -35,7 +35,10 @@ impl HostMm {
             let _ptl = self.ptl.lock();
             let slot = self.pt.slot(page, 3, true).ok_or(VmFaultError::Oom)?;
             if slot.load(Ordering::Acquire) == 0 {
-                slot.store(pgtable::leaf(3, frames::zero_page_pa(), false), Ordering::Release);
+                slot.store(
+                    pgtable::leaf(3, frames::zero_page_pa(), false),
+                    Ordering::Release,
+                );
                 self.counters.zero_maps.fetch_add(1, Ordering::Relaxed);
             }
             return Ok(());
@@ -104,7 +107,12 @@ impl HostMm {
 }
 
 impl FaultHandler<HostMm> for HostMm {
-    fn fault<'a>(&self, guard: HostGuard<'a>, addr: u64, flags: FaultFlags) -> FaultOutcome<HostGuard<'a>>
+    fn fault<'a>(
+        &self,
+        guard: HostGuard<'a>,
+        addr: u64,
+        flags: FaultFlags,
+    ) -> FaultOutcome<HostGuard<'a>>
     where
         HostMm: 'a,
     {
@@ -122,7 +130,9 @@ impl FaultHandler<HostMm> for HostMm {
                 (_, Entry::Leaf { .. }) => Ok(()),
                 _ => Err(VmFaultError::Sigbus),
             },
-            VmaKind::Hugetlb(order) => self.fault_huge(addr, order, vma.flags.contains(VmFlags::WRITE)),
+            VmaKind::Hugetlb(order) => {
+                self.fault_huge(addr, order, vma.flags.contains(VmFlags::WRITE))
+            }
             VmaKind::Userfault => {
                 if let (_, Entry::Leaf { .. }) = self.pt.lookup(addr) {
                     return FaultOutcome::Done(guard);
@@ -139,6 +149,7 @@ impl FaultHandler<HostMm> for HostMm {
                 drop(guard);
                 self.counters.lock_drops.fetch_add(1, Ordering::Relaxed);
                 self.uffd.wait(slot);
+                super::retry::note_drop();
                 return FaultOutcome::Retry;
             }
         };
@@ -149,7 +160,9 @@ impl FaultHandler<HostMm> for HostMm {
     }
 
     fn migration_wait(&self, _guard: &HostGuard<'_>, addr: u64) {
-        self.counters.migration_waits.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .migration_waits
+            .fetch_add(1, Ordering::Relaxed);
         // The migrating context replaces the entry without needing the
         // mmap lock for write, so waiting under the read lock is safe.
         while let (_, Entry::Migration(_)) = self.pt.lookup(addr) {

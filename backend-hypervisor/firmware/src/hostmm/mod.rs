@@ -20,6 +20,7 @@
 pub mod fault;
 pub mod notifier;
 pub mod pgtable;
+pub mod retry;
 pub mod uffd;
 
 use core::ops::ControlFlow;
@@ -138,7 +139,12 @@ fn to_vma<'g>(v: &HostVma) -> Vma<'g> {
 
 impl MmView for HostGuard<'_> {
     fn find_vma(&self, addr: u64) -> Option<Vma<'_>> {
-        self.vmas.vmas.iter().flatten().find(|v| v.end > addr).map(to_vma)
+        self.vmas
+            .vmas
+            .iter()
+            .flatten()
+            .find(|v| v.end > addr)
+            .map(to_vma)
     }
 
     fn walk_leaves<F>(&self, _vma: &Vma<'_>, start: u64, end: u64, mut f: F)
@@ -212,26 +218,45 @@ impl HostMm {
     }
 
     /// `mmap(MAP_FIXED_NOREPLACE)`: add a VMA (nothing is populated).
-    pub fn mmap(&self, start: u64, end: u64, flags: VmFlags, kind: VmaKind) -> Result<(), HostError> {
+    pub fn mmap(
+        &self,
+        start: u64,
+        end: u64,
+        flags: VmFlags,
+        kind: VmaKind,
+    ) -> Result<(), HostError> {
         let align = match kind {
             VmaKind::Hugetlb(o) => 4096u64 << o,
             _ => 4096,
         };
-        if start % align != 0 || end % align != 0 || start >= end || end > hmm_core::TASK_SIZE {
+        if !start.is_multiple_of(align)
+            || !end.is_multiple_of(align)
+            || start >= end
+            || end > hmm_core::TASK_SIZE
+        {
             return Err(HostError::Inval);
         }
         let mut t = self.lock.write();
-        if t.vmas.iter().flatten().any(|v| v.start < end && start < v.end) {
+        if t.vmas
+            .iter()
+            .flatten()
+            .any(|v| v.start < end && start < v.end)
+        {
             return Err(HostError::Inval);
         }
-        let slot = t.vmas.iter_mut().find(|v| v.is_none()).ok_or(HostError::Inval)?;
+        let slot = t
+            .vmas
+            .iter_mut()
+            .find(|v| v.is_none())
+            .ok_or(HostError::Inval)?;
         *slot = Some(HostVma {
             start,
             end,
             flags,
             kind,
         });
-        t.vmas.sort_unstable_by_key(|v| v.map_or(u64::MAX, |v| v.start));
+        t.vmas
+            .sort_unstable_by_key(|v| v.map_or(u64::MAX, |v| v.start));
         Ok(())
     }
 
@@ -352,7 +377,9 @@ impl HostMm {
         let _guard = self.read();
         let (level, e) = self.pt.lookup(addr);
         match e {
-            Entry::Leaf { pa, .. } => Ok(frames::read(pa + (addr & (pgtable::level_size(level) - 1)))),
+            Entry::Leaf { pa, .. } => {
+                Ok(frames::read(pa + (addr & (pgtable::level_size(level) - 1))))
+            }
             _ => Err(HostError::NotMapped),
         }
     }
@@ -373,12 +400,16 @@ impl HostMm {
     /// userfault VMA.
     pub fn uffd_copy(&self, addr: u64) -> bool {
         let guard = self.read();
-        let Some(vma) = guard.vma(addr) else { return false };
+        let Some(vma) = guard.vma(addr) else {
+            return false;
+        };
         if vma.kind != VmaKind::Userfault {
             return false;
         }
         let page = addr & !0xfff;
-        let Some(pa) = FRAMES.alloc(FrameSize::Base) else { return false };
+        let Some(pa) = FRAMES.alloc(FrameSize::Base) else {
+            return false;
+        };
         let generation = self.uffd.generation();
         for w in 0..512u64 {
             let off = page - vma.start + w * 8;

@@ -72,21 +72,28 @@ impl IntervalNotifier for Subscription {
     }
 
     fn check_retry(&self, seq: u64) -> bool {
+        let moved = self.seq.load(Ordering::Acquire) != seq;
+        super::retry::observe_check(moved);
+        moved
+    }
+
+    fn read_retry(&self, seq: u64) -> bool {
         self.seq.load(Ordering::Acquire) != seq
     }
 }
 
 /// The mm-wide invalidation sequence.
+#[derive(Default)]
 pub struct MmSeq {
     seq: AtomicU64,
     active: spin::Mutex<u64>,
 }
 
 impl MmSeq {
-    /// Sequence 2, nothing active.
+    /// Sequence 0, nothing active.
     pub const fn new() -> Self {
         MmSeq {
-            seq: AtomicU64::new(2),
+            seq: AtomicU64::new(0),
             active: spin::Mutex::new(0),
         }
     }
@@ -113,7 +120,10 @@ impl Notifiers {
     /// `sub` to `ops`.
     pub fn insert(&self, sub: &'static Subscription, ops: &'static dyn IntervalOps) -> bool {
         sub.ops.call_once(|| ops);
-        sub.seq.store(self.mm_seq.seq.load(Ordering::Acquire) & !1, Ordering::Release);
+        sub.seq.store(
+            self.mm_seq.seq.load(Ordering::Acquire) & !1,
+            Ordering::Release,
+        );
         let mut subs = self.subs.lock();
         match subs.iter_mut().find(|s| s.is_none()) {
             Some(slot) => {

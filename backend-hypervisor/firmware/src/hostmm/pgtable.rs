@@ -168,7 +168,14 @@ impl HostPageTable {
         self.walk_table(self.root.load(Ordering::Acquire), 0, start, end, f)
     }
 
-    fn walk_table<F>(&self, table: u64, level: u8, start: u64, end: u64, f: &mut F) -> ControlFlow<()>
+    fn walk_table<F>(
+        &self,
+        table: u64,
+        level: u8,
+        start: u64,
+        end: u64,
+        f: &mut F,
+    ) -> ControlFlow<()>
     where
         F: FnMut(u64, u64, Leaf) -> ControlFlow<()>,
     {
@@ -186,7 +193,7 @@ impl HostPageTable {
                 Entry::Table(next) => self.walk_table(next, level + 1, a, b, f)?,
                 Entry::Migration(_) => f(a, b, Leaf::Migration)?,
                 Entry::Leaf { pa, write } => {
-                    let order = (9 * (3 - level)) as u8;
+                    let order = 9 * (3 - level);
                     let present = Present {
                         pfn: (pa + (a - es)) >> 12,
                         order,

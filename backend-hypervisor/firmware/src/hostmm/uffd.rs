@@ -45,6 +45,12 @@ pub const fn source_word(off: u64, generation: u64) -> u64 {
     x
 }
 
+impl Default for Uffd {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Uffd {
     /// No messages, generation 0.
     pub const fn new() -> Self {
@@ -66,8 +72,7 @@ impl Uffd {
     pub fn post(&self, addr: u64) -> usize {
         loop {
             for (i, s) in self.slots.iter().enumerate() {
-                if s
-                    .state
+                if s.state
                     .compare_exchange(FREE, RUNNING, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
                 {
@@ -95,8 +100,7 @@ impl Uffd {
     /// Pager side: take one queued message (its slot and address).
     pub fn take(&self) -> Option<(usize, u64)> {
         for (i, s) in self.slots.iter().enumerate() {
-            if s
-                .state
+            if s.state
                 .compare_exchange(QUEUED, RUNNING, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
             {
