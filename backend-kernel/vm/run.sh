@@ -11,7 +11,7 @@
 #
 # usage: run.sh [OUTDIR]        (default $HMM_CACHE_ROOT/runs/kernel-harness)
 # Env: HMM_SKIP_SETUP=1 skips setup.sh; HMM_QEMU_TIMEOUT (default 1500 s);
-#      HMM_BENCH_MIB (default 64), HMM_BENCH_ROUNDS (default 5).
+#      HMM_BENCH_MIB (default 64), HMM_BENCH_ROUNDS (default 9).
 # Writes OUTDIR/serial.log and OUTDIR/stages.txt.
 # Exit status: non-zero if a build failed or the VM run did not complete.
 set -euo pipefail
@@ -55,7 +55,7 @@ timed tests-vm build_tests
 
 cat > "$out/test.sh" <<EOF
 #!/bin/sh
-BENCH_MIB=${HMM_BENCH_MIB:-64} BENCH_ROUNDS=${HMM_BENCH_ROUNDS:-5} sh /hmm/guest.sh
+BENCH_MIB=${HMM_BENCH_MIB:-64} BENCH_ROUNDS=${HMM_BENCH_ROUNDS:-9} sh /hmm/guest.sh
 EOF
 timed initramfs "$harness/mkinitramfs.sh" -o "$out/initramfs.cpio.gz" -s "$out/test.sh" \
     "$crate/module/hmm_rs.ko" "$out/uffd_read" "$out/hmm_bench" "$here/guest.sh"
