@@ -11,8 +11,9 @@
 #
 # usage: run.sh [OUTDIR]        (default $HMM_CACHE_ROOT/runs/kernel-harness)
 # Env: HMM_SKIP_SETUP=1 skips setup.sh; HMM_QEMU_TIMEOUT (default 1500 s);
-#      HMM_BENCH_MIB (default 64), HMM_BENCH_ROUNDS (default 9).
-# Writes OUTDIR/serial.log and OUTDIR/stages.txt.
+#      HMM_BENCH_MIB (default 64), HMM_BENCH_ROUNDS (default 5) per pass,
+#      HMM_BENCH_PASSES (default 3): the drivers take turns, one pass each.
+# Writes OUTDIR/serial.log, OUTDIR/stages.txt and OUTDIR/module-build.log.
 # Exit status: non-zero if a build failed or the VM run did not complete.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -41,7 +42,10 @@ fi
 timed build-kernel "$harness/build-kernel.sh"
 
 build_module() {
-    "${HMM_KMAKE[@]}" M="$crate/module" modules
+    if ! "${HMM_KMAKE[@]}" M="$crate/module" modules > "$out/module-build.log" 2>&1; then
+        cat "$out/module-build.log" >&2
+        return 1
+    fi
     [ -f "$crate/module/hmm_rs.ko" ]
 }
 timed module build_module
@@ -55,7 +59,8 @@ timed tests-vm build_tests
 
 cat > "$out/test.sh" <<EOF
 #!/bin/sh
-BENCH_MIB=${HMM_BENCH_MIB:-64} BENCH_ROUNDS=${HMM_BENCH_ROUNDS:-9} sh /hmm/guest.sh
+BENCH_MIB=${HMM_BENCH_MIB:-64} BENCH_ROUNDS=${HMM_BENCH_ROUNDS:-5} BENCH_PASSES=${HMM_BENCH_PASSES:-3} \\
+    sh /hmm/guest.sh
 EOF
 timed initramfs "$harness/mkinitramfs.sh" -o "$out/initramfs.cpio.gz" -s "$out/test.sh" \
     "$crate/module/hmm_rs.ko" "$out/uffd_read" "$out/hmm_bench" "$here/guest.sh"
