@@ -98,6 +98,9 @@ pub struct TestMm {
     fault_cost_ns: Cell<u64>,
     /// Migration entries resolve into this many-page mapping on wait.
     log: Cell<[LoggedFault; FAULT_LOG]>,
+    /// Pages whose `Userfault` faults are served without dropping the lock
+    /// (a page-cache hit).
+    cached: Cell<[u64; 8]>,
     nlog: Cell<usize>,
     migration_waits: Cell<u32>,
 }
@@ -123,6 +126,7 @@ impl TestMm {
             signal_on_drop: Cell::new(false),
             fault_cost_ns: Cell::new(0),
             log: Cell::new([LoggedFault { addr: 0, flags: 0 }; FAULT_LOG]),
+            cached: Cell::new([u64::MAX; 8]),
             nlog: Cell::new(0),
             migration_waits: Cell::new(0),
         }
@@ -205,6 +209,18 @@ impl TestMm {
     /// Advance the clock by `ns` on every fault.
     pub fn set_fault_cost_ns(&self, ns: u64) {
         self.fault_cost_ns.set(ns);
+    }
+
+    /// Serve `Userfault` faults of the page at `addr` without dropping the
+    /// lock, as a page-cache hit would be. Returns false if full.
+    pub fn cache_page(&self, addr: u64) -> bool {
+        let mut c = self.cached.get();
+        let Some(slot) = c.iter_mut().find(|a| **a == u64::MAX) else {
+            return false;
+        };
+        *slot = addr;
+        self.cached.set(c);
+        true
     }
 
     /// Number of read guards currently held.
@@ -426,6 +442,10 @@ impl FaultHandler<TestMm> for TestMm {
             }
             FaultMode::Fail(e) => FaultOutcome::Error(guard, e),
             FaultMode::Userfault { resolve } => {
+                if self.cached.get().contains(&addr) {
+                    self.populate(&v, addr, write);
+                    return FaultOutcome::Done(guard);
+                }
                 if !flags.contains(FaultFlags::ALLOW_RETRY) {
                     return FaultOutcome::Error(guard, VmFaultError::Sigbus);
                 }

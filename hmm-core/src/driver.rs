@@ -485,7 +485,13 @@ where
         }
         match opts.policy {
             Policy::Resume => {
-                cursor = page;
+                // Resume at the walk's stop address, not at the page that
+                // dropped the lock: entries from `addr` on still hold their
+                // input (the partial-output contract), including the pages
+                // of `[addr, page)` faulted before the drop. Re-walking them
+                // costs only the pages faulted since the last stop, so the
+                // total stays linear.
+                cursor = addr;
                 resuming = true;
             }
             Policy::Restart if mode == Mode::Unlockable => break unlocked(Err(Error::Busy)),

@@ -140,6 +140,40 @@ fn resume_is_linear_and_restart_is_quadratic() {
 }
 
 #[test]
+fn a_drop_inside_a_fault_span_resumes_at_the_span_start() {
+    // One 4-page hole span: page 0 is served without a drop (cached), page 1
+    // drops the lock. The entry of page 0 must still receive output: the
+    // resume starts at the walk's stop address, not at the dropping page.
+    for policy in [Policy::Resume, Policy::Restart] {
+        let mm = mm_with(4, RW, 0, FaultMode::Userfault { resolve: true });
+        assert!(mm.cache_page(BASE));
+        // Per-page requests: an entry left holding its input would look VALID.
+        let req = PfnFlags::REQ_FAULT.bits();
+        let mut pfns = [req; 4];
+        let mut range =
+            Range::new(BASE, BASE + 0x4000, &mut pfns).with_request(Request::new(0, req));
+        let env = Env::new(&mm, &mm, &mm);
+        let r = range_fault_unlocked(
+            &env,
+            &mut range,
+            &Options::with_policy(policy),
+            &mut Stats::default(),
+        );
+        assert_eq!(r, Ok(()));
+        let seq = range.notifier_seq;
+        assert!(!mm.read_retry(seq));
+        // Every entry is a real mapping: the PFNs are the test double's
+        // allocations (0x1000 and up), distinct, and writable.
+        let mut seen = std::collections::BTreeSet::new();
+        for &p in &pfns {
+            let e = HmmPfn(p);
+            assert!(e.is_valid() && e.pfn() >= 0x1000, "{policy:?}: {p:#x}");
+            assert!(seen.insert(e.pfn()));
+        }
+    }
+}
+
+#[test]
 fn an_invalidation_during_the_drop_restarts_with_a_new_sequence() {
     let mm = mm_with(8, RW, 0, FaultMode::Userfault { resolve: true });
     mm.invalidate_on_drop(1);
