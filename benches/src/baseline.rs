@@ -115,7 +115,9 @@ impl Region {
         for line in smaps.lines() {
             if let Some((range, _)) = line.split_once(' ') {
                 if let Some((s, e)) = range.split_once('-') {
-                    if let (Ok(s), Ok(e)) = (usize::from_str_radix(s, 16), usize::from_str_radix(e, 16)) {
+                    if let (Ok(s), Ok(e)) =
+                        (usize::from_str_radix(s, 16), usize::from_str_radix(e, 16))
+                    {
                         inside = s <= self.addr() && self.addr() < e;
                         continue;
                     }
@@ -168,7 +170,8 @@ pub fn pagemap_walk(pm: &mut Pagemap, region: &Region, out: &mut [u64]) -> io::R
         let offset = ((region.addr() / PAGE + done) * 8) as u64;
         // SAFETY: reinterpreting the u64 buffer as bytes for the read; the
         // length is exactly n * 8 bytes of it.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(pm.buf.as_mut_ptr() as *mut u8, n * 8) };
+        let bytes =
+            unsafe { std::slice::from_raw_parts_mut(pm.buf.as_mut_ptr() as *mut u8, n * 8) };
         pm.file.read_exact_at(bytes, offset)?;
         for (o, &e) in out[done..done + n].iter_mut().zip(&pm.buf[..n]) {
             let is_present = e >> 63 & 1;
@@ -213,7 +216,8 @@ pub struct PageRegion {
 /// `PAGE_IS_PRESENT`.
 const PAGE_IS_PRESENT: u64 = 1 << 3;
 /// `PAGEMAP_SCAN` = `_IOWR('f', 16, struct pm_scan_arg)`.
-const PAGEMAP_SCAN: u64 = (3 << 30) | ((std::mem::size_of::<PmScanArg>() as u64) << 16) | ((b'f' as u64) << 8) | 16;
+const PAGEMAP_SCAN: u64 =
+    (3 << 30) | ((std::mem::size_of::<PmScanArg>() as u64) << 16) | ((b'f' as u64) << 8) | 16;
 
 /// Scan `region` with `PAGEMAP_SCAN` for present pages, filling `vec` with
 /// the regions found; returns the number of present pages.
@@ -234,7 +238,13 @@ pub fn pagemap_scan(pm: &Pagemap, region: &Region, vec: &mut [PageRegion]) -> io
         };
         // SAFETY: `arg` is a valid pm_scan_arg whose `vec` points at
         // `vec.len()` writable page_region structs that outlive the call.
-        let n = unsafe { libc::ioctl(pm.file.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg as *mut PmScanArg) };
+        let n = unsafe {
+            libc::ioctl(
+                pm.file.as_raw_fd(),
+                PAGEMAP_SCAN as _,
+                &mut arg as *mut PmScanArg,
+            )
+        };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -253,7 +263,13 @@ pub fn pagemap_scan(pm: &Pagemap, region: &Region, vec: &mut [PageRegion]) -> io
 /// number of resident pages.
 pub fn mincore_walk(region: &Region, out: &mut [u8]) -> io::Result<usize> {
     // SAFETY: the range is our live mapping and `out` has one byte per page.
-    let r = unsafe { libc::mincore(region.addr() as *mut libc::c_void, region.len(), out.as_mut_ptr()) };
+    let r = unsafe {
+        libc::mincore(
+            region.addr() as *mut libc::c_void,
+            region.len(),
+            out.as_mut_ptr(),
+        )
+    };
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -280,7 +296,10 @@ mod tests {
         let r = Region::populated(4 << 20, Backing::Small).expect("mmap");
         let mut pm = Pagemap::open(4096).expect("pagemap");
         let mut out = vec![0u64; r.pages()];
-        assert_eq!(pagemap_walk(&mut pm, &r, &mut out).expect("pagemap read"), r.pages());
+        assert_eq!(
+            pagemap_walk(&mut pm, &r, &mut out).expect("pagemap read"),
+            r.pages()
+        );
         assert!(out.iter().all(|&e| e >> 63 == 1));
         let mut vec = vec![PageRegion::default(); 64];
         match pagemap_scan(&pm, &r, &mut vec) {
