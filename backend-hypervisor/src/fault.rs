@@ -71,6 +71,8 @@ pub enum FaultError {
     Host(Error),
     /// No table page was available to map it.
     NoTableMemory,
+    /// The second-stage table refused the mapping (a corrupt table).
+    Table(MapError),
     /// The host frame's physical address does not fit the format's output
     /// address field.
     AddressTooWide,
@@ -249,9 +251,7 @@ where
             match table.map(&self.alloc, &self.tlb, base, pa, size, Attrs::ram(perm)) {
                 Ok(()) => {}
                 Err(MapError::NoMemory) => return GuestFault::Error(FaultError::NoTableMemory),
-                // Alignment and range were checked above; a corrupt table
-                // cannot be repaired here.
-                Err(_) => return GuestFault::Error(FaultError::NoTableMemory),
+                Err(e) => return GuestFault::Error(FaultError::Table(e)),
             }
             leaves += 1;
             bump(self.leaf_counter(size), 1);

@@ -25,6 +25,9 @@ pub mod hc {
     pub const HOST_WRITE: u64 = 4;
     /// Like `MIGRATE`, but done by the second CPU while the guest runs.
     pub const MIGRATE_ASYNC: u64 = 5;
+    /// Report a failed check: x1 = test id, x2 = the address, x3 = the
+    /// value read, x4 = the value expected.
+    pub const REPORT_MISMATCH: u64 = 6;
     /// The guest is done.
     pub const DONE: u64 = 0xff;
 }
@@ -59,11 +62,16 @@ pub mod fail {
 pub const STACK_TOP: u64 = 0x0801_0000;
 
 fn hvc(nr: u64, a1: u64, a2: u64, a3: u64) -> u64 {
+    hvc4(nr, a1, a2, a3, 0)
+}
+
+fn hvc4(nr: u64, a1: u64, a2: u64, a3: u64, a4: u64) -> u64 {
     let r: u64;
     // SAFETY: HVC traps to the firmware, which reads x0..x3, writes x0 and
     // restores every other register before resuming the guest.
     unsafe {
-        core::arch::asm!("hvc #0", inout("x0") nr => r, in("x1") a1, in("x2") a2, in("x3") a3, options(nostack));
+        core::arch::asm!("hvc #0", inout("x0") nr => r, in("x1") a1, in("x2") a2, in("x3") a3,
+            in("x4") a4, options(nostack));
     }
     r
 }
@@ -84,12 +92,17 @@ fn report(id: usize, code: u64, detail: u64) {
     hvc(hc::REPORT, id as u64, code, detail);
 }
 
+fn report_mismatch(id: usize, gpa: u64, got: u64, want: u64) {
+    hvc4(hc::REPORT_MISMATCH, id as u64, gpa, got, want);
+}
+
 /// Check `[gpa + 8 * i]` against `f(i)` for the given word indices; the
 /// first mismatch is the result.
 fn check(id: usize, words: impl Iterator<Item = u64>, expect: impl Fn(u64) -> u64) -> bool {
     for gpa in words {
-        if rd(gpa) != expect(gpa) {
-            report(id, fail::MISMATCH, gpa);
+        let (got, want) = (rd(gpa), expect(gpa));
+        if got != want {
+            report_mismatch(id, gpa, got, want);
             return false;
         }
     }

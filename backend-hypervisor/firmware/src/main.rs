@@ -138,6 +138,8 @@ fn firmware_checks(tally: &mut Tally) {
         jobs_done == 1 && jobs_failed == 0,
         jobs_failed,
     );
+    let waits = HOST_MM.counters.migration_waits.load(Ordering::Relaxed);
+    tally.check("guest_fault_waited_on_migration_entry", waits >= 1, waits);
 }
 
 fn print_counters() {

@@ -7,7 +7,7 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
-use crate::sysreg::{sev, wfe};
+use crate::sysreg::{counter, sev, wfe};
 use crate::vm::HOST_MM;
 
 const JOB_NONE: u8 = 0;
@@ -75,6 +75,22 @@ pub fn counts() -> (u64, u64, u64) {
     )
 }
 
+/// While the migration entry is installed, give the running guest (which
+/// keeps reading the page) the chance to fault on it: wait until a fault is
+/// waiting on the entry, or at most 10 s of the generic timer.
+fn hold_for_a_waiter() {
+    let waits = &HOST_MM.counters.migration_waits;
+    let before = waits.load(Ordering::Acquire);
+    let (start, freq) = counter();
+    while waits.load(Ordering::Acquire) == before {
+        let (now, _) = counter();
+        if now.wrapping_sub(start) > freq.saturating_mul(10) {
+            break;
+        }
+        core::hint::spin_loop();
+    }
+}
+
 /// The pager CPU's main loop.
 pub fn main_loop() {
     RUNNING.store(true, Ordering::Release);
@@ -89,7 +105,7 @@ pub fn main_loop() {
         }
         if MAILBOX.job.load(Ordering::Acquire) == JOB_MIGRATE {
             let hva = MAILBOX.addr.load(Ordering::Relaxed);
-            let ok = HOST_MM.migrate(hva).is_ok()
+            let ok = HOST_MM.migrate_with(hva, hold_for_a_waiter).is_ok()
                 && HOST_MM
                     .write_u64(hva, MAILBOX.value.load(Ordering::Relaxed))
                     .is_ok();

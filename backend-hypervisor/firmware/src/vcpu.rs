@@ -175,6 +175,15 @@ fn hypercall(ctx: &mut VcpuContext, tally: &mut Tally) -> Option<Stop> {
             tally.record(name, a2 == 0, a2, a3);
             0
         }
+        hc::REPORT_MISMATCH => {
+            let name = guest::TESTS.get(a1 as usize).copied().unwrap_or("?");
+            crate::println!(
+                "guest: {name}: IPA {a2:#x} holds {a3:#x}, expected {:#x}",
+                ctx.x[4]
+            );
+            tally.record(name, false, guest::fail::MISMATCH, a2);
+            0
+        }
         hc::ZAP => match vm::region_of(a1) {
             Some((_, r)) => {
                 let hva = r.hva + (a1 - r.gpa);

@@ -282,65 +282,96 @@ impl HostMm {
     }
 
     /// `MADV_DONTNEED`: drop the pages of `[start, end)` (whole huge pages
-    /// for hugetlb). Notifiers run first, so no second-stage mapping of the
-    /// dropped frames survives; the frames are freed after. Returns the
-    /// number of leaves zapped.
+    /// for hugetlb). The notifiers run first, so no second-stage mapping of
+    /// the dropped frames survives; frames are then poisoned and freed in
+    /// batches, as Linux's `zap_page_range` frees its TLB gather batches
+    /// before `invalidate_range_end`. Returns the number of leaves zapped.
     pub fn zap(&self, start: u64, end: u64) -> u64 {
         let guard = self.read();
         self.notifiers.start(start, end);
-        let mut freed = [(0u64, FrameSize::Base); 64];
+        let mut batch = [(0u64, FrameSize::Base); 32];
         let mut n = 0;
-        {
-            let _ptl = self.ptl.lock();
-            let mut a = start;
-            while a < end {
-                let (level, e) = self.pt.lookup(a);
-                let size = pgtable::level_size(level);
-                if let Entry::Leaf { pa, .. } = e {
-                    if let Some(slot) = self.pt.slot(a, level, false) {
-                        slot.store(0, Ordering::Release);
-                        if frames::is_pool_frame(pa) && n < freed.len() {
-                            freed[n] = (pa, Self::frame_size(level));
-                            n += 1;
-                        }
+        let mut zapped = 0u64;
+        let mut a = start;
+        while a < end {
+            let (level, e) = self.pt.lookup(a);
+            let size = pgtable::level_size(level);
+            if let Entry::Leaf { pa, .. } = e {
+                let _ptl = self.ptl.lock();
+                if let Some(slot) = self.pt.slot(a, level, false) {
+                    slot.store(0, Ordering::Release);
+                    zapped += 1;
+                    if frames::is_pool_frame(pa) {
+                        batch[n] = (pa, Self::frame_size(level));
+                        n += 1;
                     }
                 }
-                a = (a & !(size - 1)) + size;
             }
+            if n == batch.len() {
+                Self::release(&batch[..n]);
+                n = 0;
+            }
+            a = (a & !(size - 1)) + size;
         }
+        Self::release(&batch[..n]);
         self.notifiers.end();
         drop(guard);
-        for &(pa, size) in &freed[..n] {
-            // Scribble over the old contents: a stale mapping would show it.
+        self.counters.zapped.fetch_add(zapped, Ordering::Relaxed);
+        zapped
+    }
+
+    /// Poison and free frames no mapping refers to any more.
+    fn release(frames_: &[(u64, FrameSize)]) {
+        for &(pa, size) in frames_ {
+            // A stale mapping would show the poison.
             frames::fill(pa, size.bytes(), POISON);
             FRAMES.free(pa, size);
         }
-        self.counters.zapped.fetch_add(n as u64, Ordering::Relaxed);
-        n as u64
     }
 
-    /// Migrate the 4 KiB page at `addr` to a new frame (`migrate_pages`):
-    /// notifiers, migration entry, copy, new entry. A fault on the page in
-    /// between waits on the migration entry. The old frame is poisoned and
-    /// freed. Returns (old, new) frame addresses.
+    /// Migrate the 4 KiB page at `addr` to a new frame (`migrate_pages`).
+    /// See [`migrate_with`](Self::migrate_with).
     pub fn migrate(&self, addr: u64) -> Result<(u64, u64), HostError> {
+        self.migrate_with(addr, || {})
+    }
+
+    /// Migrate the 4 KiB page at `addr` as Linux does: under the notifiers
+    /// the entry is replaced by a migration entry (`try_to_migrate`); after
+    /// the invalidation ends the page is copied while the migration entry
+    /// stays visible (a fault on it waits in `migration_wait`), then the
+    /// entry is replaced by the new frame (`remove_migration_ptes`, no
+    /// notifier needed: the old entry was not present). `hold` runs while
+    /// the migration entry is installed. The old frame is poisoned and
+    /// freed. Returns (old, new) frame addresses.
+    pub fn migrate_with<F: FnOnce()>(&self, addr: u64, hold: F) -> Result<(u64, u64), HostError> {
         let guard = self.read();
-        let (level, e) = self.pt.lookup(addr);
+        let page = addr & !0xfff;
+        let (level, e) = self.pt.lookup(page);
         let (Entry::Leaf { pa: old, write }, 3) = (e, level) else {
             return Err(HostError::NotMapped);
         };
-        if old == frames::zero_page_pa() {
+        if !frames::is_pool_frame(old) {
             return Err(HostError::NotMapped);
         }
         let new = FRAMES.alloc(FrameSize::Base).ok_or(HostError::NoMem)?;
-        let page = addr & !0xfff;
         self.notifiers.start(page, page + 4096);
-        {
+        let installed = {
             let _ptl = self.ptl.lock();
-            if let Some(slot) = self.pt.slot(page, 3, false) {
-                slot.store(pgtable::migration(old), Ordering::Release);
+            match self.pt.slot(page, 3, false) {
+                Some(slot) if slot.load(Ordering::Acquire) == pgtable::leaf(3, old, write) => {
+                    slot.store(pgtable::migration(old), Ordering::Release);
+                    true
+                }
+                _ => false,
             }
+        };
+        self.notifiers.end();
+        if !installed {
+            drop(guard);
+            FRAMES.free(new, FrameSize::Base);
+            return Err(HostError::NotMapped);
         }
+        hold();
         frames::copy(new, old, 4096);
         {
             let _ptl = self.ptl.lock();
@@ -348,11 +379,9 @@ impl HostMm {
                 slot.store(pgtable::leaf(3, new, write), Ordering::Release);
             }
         }
-        self.notifiers.end();
         crate::sysreg::sev();
         drop(guard);
-        frames::fill(old, 4096, POISON);
-        FRAMES.free(old, FrameSize::Base);
+        Self::release(&[(old, FrameSize::Base)]);
         self.counters.migrations.fetch_add(1, Ordering::Relaxed);
         Ok((old, new))
     }
