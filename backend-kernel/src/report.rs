@@ -205,7 +205,7 @@ pub fn build(log: &SerialLog, claims: &Claims) -> Report {
     let rt = section_timings(log, RS_DRIVER);
     let _ = writeln!(
         out,
-        "\n== timing (same VM, same buffer; fastest and median of the rounds)"
+        "\n== timing (same VM, same buffer, drivers taking turns; fastest call, median of passes)"
     );
     let _ = writeln!(
         out,
