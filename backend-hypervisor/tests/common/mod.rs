@@ -82,6 +82,11 @@ impl<F: Format + Send + Sync + 'static> Guest<F> {
     /// A new process and a VM over it (leaked for the test's lifetime:
     /// the manager borrows the notifier subscriptions for `'static`).
     pub fn new() -> Self {
+        Self::with_pool(POOL_PAGES)
+    }
+
+    /// A new process and a VM whose table pool has `pool_pages` pages.
+    pub fn with_pool(pool_pages: usize) -> Self {
         let machine = Machine::new();
         let mm: &'static Arc<Mm> = leak(Mm::new(&machine));
         let task: &'static Task = leak(Task::new());
@@ -91,13 +96,13 @@ impl<F: Format + Send + Sync + 'static> Guest<F> {
             .with_signals(handle)
             .with_clock(clock);
         let pages: &'static [TablePage] = Box::leak(
-            (0..POOL_PAGES)
+            (0..pool_pages)
                 .map(|_| TablePage::ZERO)
                 .collect::<Vec<_>>()
                 .into_boxed_slice(),
         );
         let used: &'static [AtomicBool] = Box::leak(
-            (0..POOL_PAGES)
+            (0..pool_pages)
                 .map(|_| AtomicBool::new(false))
                 .collect::<Vec<_>>()
                 .into_boxed_slice(),
