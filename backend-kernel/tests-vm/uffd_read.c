@@ -16,6 +16,18 @@
  *                             equals the pattern the handler supplied. The
  *                             kernel's C driver has no such ioctl (EINVAL).
  *
+ * and one more case:
+ *
+ *   4k_killed_while_waiting   a child process issues READ_UNLOCKED on a
+ *                             range whose handler never answers; when the
+ *                             fault is seen waiting, the child is sent
+ *                             SIGKILL. It must die of it: the fault waits
+ *                             killably and the driver checks for fatal
+ *                             signals after the lock drop instead of
+ *                             faulting again. (A driver that ignored the
+ *                             signal would spin in the kernel: the parent
+ *                             gives up after 30 s.)
+ *
  * usage: uffd_read [DEVICE]      (default /dev/hmm_dmirror0)
  * Output: kselftest TAP ("ok N name" / "not ok N name").
  * Exit status: 0 if every case passed.
@@ -34,6 +46,8 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
+#include <signal.h>
 #include <unistd.h>
 
 struct hmm_dmirror_cmd {
@@ -263,15 +277,108 @@ stop:
 	free(mirror);
 }
 
+/* The killer thread: wait for the first fault message, then SIGKILL us. */
+static void *killer_main(void *arg)
+{
+	int uffd = *(int *)arg;
+	struct pollfd p = { .fd = uffd, .events = POLLIN };
+	struct uffd_msg msg;
+
+	for (;;) {
+		if (poll(&p, 1, -1) < 0 && errno != EINTR)
+			_exit(5);
+		if (read(uffd, &msg, sizeof(msg)) == sizeof(msg) &&
+		    msg.event == UFFD_EVENT_PAGEFAULT)
+			kill(getpid(), SIGKILL);
+	}
+	return NULL;
+}
+
+/* Child: READ_UNLOCKED on a range nobody resolves. Returns only on error. */
+static int killed_child(const char *dev)
+{
+	size_t size = 16 * PAGE;
+	struct uffdio_api api = { .api = UFFD_API };
+	struct uffdio_register reg;
+	struct hmm_dmirror_cmd cmd;
+	pthread_t thread;
+	char *base, *mirror = malloc(size);
+	int fd, uffd;
+
+	base = mmap(NULL, size, PROT_READ | PROT_WRITE,
+		    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uffd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	if (base == MAP_FAILED || !mirror || uffd < 0 ||
+	    ioctl(uffd, UFFDIO_API, &api))
+		return 10;
+	reg.range.start = (uintptr_t)base;
+	reg.range.len = size;
+	reg.mode = UFFDIO_REGISTER_MODE_MISSING;
+	if (ioctl(uffd, UFFDIO_REGISTER, &reg))
+		return 11;
+	fd = open(dev, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return 12;
+	if (pthread_create(&thread, NULL, killer_main, &uffd))
+		return 13;
+	memset(&cmd, 0, sizeof(cmd));
+	cmd.addr = (uintptr_t)base;
+	cmd.ptr = (uintptr_t)mirror;
+	cmd.npages = size / PAGE;
+	if (ioctl(fd, HMM_DMIRROR_READ_UNLOCKED, &cmd))
+		return errno == EINVAL || errno == ENOTTY ? 20 : 21;
+	return 22;
+}
+
+static void run_killed(const char *dev)
+{
+	const char *name = "uffd_4k_killed_while_waiting";
+	char why[160];
+	pid_t pid = fork();
+	int status, i;
+
+	if (pid == 0)
+		_exit(killed_child(dev));
+	if (pid < 0) {
+		result(0, name, "fork failed");
+		return;
+	}
+	/* Poll for the child's end; give up after 30 s. */
+	for (i = 0; i < 3000; i++) {
+		if (waitpid(pid, &status, WNOHANG) == pid)
+			break;
+		usleep(10000);
+	}
+	if (i == 3000) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &status, 0);
+		result(0, name, "the child did not die within 30 s of SIGKILL");
+		return;
+	}
+	if (WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) {
+		result(1, name, NULL);
+		return;
+	}
+	snprintf(why, sizeof(why), "child exited with %d (%s)",
+		 WIFEXITED(status) ? WEXITSTATUS(status) : -1,
+		 WIFEXITED(status) && WEXITSTATUS(status) == 20 ?
+			 "driver has no lock-dropping READ" :
+		 WIFEXITED(status) && WEXITSTATUS(status) == 22 ?
+			 "READ_UNLOCKED succeeded on an unresolved range" :
+			 "setup or ioctl error");
+	result(0, name, why);
+}
+
 int main(int argc, char **argv)
 {
 	const char *dev = argc > 1 ? argv[1] : "/dev/hmm_dmirror0";
 
-	printf("TAP version 13\n1..6\n");
+	printf("TAP version 13\n1..7\n");
 	printf("# uffd_read on %s\n", dev);
 	run_variant(dev, V_4K);
 	run_variant(dev, V_THP);
 	run_variant(dev, V_HUGETLB);
+	run_killed(dev);
 	printf("# %d passed, %d failed\n", ntest - nfail, nfail);
 	return nfail ? 1 : 0;
 }
