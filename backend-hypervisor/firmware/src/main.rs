@@ -169,6 +169,7 @@ fn print_counters() {
     counter("tlb_flushes", flushes);
     counter("tlbi_ipas2e1is", by_ipa);
     counter("tlbi_vmalls12e1is", all);
+    counter("tlb_flushes_from_other_cpu", vm::TLB.context_switches());
     counter("host_zero_page_maps", l(&h.zero_maps));
     counter("host_cow_breaks", l(&h.cow));
     counter("host_anon_pages", l(&h.anon_pages));

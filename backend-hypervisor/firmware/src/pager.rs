@@ -7,7 +7,7 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
-use crate::sysreg::{counter, sev, wfe};
+use crate::sysreg::{sev, wfe};
 use crate::vm::HOST_MM;
 
 const JOB_NONE: u8 = 0;
@@ -52,6 +52,17 @@ pub fn post_migrate(hva: u64, value: u64) -> bool {
     true
 }
 
+/// Status of the last posted job: 0 running, 1 done, 2 failed.
+pub fn job_status() -> u64 {
+    if MAILBOX.job.load(Ordering::Acquire) != JOB_NONE {
+        0
+    } else if MAILBOX.failed.load(Ordering::Acquire) != 0 {
+        2
+    } else {
+        1
+    }
+}
+
 /// Whether the pager CPU is up.
 pub fn running() -> bool {
     RUNNING.load(Ordering::Acquire)
@@ -75,18 +86,15 @@ pub fn counts() -> (u64, u64, u64) {
     )
 }
 
-/// While the migration entry is installed, give the running guest (which
-/// keeps reading the page) the chance to fault on it: wait until a fault is
-/// waiting on the entry, or at most 10 s of the generic timer.
+/// While the migration entry is installed, wait until a fault is waiting
+/// on it. The guest keeps reading the page until the job is done, its
+/// stage-2 entry is gone (the notifiers ran before the migration entry was
+/// installed), so its next read faults and the walk stops at the migration
+/// entry: the wait always ends.
 fn hold_for_a_waiter() {
     let waits = &HOST_MM.counters.migration_waits;
     let before = waits.load(Ordering::Acquire);
-    let (start, freq) = counter();
     while waits.load(Ordering::Acquire) == before {
-        let (now, _) = counter();
-        if now.wrapping_sub(start) > freq.saturating_mul(10) {
-            break;
-        }
         core::hint::spin_loop();
     }
 }

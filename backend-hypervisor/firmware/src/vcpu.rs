@@ -225,6 +225,7 @@ fn hypercall(ctx: &mut VcpuContext, tally: &mut Tally) -> Option<Stop> {
             Some(hva) => u64::from(!pager::post_migrate(hva, a2)),
             None => 1,
         },
+        hc::JOB_STATUS => pager::job_status(),
         hc::DONE => return Some(Stop::Done),
         _ => {
             crate::println!("vcpu: unknown hypercall {nr:#x} ({a1:#x}, {a2:#x}, {a3:#x})");

@@ -42,7 +42,15 @@ impl Clock for CounterClock {
 
 /// TLB maintenance for stage 2 of VMID 1: by IPA for small ranges, the
 /// whole VMID otherwise, then the combined stage-1+2 entries (tagged by VA).
+///
+/// TLBI by IPA or by VMID acts on the VMID in the *issuing* CPU's
+/// VTTBR_EL2, so a CPU that is not running this guest (the pager CPU
+/// migrating a page under it) first loads the guest's VTCR_EL2/VTTBR_EL2
+/// and restores its own afterwards, as KVM's `__tlb_switch_to_guest` does.
 pub struct ArmTlb {
+    vtcr: AtomicU64,
+    vttbr: AtomicU64,
+    switches: AtomicU64,
     flushes: AtomicU64,
     tlbi_ipa: AtomicU64,
     tlbi_all: AtomicU64,
@@ -55,6 +63,23 @@ impl TlbFlush for ArmTlb {
     fn flush_range(&self, start: u64, end: u64) {
         self.flushes.fetch_add(1, Ordering::Relaxed);
         let pages = (end.saturating_sub(start) + 0xfff) >> 12;
+        let (vtcr, vttbr) = (
+            self.vtcr.load(Ordering::Acquire),
+            self.vttbr.load(Ordering::Acquire),
+        );
+        let (own_vtcr, own_vttbr) = (read_sysreg!("vtcr_el2"), read_sysreg!("vttbr_el2"));
+        let switch = own_vttbr != vttbr;
+        if switch {
+            self.switches.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: this CPU does not run the guest (its VTTBR_EL2 is not
+            // the guest's), so no EL1 code uses these registers while they
+            // hold the guest's values; they are restored below.
+            unsafe {
+                write_sysreg!("vtcr_el2", vtcr);
+                write_sysreg!("vttbr_el2", vttbr);
+            }
+            isb();
+        }
         dsb_ishst();
         if pages <= TLBI_BY_IPA_MAX {
             for p in 0..pages {
@@ -75,11 +100,23 @@ impl TlbFlush for ArmTlb {
         // SAFETY: as above; combined stage-1+2 entries are tagged by VA.
         unsafe { core::arch::asm!("tlbi vmalle1is", options(nostack)) };
         dsb_ish();
+        if switch {
+            // SAFETY: restores this CPU's own stage-2 context.
+            unsafe {
+                write_sysreg!("vtcr_el2", own_vtcr);
+                write_sysreg!("vttbr_el2", own_vttbr);
+            }
+        }
         isb();
     }
 }
 
 impl ArmTlb {
+    /// Flushes issued from a CPU that had to load the guest's VMID first.
+    pub fn context_switches(&self) -> u64 {
+        self.switches.load(Ordering::Relaxed)
+    }
+
     /// (flush calls, TLBI IPAS2E1IS issued, TLBI VMALLS12E1IS issued).
     pub fn counts(&self) -> (u64, u64, u64) {
         (
@@ -107,6 +144,9 @@ pub type Vm =
 
 /// The TLB hook.
 pub static TLB: ArmTlb = ArmTlb {
+    vtcr: AtomicU64::new(0),
+    vttbr: AtomicU64::new(0),
+    switches: AtomicU64::new(0),
     flushes: AtomicU64::new(0),
     tlbi_ipa: AtomicU64::new(0),
     tlbi_all: AtomicU64::new(0),
@@ -349,8 +389,10 @@ fn enable_stage2(root: u64) {
         | (ps << 16)    // PS
         | (1 << 31); // RES1
     let vttbr = root | (1 << 48); // VMID 1
-                                  // HCR_EL2: VM (stage 2 on), SWIO, DC (guest MMU off = Normal WB, as
-                                  // EL2 sees RAM), TSC (guest SMC traps), RW (EL1 is AArch64).
+    TLB.vtcr.store(vtcr, Ordering::Release);
+    TLB.vttbr.store(vttbr, Ordering::Release);
+    // HCR_EL2: VM (stage 2 on), SWIO, DC (guest MMU off = Normal WB, as
+    // EL2 sees RAM), TSC (guest SMC traps), RW (EL1 is AArch64).
     let hcr: u64 = (1 << 0) | (1 << 1) | (1 << 12) | (1 << 19) | (1 << 31);
     // SAFETY: the stage-2 root is a zeroed table page of STAGE2_TABLES
     // (identity mapped, so its address is its PA); nothing runs at EL1 yet,
