@@ -26,7 +26,8 @@ for tool in /usr/bin/cargo "$RUSTC" ld.lld qemu-system-aarch64; do
 done
 
 echo "== build (cargo build -Zbuild-std=core --target aarch64-unknown-none)"
-(cd "$here" && /usr/bin/cargo build -q "${profile_flag[@]}")
+(cd "$here" && RUSTFLAGS="-C link-arg=-T$here/link.ld -C linker=ld.lld" \
+    /usr/bin/cargo build -q -Zbuild-std=core --target aarch64-unknown-none "${profile_flag[@]}")
 image="$CARGO_TARGET_DIR/aarch64-unknown-none/$profile_dir/hmm-firmware"
 log="${FW_LOG:-$CARGO_TARGET_DIR/firmware.log}"
 

@@ -6,7 +6,7 @@
 //!    ([`FaultError::Permission`]).
 //! 2. Fault the 2 MiB-aligned window around the GPA (clipped to the region)
 //!    through hmm-core's owning entry point
-//!    [`range_fault_unlocked`](hmm_core::range_fault_unlocked), which takes
+//!    [`hmm_core::range_fault_unlocked`], which takes
 //!    the host mmap lock and the notifier sequence itself and survives host
 //!    faults that drop the lock (userfaultfd). Every page is requested
 //!    present; write is requested only for a write access (the region

@@ -46,7 +46,7 @@ bitflags! {
 
 /// First bit of MemAttr.
 pub const MEMATTR_SHIFT: u32 = 2;
-/// Mask of MemAttr[3:0] (bits 5:2).
+/// Mask of `MemAttr[3:0]` (bits 5:2).
 pub const MEMATTR_MASK: u64 = 0xf << MEMATTR_SHIFT;
 /// MemAttr for Normal memory, outer and inner write-back cacheable.
 pub const MEMATTR_NORMAL_WB: u64 = 0b1111;
@@ -56,7 +56,7 @@ pub const MEMATTR_DEVICE_NGNRE: u64 = 0b0001;
 pub const S2AP_SHIFT: u32 = 6;
 /// First bit of SH.
 pub const SH_SHIFT: u32 = 8;
-/// Mask of SH[1:0] (bits 9:8).
+/// Mask of `SH[1:0]` (bits 9:8).
 pub const SH_MASK: u64 = 0b11 << SH_SHIFT;
 /// SH value for inner shareable.
 pub const SH_INNER: u64 = 0b11;
@@ -74,19 +74,19 @@ const _: () = assert!(OA_MASK == 0x0000_ffff_ffff_f000);
 pub struct Stage2;
 
 impl Stage2 {
-    /// The MemAttr[3:0] field of `desc`.
+    /// The `MemAttr[3:0]` field of `desc`.
     pub const fn memattr(desc: u64) -> u64 {
         (desc & MEMATTR_MASK) >> MEMATTR_SHIFT
     }
-    /// The S2AP[1:0] field of `desc`.
+    /// The `S2AP[1:0]` field of `desc`.
     pub const fn s2ap(desc: u64) -> u64 {
         (desc >> S2AP_SHIFT) & 0b11
     }
-    /// The SH[1:0] field of `desc`.
+    /// The `SH[1:0]` field of `desc`.
     pub const fn sh(desc: u64) -> u64 {
         (desc & SH_MASK) >> SH_SHIFT
     }
-    /// The XN[1:0] field of `desc`.
+    /// The `XN[1:0]` field of `desc`.
     pub const fn xn(desc: u64) -> u64 {
         (desc >> XN_SHIFT) & 0b11
     }
