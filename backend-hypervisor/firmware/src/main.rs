@@ -17,6 +17,8 @@
 
 #![no_std]
 #![no_main]
+#![deny(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod sysreg;
 #[macro_use]
