@@ -36,6 +36,14 @@ impl Region {
     /// Map `len` bytes (a multiple of 2 MiB), advise `backing`, and touch one
     /// byte per page so every page is present.
     pub fn populated(len: usize, backing: Backing) -> io::Result<Region> {
+        let region = Region::mapped(len, backing)?;
+        region.touch(PAGE, true);
+        Ok(region)
+    }
+
+    /// Map `len` bytes (a multiple of 2 MiB, 2 MiB aligned) and advise
+    /// `backing`, touching nothing: every page is a hole.
+    pub fn mapped(len: usize, backing: Backing) -> io::Result<Region> {
         let huge = 2 << 20;
         if len == 0 || len % huge != 0 {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
@@ -81,11 +89,36 @@ impl Region {
         };
         // SAFETY: the range is exactly our mapping (invariant).
         unsafe { libc::madvise(region.ptr as *mut libc::c_void, len, advice) };
-        for off in (0..len).step_by(PAGE) {
-            // SAFETY: `off < len`, inside the writable mapping.
-            unsafe { region.ptr.add(off).write_volatile(1) };
-        }
         Ok(region)
+    }
+
+    /// Touch one byte every `stride` bytes (a multiple of the page size),
+    /// writing if `write`, reading otherwise: the CPU page faults of a
+    /// first touch. Returns a value depending on what was read.
+    pub fn touch(&self, stride: usize, write: bool) -> u64 {
+        let mut acc = 0u64;
+        for off in (0..self.len).step_by(stride.max(PAGE)) {
+            if write {
+                // SAFETY: `off < len`, inside the writable mapping.
+                unsafe { self.ptr.add(off).write_volatile(1) };
+            } else {
+                // SAFETY: `off < len`, inside the readable mapping.
+                acc = acc.wrapping_add(u64::from(unsafe { self.ptr.add(off).read_volatile() }));
+            }
+        }
+        acc
+    }
+
+    /// `madvise(MADV_DONTNEED)` over the whole region: every page becomes
+    /// a hole again (the page tables themselves may stay).
+    pub fn dontneed(&self) -> io::Result<()> {
+        // SAFETY: the range is exactly our mapping (invariant).
+        let r =
+            unsafe { libc::madvise(self.ptr as *mut libc::c_void, self.len, libc::MADV_DONTNEED) };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Start address.

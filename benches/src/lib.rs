@@ -1,13 +1,29 @@
-//! Benchmarks support: the baselines our walker is measured against, on
-//! real memory of this machine.
+//! Benchmarks support: the address spaces our walker is timed over, the
+//! baselines it is measured against on real memory of this machine, and
+//! the report.
 //!
-//! * [`baseline::Region`]: an anonymous mapping populated with 4 KiB pages or
-//!   THP;
-//! * [`baseline::pagemap_walk`]: the kernel's own page walker read through
-//!   `/proc/self/pagemap` (8 bytes per page, large `pread`s);
-//! * [`baseline::pagemap_scan`]: the `PAGEMAP_SCAN` ioctl;
-//! * [`baseline::mincore_walk`]: `mincore()`;
-//! * [`baseline::bandwidth_floor`]: read 8 bytes and write 8 bytes per page,
-//!   the least any walker that reads a PTE and writes a PFN word can do.
+//! * [`baseline`]: the kernel's own page walkers read from user space
+//!   (`/proc/self/pagemap`, `PAGEMAP_SCAN`, `mincore()`), first-touch page
+//!   faults, and the memory-bandwidth floor, on real anonymous memory;
+//! * [`sim`]: populated ranges of every layout (4 KiB, THP, 1 GiB hugetlb,
+//!   holes, zapped, sparse) in backend-sim, and the snapshot walks;
+//! * [`fault`]: fault-in of a fresh anonymous range through hmm-core;
+//! * [`uffd`]: userfaultfd-backed fault-in with a handler thread, resume vs
+//!   restart, and the walker's measured share of the round trip;
+//! * [`contended`]: device faults while a CPU thread invalidates at a fixed
+//!   rate;
+//! * [`guest`]: backend-hypervisor's guest-fault path over backend-sim;
+//! * [`report`]: bench sizes, extra measurements, criterion's estimates and
+//!   the `BENCHMARKS.md` writer.
+//!
+//! The criterion benches live in `benches/`; `run.sh` runs them and writes
+//! the report. Nothing here asserts a timing: the tests check that each
+//! measured operation produces the right result.
 
 pub mod baseline;
+pub mod contended;
+pub mod fault;
+pub mod guest;
+pub mod report;
+pub mod sim;
+pub mod uffd;

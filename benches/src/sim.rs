@@ -1,0 +1,271 @@
+//! Populated address spaces in backend-sim, and the snapshot walks timed over
+//! them.
+//!
+//! [`SimRange::build`] maps a range of a [`Layout`] into a fresh simulated
+//! process and populates it through the simulator's own CPU fault path, so
+//! the page tables are exactly what a process that touched the memory would
+//! have. [`SimRange::walk_snapshot`] runs hmm-core's pure walker over it
+//! with the mmap read lock held; [`SimRange::range_fault_snapshot`] runs
+//! the whole Linux-compatible entry point (`read_begin`, lock,
+//! `range_fault` with no fault requested, `read_retry`), the device
+//! driver's SNAPSHOT path.
+
+use std::sync::Arc;
+
+use backend_sim::mm::Mm;
+use backend_sim::notifier::{IntervalOps, IntervalSub, InvalidateRange};
+use backend_sim::ops::{HUGE_1G, HUGE_2M};
+use backend_sim::task::Task;
+use backend_sim::Machine;
+use hmm_core::{
+    range_fault, walk, Env, Error, IntervalNotifier, Range, Stats, VmFlags, WalkCounters, WalkStop,
+    PAGE_SIZE,
+};
+
+/// Read and write.
+pub const RW: VmFlags = VmFlags::READ.union(VmFlags::WRITE);
+
+/// What the walked range looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Layout {
+    /// Every page present as a 4 KiB PTE (no THP).
+    Small,
+    /// Every 2 MiB present as a THP PMD leaf (`MADV_HUGEPAGE`).
+    Thp,
+    /// One 1 GiB hugetlb page per GiB (a PUD leaf).
+    Huge1G,
+    /// Mapped but never touched: no page tables below the top level.
+    Holes,
+    /// Populated with 4 KiB pages, then zapped (`MADV_DONTNEED`): every PTE
+    /// table is present and every entry is none.
+    Zapped,
+    /// One 4 KiB page present in each 2 MiB (one in 512); the rest none
+    /// PTEs of the same tables.
+    Sparse,
+}
+
+impl Layout {
+    /// Every layout, in report order.
+    pub const ALL: [Layout; 6] = [
+        Layout::Small,
+        Layout::Thp,
+        Layout::Huge1G,
+        Layout::Holes,
+        Layout::Zapped,
+        Layout::Sparse,
+    ];
+
+    /// Short name used in bench ids and the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Small => "4k",
+            Layout::Thp => "thp",
+            Layout::Huge1G => "1g",
+            Layout::Holes => "holes",
+            Layout::Zapped => "zapped",
+            Layout::Sparse => "sparse",
+        }
+    }
+
+    /// Pages of a `len`-byte range of this layout the snapshot reports
+    /// valid.
+    pub fn valid_pages(self, len: u64) -> u64 {
+        match self {
+            Layout::Small | Layout::Thp | Layout::Huge1G => len / PAGE_SIZE,
+            Layout::Holes | Layout::Zapped => 0,
+            Layout::Sparse => len / HUGE_2M,
+        }
+    }
+
+    /// Alignment (and size granule) the layout needs.
+    pub fn granule(self) -> u64 {
+        match self {
+            Layout::Huge1G => HUGE_1G,
+            _ => HUGE_2M,
+        }
+    }
+}
+
+/// The driver side of an interval subscription whose invalidate callback
+/// only moves the sequence (a mirror without device mappings of its own).
+pub struct SeqOnly;
+
+impl IntervalOps for SeqOnly {
+    fn invalidate(&self, sub: &IntervalSub, _range: &InvalidateRange, cur_seq: u64) -> bool {
+        sub.set_seq(cur_seq);
+        true
+    }
+}
+
+/// A populated range in a simulated process, with an interval notifier
+/// over it.
+pub struct SimRange {
+    /// The process's address space.
+    pub mm: Arc<Mm>,
+    /// The task on whose behalf the walks run.
+    pub task: Task,
+    /// First address.
+    pub start: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// The layout built.
+    pub layout: Layout,
+    notifier: Arc<IntervalSub>,
+}
+
+impl Drop for SimRange {
+    fn drop(&mut self) {
+        self.notifier.remove();
+    }
+}
+
+impl SimRange {
+    /// Map `len` bytes (a multiple of [`Layout::granule`]) of `layout` on
+    /// `machine` and populate it through CPU faults.
+    pub fn build(machine: &Arc<Machine>, layout: Layout, len: u64) -> Result<SimRange, String> {
+        if len == 0 || len % layout.granule() != 0 {
+            return Err(format!("length {len:#x} is not a multiple of the granule"));
+        }
+        let mm = Mm::new(machine);
+        let task = Task::new();
+        let e = |what: &str, e: backend_sim::Errno| format!("{what}: {e}");
+        let start = match layout {
+            Layout::Huge1G => mm
+                .mmap_hugetlb(None, len, RW, 18, false)
+                .map_err(|x| e("mmap hugetlb", x))?,
+            _ => mm.mmap_anon(None, len, RW).map_err(|x| e("mmap", x))?,
+        };
+        let step = |stride: u64| -> Result<(), String> {
+            let mut a = start;
+            while a < start + len {
+                mm.touch(&task, a, PAGE_SIZE, true)
+                    .map_err(|x| e("touch", x))?;
+                a += stride;
+            }
+            Ok(())
+        };
+        match layout {
+            Layout::Small => step(PAGE_SIZE)?,
+            Layout::Thp => {
+                mm.madvise_hugepage(start, len)
+                    .map_err(|x| e("madvise", x))?;
+                step(HUGE_2M)?;
+            }
+            Layout::Huge1G => step(HUGE_1G)?,
+            Layout::Holes => {}
+            Layout::Zapped => {
+                step(PAGE_SIZE)?;
+                mm.madvise_dontneed(&task, start, len)
+                    .map_err(|x| e("madvise", x))?;
+            }
+            Layout::Sparse => step(HUGE_2M)?,
+        }
+        let notifier = mm.notifiers().insert(start, start + len, Box::new(SeqOnly));
+        Ok(SimRange {
+            mm,
+            task,
+            start,
+            len,
+            layout,
+            notifier,
+        })
+    }
+
+    /// Number of 4 KiB pages.
+    pub fn pages(&self) -> usize {
+        (self.len / PAGE_SIZE) as usize
+    }
+
+    /// The interval notifier over the range.
+    pub fn notifier(&self) -> &Arc<IntervalSub> {
+        &self.notifier
+    }
+
+    /// hmm-core's walker over the whole range with no fault requested,
+    /// under the mmap read lock: the pure walk cost.
+    pub fn walk_snapshot(&self, pfns: &mut [u64]) -> Result<WalkCounters, Error> {
+        let g = self.mm.read(&self.task);
+        let mut range = Range::new(self.start, self.start + self.len, pfns);
+        let mut counters = WalkCounters::default();
+        match walk(&g, &mut range, self.start, &mut counters)? {
+            WalkStop::Done => Ok(counters),
+            _ => Err(Error::Fault),
+        }
+    }
+
+    /// The Linux-compatible entry point as a driver's SNAPSHOT calls it:
+    /// `read_begin`, mmap read lock, `range_fault` with no fault
+    /// requested, unlock, `read_retry` (retrying on a moved sequence).
+    pub fn range_fault_snapshot(&self, pfns: &mut [u64]) -> Result<Stats, Error> {
+        let h = self.mm.handle(&self.task);
+        let env = Env::new(&h, &h, &*self.notifier);
+        loop {
+            let mut stats = Stats::default();
+            let mut range = Range::new(self.start, self.start + self.len, &mut *pfns);
+            range.notifier_seq = self.notifier.read_begin();
+            let g = self.mm.read(&self.task);
+            let out = range_fault(&env, &mut range, g, &mut stats);
+            drop(out.guard);
+            match out.result {
+                Err(Error::Busy) => continue,
+                Err(e) => return Err(e),
+                Ok(()) => {}
+            }
+            if self.notifier.read_retry(range.notifier_seq) {
+                continue;
+            }
+            return Ok(stats);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hmm_core::HmmPfn;
+
+    fn check(layout: Layout) {
+        let m = Machine::new();
+        let len = if layout == Layout::Huge1G {
+            HUGE_1G
+        } else {
+            8 * HUGE_2M
+        };
+        let r = SimRange::build(&m, layout, len).expect("build");
+        let mut pfns = vec![0u64; r.pages()];
+        r.walk_snapshot(&mut pfns).expect("walk");
+        let mut pfns2 = vec![0u64; r.pages()];
+        r.range_fault_snapshot(&mut pfns2).expect("range_fault");
+        assert_eq!(pfns, pfns2, "{layout:?}: the two paths agree");
+        let valid = pfns.iter().filter(|&&p| HmmPfn(p).is_valid()).count() as u64;
+        assert_eq!(valid, layout.valid_pages(len), "{layout:?}");
+        let want_order = match layout {
+            Layout::Thp => 9,
+            Layout::Huge1G => 18,
+            _ => 0,
+        };
+        for &p in pfns.iter().filter(|&&p| HmmPfn(p).is_valid()) {
+            assert_eq!(HmmPfn(p).order(), want_order, "{layout:?}");
+            assert!(HmmPfn(p).is_writable(), "{layout:?}");
+        }
+        if layout == Layout::Sparse {
+            for (i, &p) in pfns.iter().enumerate() {
+                assert_eq!(HmmPfn(p).is_valid(), i % 512 == 0, "page {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_layout_snapshots_as_built() {
+        for l in Layout::ALL {
+            check(l);
+        }
+    }
+
+    #[test]
+    fn misaligned_length_is_refused() {
+        let m = Machine::new();
+        assert!(SimRange::build(&m, Layout::Small, PAGE_SIZE).is_err());
+        assert!(SimRange::build(&m, Layout::Huge1G, HUGE_2M).is_err());
+    }
+}
