@@ -126,11 +126,16 @@ struct DevPt {
 impl DevPt {
     fn get(&self, va: u64) -> u64 {
         let p = va >> PAGE_SHIFT;
-        self.blocks.get(&(p >> 9)).map_or(0, |b| b[(p & 511) as usize])
+        self.blocks
+            .get(&(p >> 9))
+            .map_or(0, |b| b[(p & 511) as usize])
     }
     fn set(&mut self, va: u64, e: u64) {
         let p = va >> PAGE_SHIFT;
-        let b = self.blocks.entry(p >> 9).or_insert_with(|| Box::new([0; 512]));
+        let b = self
+            .blocks
+            .entry(p >> 9)
+            .or_insert_with(|| Box::new([0; 512]));
         let slot = &mut b[(p & 511) as usize];
         if *slot == 0 && e != 0 {
             self.entries += 1;
@@ -141,9 +146,15 @@ impl DevPt {
     }
     fn erase(&mut self, start: u64, end: u64) {
         let (ps, pe) = (start >> PAGE_SHIFT, end.div_ceil(PAGE_SIZE));
-        let keys: Vec<u64> = self.blocks.range(ps >> 9..=(pe.saturating_sub(1)) >> 9).map(|(k, _)| *k).collect();
+        let keys: Vec<u64> = self
+            .blocks
+            .range(ps >> 9..=(pe.saturating_sub(1)) >> 9)
+            .map(|(k, _)| *k)
+            .collect();
         for k in keys {
-            let Some(b) = self.blocks.get_mut(&k) else { continue };
+            let Some(b) = self.blocks.get_mut(&k) else {
+                continue;
+            };
             let mut live = 0;
             for (i, e) in b.iter_mut().enumerate() {
                 let p = (k << 9) | i as u64;
@@ -195,7 +206,9 @@ pub struct Device {
 
 impl std::fmt::Debug for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Device").field("owner", &self.inner.owner).finish()
+        f.debug_struct("Device")
+            .field("owner", &self.inner.owner)
+            .finish()
     }
 }
 
@@ -406,7 +419,13 @@ impl Mirror {
         Ok(())
     }
 
-    fn range_fault_chunk(&self, task: &Task, start: u64, end: u64, write: bool) -> Result<(), Errno> {
+    fn range_fault_chunk(
+        &self,
+        task: &Task,
+        start: u64,
+        end: u64,
+        write: bool,
+    ) -> Result<(), Errno> {
         let mm = &self.inner.mm;
         let notifier = self.inner.notifier();
         let h = mm.handle(task);
@@ -448,6 +467,7 @@ impl Mirror {
     /// `chunk`-page pieces, then validate under the driver lock and program
     /// the device. `opts.timeout_ns` also bounds the validation retries.
     /// Statistics accumulate in `stats`.
+    #[allow(clippy::too_many_arguments)]
     pub fn fault_unlocked(
         &self,
         task: &Task,
@@ -538,7 +558,13 @@ impl Mirror {
     /// The seed's `HMM_DMIRROR_READ_UNLOCKED`: READ faulting through the
     /// lock-dropping entry point (32-page chunks, resume policy, no budget
     /// unless `opts` sets one), so userfaultfd-backed ranges work.
-    pub fn read_unlocked(&self, task: &Task, cmd: &mut Cmd, opts: &Options, stats: &mut Stats) -> Result<(), Errno> {
+    pub fn read_unlocked(
+        &self,
+        task: &Task,
+        cmd: &mut Cmd,
+        opts: &Options,
+        stats: &mut Stats,
+    ) -> Result<(), Errno> {
         self.read_with(task, cmd, |m, a, b| {
             m.fault_unlocked(task, a, b, false, UNLOCKED_CHUNK, opts, stats)
         })
@@ -609,11 +635,9 @@ impl Mirror {
         while a < end {
             let b = (a + FAULT_CHUNK * PAGE_SIZE).min(end);
             let n = ((b - a) >> PAGE_SHIFT) as usize;
-            let sub = mm.notifiers().insert(
-                a,
-                b,
-                Box::new(SnapshotOps(Arc::downgrade(&self.inner))),
-            );
+            let sub =
+                mm.notifiers()
+                    .insert(a, b, Box::new(SnapshotOps(Arc::downgrade(&self.inner))));
             let env = Env::new(&h, &h, &*sub);
             let mut pfns = [0u64; FAULT_CHUNK as usize];
             let deadline = Instant::now() + HMM_RANGE_DEFAULT_TIMEOUT;
@@ -664,7 +688,11 @@ impl Mirror {
             FrameKind::System if e.pfn() == ZERO_PFN => PROT_ZERO,
             FrameKind::System => PROT_NONE,
         };
-        perm |= if e.is_writable() { PROT_WRITE } else { PROT_READ };
+        perm |= if e.is_writable() {
+            PROT_WRITE
+        } else {
+            PROT_READ
+        };
         match e.order() {
             9 => perm |= PROT_PMD,
             18 => perm |= PROT_PUD,
@@ -892,7 +920,7 @@ mod tests {
         let got: Vec<u64> = pt.iter().map(|(_, e)| e & DEV_PFN).collect();
         let want: Vec<u64> = (0..10).chain(1025..1030).collect();
         assert_eq!(got, want);
-        pt.erase(0, u64::MAX & !(PAGE_SIZE - 1));
+        pt.erase(0, !(PAGE_SIZE - 1));
         assert_eq!((pt.entries, pt.blocks.len()), (0, 0));
     }
 }

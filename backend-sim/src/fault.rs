@@ -249,9 +249,11 @@ fn fault_once(mm: &Mm, vma: &VmaInfo, addr: u64, write: bool) -> Step {
             if pfn != ZERO_PFN {
                 frames.copy_page(pfn, new);
             }
-            let _inv = mm
-                .notifiers
-                .invalidate_range_start(&InvalidateRange::new(addr, addr + PAGE_SIZE, Event::Clear));
+            let _inv = mm.notifiers.invalidate_range_start(&InvalidateRange::new(
+                addr,
+                addr + PAGE_SIZE,
+                Event::Clear,
+            ));
             let _ptl = mm.ptl();
             if pte.load(Ordering::Acquire) != w {
                 frames.put(new);
@@ -380,9 +382,11 @@ fn hugetlb_fault(mm: &Mm, vma: &VmaInfo, addr: u64, write: bool) -> Step {
             for i in 0..(1u64 << order) {
                 frames.copy_page(pfn + i, new + i);
             }
-            let _inv = mm
-                .notifiers
-                .invalidate_range_start(&InvalidateRange::new(base, base + size, Event::Clear));
+            let _inv = mm.notifiers.invalidate_range_start(&InvalidateRange::new(
+                base,
+                base + size,
+                Event::Clear,
+            ));
             let _ptl = mm.ptl();
             if e.load(Ordering::Acquire) != w {
                 frames.put(new);
@@ -458,6 +462,9 @@ impl Mm {
     pub fn migration_entry_wait(&self, addr: u64) {
         self.stats.migration_waits.fetch_add(1, Ordering::Relaxed);
         let g = self.migration_wq.lock();
-        drop(self.migration_wq.wait(g, |_| !self.is_migration_entry(addr)));
+        drop(
+            self.migration_wq
+                .wait(g, |_| !self.is_migration_entry(addr)),
+        );
     }
 }

@@ -100,7 +100,9 @@ impl Inject {
     /// a spurious `UFFDIO_WAKE`. Models a dead handler without hanging the
     /// faulter forever; `None` restores unbounded waits.
     pub fn set_uffd_wait_bound(&self, bound: Option<Duration>) {
-        let ns = bound.map_or(0, |b| u64::try_from(b.as_nanos()).unwrap_or(u64::MAX).max(1));
+        let ns = bound.map_or(0, |b| {
+            u64::try_from(b.as_nanos()).unwrap_or(u64::MAX).max(1)
+        });
         self.uffd_wait_bound_ns.store(ns, Ordering::SeqCst);
     }
 

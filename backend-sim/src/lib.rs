@@ -45,7 +45,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
-// pub mod demo;
+pub mod demo;
 pub mod dmirror;
 pub mod fault;
 pub mod frame;

@@ -108,7 +108,10 @@ impl Machine {
     /// Duplicate a swap slot (fork of a swapped-out private page).
     pub fn swap_dup(&self, slot: u64) -> u64 {
         let mut s = self.swap.lock().unwrap_or_else(|e| e.into_inner());
-        let copy = s.get(&slot).cloned().unwrap_or_else(|| vec![0u64; WORDS].into());
+        let copy = s
+            .get(&slot)
+            .cloned()
+            .unwrap_or_else(|| vec![0u64; WORDS].into());
         let new = self.next_slot.fetch_add(1, Ordering::Relaxed);
         s.insert(new, copy);
         new

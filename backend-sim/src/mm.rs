@@ -81,7 +81,9 @@ pub struct MmReadGuard<'a> {
 
 impl std::fmt::Debug for MmReadGuard<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MmReadGuard").field("mm", &self.mm.id).finish()
+        f.debug_struct("MmReadGuard")
+            .field("mm", &self.mm.id)
+            .finish()
     }
 }
 
@@ -148,9 +150,7 @@ impl Mm {
     /// `mmap_read_lock`.
     pub fn read<'a>(&'a self, task: &'a Task) -> MmReadGuard<'a> {
         let g = self.lock.lock();
-        let mut g = self
-            .lock
-            .wait(g, |s| !s.writer && s.writers_waiting == 0);
+        let mut g = self.lock.wait(g, |s| !s.writer && s.writers_waiting == 0);
         g.readers += 1;
         MmReadGuard { mm: self, task }
     }
@@ -161,9 +161,9 @@ impl Mm {
             return Err(Error::Intr);
         }
         let g = self.lock.lock();
-        let (mut g, r) = self.lock.wait_killable(Some(task), g, None, |s| {
-            !s.writer && s.writers_waiting == 0
-        });
+        let (mut g, r) = self
+            .lock
+            .wait_killable(Some(task), g, None, |s| !s.writer && s.writers_waiting == 0);
         match r {
             Ok(()) => {
                 g.readers += 1;

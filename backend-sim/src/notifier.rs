@@ -320,7 +320,10 @@ mod tests {
         drop(s.invalidate_range_start(&InvalidateRange::new(0, 0x1000, Event::Clear)));
         assert!(a.read_retry(sa));
         assert!(!b.read_retry(sb));
-        assert_eq!((ca.load(Ordering::Relaxed), cb.load(Ordering::Relaxed)), (1, 0));
+        assert_eq!(
+            (ca.load(Ordering::Relaxed), cb.load(Ordering::Relaxed)),
+            (1, 0)
+        );
         let sa2 = a.read_begin();
         assert!(!a.check_retry(sa2));
     }

@@ -81,7 +81,8 @@ impl Mm {
                 let _ptl = self.ptl();
                 for i in 0..len / PAGE_SIZE {
                     if let Slot::At(e) =
-                        self.tables.slot(self.root, start + i * PAGE_SIZE, PTE_SHIFT, true)
+                        self.tables
+                            .slot(self.root, start + i * PAGE_SIZE, PTE_SHIFT, true)
                     {
                         let p = Pte::Present {
                             pfn: base_pfn + i,
@@ -104,7 +105,8 @@ impl Mm {
                         .alloc(0, FrameKind::System)
                         .ok_or(Errno::ENOMEM)?;
                     if let Slot::At(e) =
-                        self.tables.slot(self.root, start + i * PAGE_SIZE, PTE_SHIFT, true)
+                        self.tables
+                            .slot(self.root, start + i * PAGE_SIZE, PTE_SHIFT, true)
                     {
                         store(e, Pte::present(pfn, flags.contains(VmFlags::WRITE), false));
                     }
@@ -122,7 +124,12 @@ impl Mm {
     }
 
     /// `mmap(MAP_SHARED | MAP_ANONYMOUS)`: a shmem object.
-    pub fn mmap_shared_anon(&self, addr: Option<u64>, len: u64, prot: VmFlags) -> Result<u64, Errno> {
+    pub fn mmap_shared_anon(
+        &self,
+        addr: Option<u64>,
+        len: u64,
+        prot: VmFlags,
+    ) -> Result<u64, Errno> {
         let file = File::new(self.machine.frames.clone(), len, 0);
         self.mmap_file(addr, len, prot, true, &file, 0)
     }
@@ -230,26 +237,26 @@ impl Mm {
     /// Caller holds the mmap lock and an invalidation of the range.
     fn zap(&self, start: u64, end: u64) {
         let _ptl = self.ptl();
-        self.tables.for_each_leaf(self.root, start, end, &mut |_, shift, e| {
-            let p = Pte::decode(e.swap(0, Ordering::AcqRel), shift != PTE_SHIFT);
-            self.release_entry(p);
-        });
+        self.tables
+            .for_each_leaf(self.root, start, end, &mut |_, shift, e| {
+                let p = Pte::decode(e.swap(0, Ordering::AcqRel), shift != PTE_SHIFT);
+                self.release_entry(p);
+            });
     }
 
     /// `split_huge_pmd`: replace a THP PMD leaf mapping `addr` by a table of
     /// 512 PTEs with the same permissions. Caller holds the mmap lock.
     pub(crate) fn split_pmd(&self, addr: u64) {
         let base = addr & !(PMD_SIZE - 1);
-        let is_thp = self
-            .vmas()
-            .lookup(addr)
-            .is_some_and(|v| !v.is_hugetlb());
+        let is_thp = self.vmas().lookup(addr).is_some_and(|v| !v.is_hugetlb());
         if !is_thp {
             return;
         }
-        let _inv = self
-            .notifiers
-            .invalidate_range_start(&InvalidateRange::new(base, base + PMD_SIZE, Event::Clear));
+        let _inv = self.notifiers.invalidate_range_start(&InvalidateRange::new(
+            base,
+            base + PMD_SIZE,
+            Event::Clear,
+        ));
         let _ptl = self.ptl();
         let Slot::At(pmd) = self.tables.slot(self.root, base, PMD_SHIFT, false) else {
             return;
@@ -353,9 +360,11 @@ impl Mm {
             let _w = self.write();
             self.check_hugetlb_alignment(start, end)?;
             self.split_edges(start, end);
-            let _inv = self
-                .notifiers
-                .invalidate_range_start(&InvalidateRange::new(start, end, Event::Unmap));
+            let _inv = self.notifiers.invalidate_range_start(&InvalidateRange::new(
+                start,
+                end,
+                Event::Unmap,
+            ));
             self.zap(start, end);
             let gone = self.vmas_mut().remove_range(start, end);
             self.tables.free_range(self.root, start, end);
@@ -407,40 +416,41 @@ impl Mm {
             ));
             let writable = prot.contains(VmFlags::WRITE);
             let _ptl = self.ptl();
-            self.tables.for_each_leaf(self.root, start, end, &mut |_, shift, e| {
-                let p = Pte::decode(e.load(Ordering::Acquire), shift != PTE_SHIFT);
-                let np = match p {
-                    Pte::Present {
-                        pfn,
-                        write,
-                        huge,
-                        special,
-                        protnone,
-                        uffd_wp,
-                    } => Pte::Present {
-                        pfn,
-                        write: write && writable,
-                        huge,
-                        special,
-                        protnone,
-                        uffd_wp,
-                    },
-                    Pte::DevicePrivate { pfn, write } => Pte::DevicePrivate {
-                        pfn,
-                        write: write && writable,
-                    },
-                    Pte::DeviceExclusive { pfn, write } => Pte::DeviceExclusive {
-                        pfn,
-                        write: write && writable,
-                    },
-                    Pte::Swap { slot, write } => Pte::Swap {
-                        slot,
-                        write: write && writable,
-                    },
-                    other => other,
-                };
-                store(e, np);
-            });
+            self.tables
+                .for_each_leaf(self.root, start, end, &mut |_, shift, e| {
+                    let p = Pte::decode(e.load(Ordering::Acquire), shift != PTE_SHIFT);
+                    let np = match p {
+                        Pte::Present {
+                            pfn,
+                            write,
+                            huge,
+                            special,
+                            protnone,
+                            uffd_wp,
+                        } => Pte::Present {
+                            pfn,
+                            write: write && writable,
+                            huge,
+                            special,
+                            protnone,
+                            uffd_wp,
+                        },
+                        Pte::DevicePrivate { pfn, write } => Pte::DevicePrivate {
+                            pfn,
+                            write: write && writable,
+                        },
+                        Pte::DeviceExclusive { pfn, write } => Pte::DeviceExclusive {
+                            pfn,
+                            write: write && writable,
+                        },
+                        Pte::Swap { slot, write } => Pte::Swap {
+                            slot,
+                            write: write && writable,
+                        },
+                        other => other,
+                    };
+                    store(e, np);
+                });
         }
         Ok(())
     }
@@ -466,17 +476,17 @@ impl Mm {
         self.uffd_event(task, &ctxs, UffdMsg::Remove { start, end });
         let _g = self.read_killable(task)?;
         let vmas = self.vmas().overlapping(start, end);
-        if vmas
-            .iter()
-            .any(|v| v.flags.intersects(VmFlags::PFNMAP | VmFlags::IO | VmFlags::MIXEDMAP))
-        {
+        if vmas.iter().any(|v| {
+            v.flags
+                .intersects(VmFlags::PFNMAP | VmFlags::IO | VmFlags::MIXEDMAP)
+        }) {
             return Err(Errno::EINVAL);
         }
         self.check_hugetlb_alignment(start, end)?;
         self.split_edges(start, end);
-        let _inv = self
-            .notifiers
-            .invalidate_range_start(&InvalidateRange::new(start, end, Event::Clear));
+        let _inv =
+            self.notifiers
+                .invalidate_range_start(&InvalidateRange::new(start, end, Event::Clear));
         for v in vmas {
             self.zap(start.max(v.start), end.min(v.end));
         }
@@ -498,7 +508,14 @@ impl Mm {
     /// MREMAP_DONTUNMAP], new)`: move a mapping (its pages move with it).
     /// `[new, new + len)` is unmapped first. The old range must lie inside
     /// one VMA.
-    pub fn mremap(&self, task: &Task, old: u64, len: u64, new: u64, dontunmap: bool) -> Result<u64, Errno> {
+    pub fn mremap(
+        &self,
+        task: &Task,
+        old: u64,
+        len: u64,
+        new: u64,
+        dontunmap: bool,
+    ) -> Result<u64, Errno> {
         if !page_aligned(old) || !page_aligned(len) || !page_aligned(new) || len == 0 {
             return Err(Errno::EINVAL);
         }
@@ -517,9 +534,11 @@ impl Mm {
         }
         let _w = self.write();
         self.split_all(old, old + len);
-        let _inv = self
-            .notifiers
-            .invalidate_range_start(&InvalidateRange::new(old, old + len, Event::Unmap));
+        let _inv = self.notifiers.invalidate_range_start(&InvalidateRange::new(
+            old,
+            old + len,
+            Event::Unmap,
+        ));
         let mut moved = VmaInfo {
             start: new,
             end: new + len,
@@ -531,9 +550,10 @@ impl Mm {
         {
             let _ptl = self.ptl();
             let mut entries = Vec::new();
-            self.tables.for_each_leaf(self.root, old, old + len, &mut |a, _, e| {
-                entries.push((a, e.swap(0, Ordering::AcqRel)));
-            });
+            self.tables
+                .for_each_leaf(self.root, old, old + len, &mut |a, _, e| {
+                    entries.push((a, e.swap(0, Ordering::AcqRel)));
+                });
             for (a, w) in entries {
                 if let Slot::At(e) = self.tables.slot(self.root, a - old + new, PTE_SHIFT, true) {
                     e.store(w, Ordering::Release);
@@ -580,67 +600,72 @@ impl Mm {
             }
             let _inv = if v.is_cow() {
                 self.notifiers
-                    .invalidate_range_start(&InvalidateRange::new(v.start, v.end, Event::ProtectionPage))
+                    .invalidate_range_start(&InvalidateRange::new(
+                        v.start,
+                        v.end,
+                        Event::ProtectionPage,
+                    ))
                     .ok()
             } else {
                 None
             };
             let _ptl = self.ptl();
             let _cptl = child.ptl();
-            self.tables.for_each_leaf(self.root, v.start, v.end, &mut |a, shift, e| {
-                let p = Pte::decode(e.load(Ordering::Acquire), shift != PTE_SHIFT);
-                let cp = match p {
-                    Pte::Present {
-                        pfn,
-                        write,
-                        huge,
-                        special,
-                        protnone,
-                        ..
-                    } => {
-                        if !special {
-                            frames.get(pfn);
-                        }
-                        let cow = v.is_cow();
-                        let np = Pte::Present {
+            self.tables
+                .for_each_leaf(self.root, v.start, v.end, &mut |a, shift, e| {
+                    let p = Pte::decode(e.load(Ordering::Acquire), shift != PTE_SHIFT);
+                    let cp = match p {
+                        Pte::Present {
                             pfn,
-                            write: write && !cow,
+                            write,
                             huge,
                             special,
                             protnone,
-                            uffd_wp: false,
-                        };
-                        if cow {
-                            store(e, np);
+                            ..
+                        } => {
+                            if !special {
+                                frames.get(pfn);
+                            }
+                            let cow = v.is_cow();
+                            let np = Pte::Present {
+                                pfn,
+                                write: write && !cow,
+                                huge,
+                                special,
+                                protnone,
+                                uffd_wp: false,
+                            };
+                            if cow {
+                                store(e, np);
+                            }
+                            np
                         }
-                        np
+                        Pte::DeviceExclusive { pfn, write } => {
+                            frames.get(pfn);
+                            let np = Pte::present(pfn, false, false);
+                            let _ = write;
+                            store(e, np);
+                            np
+                        }
+                        Pte::DevicePrivate { pfn, .. } => {
+                            frames.get(pfn);
+                            let np = Pte::DevicePrivate { pfn, write: false };
+                            store(e, np);
+                            np
+                        }
+                        Pte::Swap { slot, write } => Pte::Swap {
+                            slot: self.machine.swap_dup(slot),
+                            write,
+                        },
+                        Pte::HwPoison { .. } | Pte::Marker(_) => p,
+                        _ => Pte::None,
+                    };
+                    if cp != Pte::None {
+                        if let Slot::At(ce) = child.tables.slot(child.root, a, shift, true) {
+                            store(ce, cp);
+                        }
                     }
-                    Pte::DeviceExclusive { pfn, write } => {
-                        frames.get(pfn);
-                        let np = Pte::present(pfn, false, false);
-                        let _ = write;
-                        store(e, np);
-                        np
-                    }
-                    Pte::DevicePrivate { pfn, .. } => {
-                        frames.get(pfn);
-                        let np = Pte::DevicePrivate { pfn, write: false };
-                        store(e, np);
-                        np
-                    }
-                    Pte::Swap { slot, write } => Pte::Swap {
-                        slot: self.machine.swap_dup(slot),
-                        write,
-                    },
-                    Pte::HwPoison { .. } | Pte::Marker(_) => p,
-                    _ => Pte::None,
-                };
-                if cp != Pte::None {
-                    if let Slot::At(ce) = child.tables.slot(child.root, a, shift, true) {
-                        store(ce, cp);
-                    }
-                }
-            });
+                });
         }
         let _ = task;
         child
@@ -651,12 +676,13 @@ impl Mm {
             let mut any = false;
             {
                 let _ptl = self.ptl();
-                self.tables.for_each_leaf(self.root, start, end, &mut |_, shift, e| {
-                    any |= matches!(
-                        Pte::decode(e.load(Ordering::Acquire), shift != PTE_SHIFT),
-                        Pte::Migration { .. }
-                    );
-                });
+                self.tables
+                    .for_each_leaf(self.root, start, end, &mut |_, shift, e| {
+                        any |= matches!(
+                            Pte::decode(e.load(Ordering::Acquire), shift != PTE_SHIFT),
+                            Pte::Migration { .. }
+                        );
+                    });
             }
             if !any {
                 return;
@@ -677,15 +703,18 @@ impl Mm {
         let _g = self.read_killable(task)?;
         let vmas = self.vmas().overlapping(start, end);
         self.split_all(start, end);
-        let _inv = self
-            .notifiers
-            .invalidate_range_start(&InvalidateRange::new(start, end, Event::Clear));
+        let _inv =
+            self.notifiers
+                .invalidate_range_start(&InvalidateRange::new(start, end, Event::Clear));
         let frames = &self.machine.frames;
         let mut n = 0;
         for v in vmas.iter().filter(|v| v.is_anon() && !v.is_hugetlb()) {
             let _ptl = self.ptl();
-            self.tables
-                .for_each_leaf(self.root, start.max(v.start), end.min(v.end), &mut |_, shift, e| {
+            self.tables.for_each_leaf(
+                self.root,
+                start.max(v.start),
+                end.min(v.end),
+                &mut |_, shift, e| {
                     if shift != PTE_SHIFT {
                         return;
                     }
@@ -696,14 +725,18 @@ impl Mm {
                         ..
                     } = Pte::decode(e.load(Ordering::Acquire), false)
                     {
-                        if frames.kind(pfn) == FrameKind::System && frames.refcount(pfn) == 1 && frames.order(pfn) == 0 {
+                        if frames.kind(pfn) == FrameKind::System
+                            && frames.refcount(pfn) == 1
+                            && frames.order(pfn) == 0
+                        {
                             let slot = self.machine.swap_out(pfn);
                             store(e, Pte::Swap { slot, write });
                             frames.put(pfn);
                             n += 1;
                         }
                     }
-                });
+                },
+            );
         }
         Ok(n)
     }
@@ -714,36 +747,45 @@ impl Mm {
     /// replace each migration entry by the new page and wake waiters.
     /// `hold` runs between the first and last phase, while the entries are
     /// in place (tests use it to park HMM on them). Returns pages migrated.
-    pub fn migrate(&self, task: &Task, start: u64, len: u64, hold: Option<&dyn Fn()>) -> Result<u64, Errno> {
+    pub fn migrate(
+        &self,
+        task: &Task,
+        start: u64,
+        len: u64,
+        hold: Option<&dyn Fn()>,
+    ) -> Result<u64, Errno> {
         let end = start + len;
         let frames = &self.machine.frames;
         let mut moving: Vec<(u64, u64, bool, u64)> = Vec::new();
         {
             let _g = self.read_killable(task)?;
             self.split_all(start, end);
-            let _inv = self
-                .notifiers
-                .invalidate_range_start(&InvalidateRange::new(start, end, Event::Migrate));
+            let _inv = self.notifiers.invalidate_range_start(&InvalidateRange::new(
+                start,
+                end,
+                Event::Migrate,
+            ));
             let _ptl = self.ptl();
-            self.tables.for_each_leaf(self.root, start, end, &mut |a, shift, e| {
-                if shift != PTE_SHIFT {
-                    return;
-                }
-                let w = e.load(Ordering::Acquire);
-                if let Pte::Present {
-                    pfn,
-                    write,
-                    special: false,
-                    ..
-                } = Pte::decode(w, false)
-                {
-                    if frames.kind(pfn) == FrameKind::System && frames.order(pfn) == 0 {
-                        let mw = Pte::Migration { pfn, write }.encode();
-                        e.store(mw, Ordering::Release);
-                        moving.push((a, pfn, write, mw));
+            self.tables
+                .for_each_leaf(self.root, start, end, &mut |a, shift, e| {
+                    if shift != PTE_SHIFT {
+                        return;
                     }
-                }
-            });
+                    let w = e.load(Ordering::Acquire);
+                    if let Pte::Present {
+                        pfn,
+                        write,
+                        special: false,
+                        ..
+                    } = Pte::decode(w, false)
+                    {
+                        if frames.kind(pfn) == FrameKind::System && frames.order(pfn) == 0 {
+                            let mw = Pte::Migration { pfn, write }.encode();
+                            e.store(mw, Ordering::Release);
+                            moving.push((a, pfn, write, mw));
+                        }
+                    }
+                });
         }
         if let Some(h) = hold {
             h();
@@ -796,9 +838,11 @@ impl Mm {
         let addr = addr & !(PAGE_SIZE - 1);
         let _g = self.read_killable(task)?;
         self.split_all(addr, addr + PAGE_SIZE);
-        let _inv = self
-            .notifiers
-            .invalidate_range_start(&InvalidateRange::new(addr, addr + PAGE_SIZE, Event::Clear));
+        let _inv = self.notifiers.invalidate_range_start(&InvalidateRange::new(
+            addr,
+            addr + PAGE_SIZE,
+            Event::Clear,
+        ));
         let _ptl = self.ptl();
         let Slot::At(e) = self.tables.slot(self.root, addr, PTE_SHIFT, false) else {
             return Err(Errno::EFAULT);
@@ -901,24 +945,27 @@ impl Mm {
         let mut out = Vec::new();
         let mut oom = false;
         let _ptl = self.ptl();
-        self.tables.for_each_leaf(self.root, start, end, &mut |a, shift, e| {
-            if shift != PTE_SHIFT || oom {
-                return;
-            }
-            if let Pte::DevicePrivate { pfn, write } = Pte::decode(e.load(Ordering::Acquire), false) {
-                if frames.kind(pfn) != FrameKind::DevicePrivate(owner) {
+        self.tables
+            .for_each_leaf(self.root, start, end, &mut |a, shift, e| {
+                if shift != PTE_SHIFT || oom {
                     return;
                 }
-                let Some(n) = self.machine.alloc(0, FrameKind::System) else {
-                    oom = true;
-                    return;
-                };
-                frames.copy_page(pfn, n);
-                store(e, Pte::present(n, write, false));
-                frames.put(pfn);
-                out.push((a, pfn));
-            }
-        });
+                if let Pte::DevicePrivate { pfn, write } =
+                    Pte::decode(e.load(Ordering::Acquire), false)
+                {
+                    if frames.kind(pfn) != FrameKind::DevicePrivate(owner) {
+                        return;
+                    }
+                    let Some(n) = self.machine.alloc(0, FrameKind::System) else {
+                        oom = true;
+                        return;
+                    };
+                    frames.copy_page(pfn, n);
+                    store(e, Pte::present(n, write, false));
+                    frames.put(pfn);
+                    out.push((a, pfn));
+                }
+            });
         if oom && out.is_empty() {
             return Err(Errno::ENOMEM);
         }
@@ -975,7 +1022,13 @@ impl Mm {
     /// (`USER | ALLOW_RETRY | KILLABLE`, so userfaultfd waits drop the lock
     /// like a real user access), then run `f(pfn)` under the page-table
     /// lock so the access is atomic with respect to concurrent PTE changes.
-    fn access_page(&self, task: &Task, addr: u64, how: Access, f: &mut dyn FnMut(u64)) -> Result<(), Errno> {
+    fn access_page(
+        &self,
+        task: &Task,
+        addr: u64,
+        how: Access,
+        f: &mut dyn FnMut(u64),
+    ) -> Result<(), Errno> {
         let write = how == Access::Write;
         let mut flags = FaultFlags::USER | FaultFlags::ALLOW_RETRY | FaultFlags::KILLABLE;
         if write {
@@ -1118,11 +1171,15 @@ impl Mm {
     /// Tear the address space down (`exit_mmap`): drop every page.
     pub(crate) fn exit_mmap(&self) {
         let _ptl = self.ptl();
-        self.tables
-            .for_each_leaf(self.root, 0, hmm_core::TASK_SIZE + PAGE_SIZE, &mut |_, shift, e| {
+        self.tables.for_each_leaf(
+            self.root,
+            0,
+            hmm_core::TASK_SIZE + PAGE_SIZE,
+            &mut |_, shift, e| {
                 let p = Pte::decode(e.swap(0, Ordering::AcqRel), shift != PTE_SHIFT);
                 self.release_entry(p);
-            });
+            },
+        );
     }
 }
 

@@ -265,7 +265,9 @@ pub struct Tables {
 
 impl std::fmt::Debug for Tables {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tables").field("allocated", &self.next).finish()
+        f.debug_struct("Tables")
+            .field("allocated", &self.next)
+            .finish()
     }
 }
 
@@ -323,10 +325,7 @@ impl Tables {
         for e in &self.get(id).0 {
             e.store(0, Ordering::Relaxed);
         }
-        self.free
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(id);
+        self.free.lock().unwrap_or_else(|e| e.into_inner()).push(id);
     }
 
     /// Descend from `root` to the entry for `addr` at level `target`
@@ -612,10 +611,16 @@ mod tests {
         };
         h.store(Pte::present(0x800, false, true).encode(), Ordering::Release);
         let mut spans = Vec::new();
-        t.walk_leaves(root, base + 0x1000, base + 3 * PMD_SIZE, &frames, &mut |a, b, l| {
-            spans.push((a - base, b - base, l));
-            ControlFlow::Continue(())
-        });
+        t.walk_leaves(
+            root,
+            base + 0x1000,
+            base + 3 * PMD_SIZE,
+            &frames,
+            &mut |a, b, l| {
+                spans.push((a - base, b - base, l));
+                ControlFlow::Continue(())
+            },
+        );
         // PTE table: 511 PTEs from 0x1000.
         assert_eq!(spans.len(), 511 + 2);
         assert_eq!(spans[2].0, 0x3000);
@@ -637,7 +642,10 @@ mod tests {
         };
         e.store(Pte::present(5, true, false).encode(), Ordering::Release);
         t.free_range(root, 0, 0x40_0000);
-        assert!(matches!(t.slot(root, 0x20_0000, PTE_SHIFT, false), Slot::At(_)));
+        assert!(matches!(
+            t.slot(root, 0x20_0000, PTE_SHIFT, false),
+            Slot::At(_)
+        ));
         e.store(0, Ordering::Release);
         t.free_range(root, 0, 0x40_0000);
         assert!(matches!(

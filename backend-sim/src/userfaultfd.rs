@@ -175,9 +175,11 @@ pub(crate) fn handle_userfault<'a>(
     if must_wait {
         let killable = flags.intersects(FaultFlags::KILLABLE | FaultFlags::INTERRUPTIBLE);
         let bound = mm.machine.inject.uffd_wait_bound();
-        let (s, r) = ctx.wq.wait_killable(killable.then_some(task), st, bound, |s| {
-            s.released || s.waiters.iter().any(|w| w.id == id && w.woken)
-        });
+        let (s, r) = ctx
+            .wq
+            .wait_killable(killable.then_some(task), st, bound, |s| {
+                s.released || s.waiters.iter().any(|w| w.id == id && w.woken)
+            });
         st = s;
         let _: Result<(), WaitEnd> = r;
     }
@@ -200,12 +202,14 @@ fn must_wait(mm: &Mm, vma: &VmaInfo, addr: u64, reason: Reason) -> bool {
         Slot::Huge(e, _) => (e.load(Ordering::Acquire), true),
         Slot::Missing(_) => (0, false),
     };
-    match (reason, Pte::decode(word, table_level)) {
-        (Reason::Missing, Pte::None | Pte::Marker(_)) => true,
-        (Reason::Wp, Pte::Present { uffd_wp: true, .. }) => true,
-        (Reason::Wp, Pte::Marker(_)) => true,
-        _ => false,
-    }
+    matches!(
+        (reason, Pte::decode(word, table_level)),
+        (Reason::Missing, Pte::None | Pte::Marker(_))
+            | (
+                Reason::Wp,
+                Pte::Present { uffd_wp: true, .. } | Pte::Marker(_)
+            )
+    )
 }
 
 impl Mm {
@@ -279,7 +283,13 @@ impl UffdCtx {
 
     /// `UFFDIO_REGISTER`: register `[start, start + len)` (whole VMAs or
     /// parts of them, all mapped) in MISSING and/or WP mode.
-    pub fn register(self: &Arc<Self>, start: u64, len: u64, missing: bool, wp: bool) -> Result<(), Errno> {
+    pub fn register(
+        self: &Arc<Self>,
+        start: u64,
+        len: u64,
+        missing: bool,
+        wp: bool,
+    ) -> Result<(), Errno> {
         let mm = self.mm()?;
         let end = start.checked_add(len).ok_or(Errno::EINVAL)?;
         if start % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 || len == 0 || !(missing || wp) {
@@ -422,6 +432,43 @@ impl UffdCtx {
         self.fill(task, dst, src.len() as u64, Some(src), mode)
     }
 
+    /// What a post-copy handler does with a fault: `UFFDIO_COPY` of `src`
+    /// over `[dst, dst + src.len())` page by page range, skipping the pages
+    /// that are already mapped (`-EEXIST`) instead of stopping at them,
+    /// then one `UFFDIO_WAKE` of the whole range. Returns the bytes copied.
+    /// In hugetlb VMAs `src` must be one or more whole huge pages.
+    pub fn copy_fill(&self, task: &Task, dst: u64, src: &[u8]) -> Result<u64, Errno> {
+        let len = src.len() as u64;
+        let dontwake = CopyMode {
+            dontwake: true,
+            wp: false,
+        };
+        let mut off = 0u64;
+        let mut copied = 0u64;
+        let mut result = Ok(());
+        while off < len {
+            match self.copy(task, dst + off, &src[off as usize..], dontwake) {
+                Ok(n) => {
+                    off += n;
+                    copied += n;
+                }
+                Err(Errno::EEXIST) => {
+                    let vma_huge = self
+                        .mm()
+                        .ok()
+                        .and_then(|mm| mm.vmas().lookup(dst + off).map(|v| v.hugetlb_order));
+                    off += PAGE_SIZE << vma_huge.unwrap_or(0);
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        self.wake(dst, len);
+        result.map(|()| copied)
+    }
+
     /// `UFFDIO_ZEROPAGE`: map the zero page over `[dst, dst + len)`
     /// (anonymous VMAs only).
     pub fn zeropage(&self, task: &Task, dst: u64, len: u64, mode: CopyMode) -> Result<u64, Errno> {
@@ -446,7 +493,13 @@ impl UffdCtx {
             let mut done = 0u64;
             let mut err = None;
             while done < len {
-                match self.fill_one(&g, dst + done, len - done, src.map(|s| &s[done as usize..]), mode) {
+                match self.fill_one(
+                    &g,
+                    dst + done,
+                    len - done,
+                    src.map(|s| &s[done as usize..]),
+                    mode,
+                ) {
                     Ok(n) => done += n,
                     Err(e) => {
                         err = Some(e);
@@ -489,13 +542,19 @@ impl UffdCtx {
             let Some(src) = src else {
                 return Err(Errno::EINVAL);
             };
-            let head = mm.machine.alloc(order, FrameKind::System).ok_or(Errno::ENOMEM)?;
+            let head = mm
+                .machine
+                .alloc(order, FrameKind::System)
+                .ok_or(Errno::ENOMEM)?;
             for i in 0..(1u64 << order) {
                 let o = (i * PAGE_SIZE) as usize;
                 frames.write(head + i, 0, &src[o..o + PAGE_SIZE as usize]);
             }
             let _ptl = mm.ptl();
-            let e = match mm.tables.slot(mm.root, addr, PTE_SHIFT + u32::from(order), true) {
+            let e = match mm
+                .tables
+                .slot(mm.root, addr, PTE_SHIFT + u32::from(order), true)
+            {
                 Slot::At(e) => e,
                 _ => {
                     frames.put(head);
@@ -515,7 +574,10 @@ impl UffdCtx {
         }
         let pfn = match src {
             Some(s) => {
-                let p = mm.machine.alloc(0, FrameKind::System).ok_or(Errno::ENOMEM)?;
+                let p = mm
+                    .machine
+                    .alloc(0, FrameKind::System)
+                    .ok_or(Errno::ENOMEM)?;
                 frames.write(p, 0, &s[..PAGE_SIZE as usize]);
                 p
             }
@@ -530,7 +592,10 @@ impl UffdCtx {
                 return Err(Errno::EEXIST);
             }
         };
-        if !matches!(Pte::decode(pmd.load(Ordering::Acquire), true), Pte::Table(_) | Pte::None) {
+        if !matches!(
+            Pte::decode(pmd.load(Ordering::Acquire), true),
+            Pte::Table(_) | Pte::None
+        ) {
             frames.put(pfn);
             return Err(Errno::EEXIST);
         }
@@ -538,7 +603,10 @@ impl UffdCtx {
             frames.put(pfn);
             return Err(Errno::EEXIST);
         };
-        if !matches!(Pte::decode(e.load(Ordering::Acquire), false), Pte::None | Pte::Marker(_)) {
+        if !matches!(
+            Pte::decode(e.load(Ordering::Acquire), false),
+            Pte::None | Pte::Marker(_)
+        ) {
             frames.put(pfn);
             return Err(Errno::EEXIST);
         }
@@ -557,7 +625,14 @@ impl UffdCtx {
     /// `UFFDIO_WRITEPROTECT`: set (`wp`) or clear write protection of the
     /// present pages in `[start, start + len)`. Clearing wakes faulters
     /// unless `dontwake`.
-    pub fn writeprotect(&self, task: &Task, start: u64, len: u64, wp: bool, dontwake: bool) -> Result<(), Errno> {
+    pub fn writeprotect(
+        &self,
+        task: &Task,
+        start: u64,
+        len: u64,
+        wp: bool,
+        dontwake: bool,
+    ) -> Result<(), Errno> {
         if wp && dontwake {
             return Err(Errno::EINVAL);
         }
@@ -567,46 +642,56 @@ impl UffdCtx {
             self.check_changing()?;
             let end = start + len;
             for v in mm.vmas().overlapping(start, end) {
-                if !v.uffd.as_ref().is_some_and(|r| r.wp && std::ptr::eq(&*r.ctx, self)) {
+                if !v
+                    .uffd
+                    .as_ref()
+                    .is_some_and(|r| r.wp && std::ptr::eq(&*r.ctx, self))
+                {
                     return Err(Errno::ENOENT);
                 }
             }
             let frames = &mm.machine.frames;
             let _inv = if wp {
                 mm.notifiers
-                    .invalidate_range_start(&InvalidateRange::new(start, end, Event::ProtectionPage))
+                    .invalidate_range_start(&InvalidateRange::new(
+                        start,
+                        end,
+                        Event::ProtectionPage,
+                    ))
                     .ok()
             } else {
                 None
             };
             let _ptl = mm.ptl();
-            mm.tables.for_each_leaf(mm.root, start, end, &mut |a, shift, e| {
-                let w = e.load(Ordering::Acquire);
-                if let Pte::Present {
-                    pfn,
-                    huge,
-                    special,
-                    protnone,
-                    ..
-                } = Pte::decode(w, shift != PTE_SHIFT)
-                {
-                    let vma = mm.vmas().lookup(a).cloned();
-                    let writable = !wp
-                        && vma.as_ref().is_some_and(|v| {
-                            v.flags.contains(VmFlags::WRITE)
-                                && (!v.is_cow() || (frames.refcount(pfn) == 1 && pfn != ZERO_PFN))
-                        });
-                    let p = Pte::Present {
+            mm.tables
+                .for_each_leaf(mm.root, start, end, &mut |a, shift, e| {
+                    let w = e.load(Ordering::Acquire);
+                    if let Pte::Present {
                         pfn,
-                        write: writable,
                         huge,
                         special,
                         protnone,
-                        uffd_wp: wp,
-                    };
-                    e.store(p.encode(), Ordering::Release);
-                }
-            });
+                        ..
+                    } = Pte::decode(w, shift != PTE_SHIFT)
+                    {
+                        let vma = mm.vmas().lookup(a).cloned();
+                        let writable = !wp
+                            && vma.as_ref().is_some_and(|v| {
+                                v.flags.contains(VmFlags::WRITE)
+                                    && (!v.is_cow()
+                                        || (frames.refcount(pfn) == 1 && pfn != ZERO_PFN))
+                            });
+                        let p = Pte::Present {
+                            pfn,
+                            write: writable,
+                            huge,
+                            special,
+                            protnone,
+                            uffd_wp: wp,
+                        };
+                        e.store(p.encode(), Ordering::Release);
+                    }
+                });
             drop(g);
         }
         if !wp && !dontwake {
@@ -615,4 +700,3 @@ impl UffdCtx {
         Ok(())
     }
 }
-

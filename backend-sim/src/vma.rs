@@ -73,8 +73,7 @@ impl File {
     pub fn lookup(&self, off: u64) -> Option<u64> {
         let psize = PAGE_SIZE << self.order;
         let p = self.pages.lock().unwrap_or_else(|e| e.into_inner());
-        p.get(&(off / psize))
-            .map(|h| h + (off % psize) / PAGE_SIZE)
+        p.get(&(off / psize)).map(|h| h + (off % psize) / PAGE_SIZE)
     }
 
     /// `pwrite`: write `buf` at `off`, growing the file.
@@ -236,7 +235,10 @@ impl VmaTree {
     /// `find_vma`: the first VMA ending above `addr`.
     pub fn find(&self, addr: u64) -> Option<&VmaInfo> {
         use std::ops::Bound::{Excluded, Unbounded};
-        self.map.range((Excluded(addr), Unbounded)).next().map(|(_, v)| v)
+        self.map
+            .range((Excluded(addr), Unbounded))
+            .next()
+            .map(|(_, v)| v)
     }
 
     /// `vma_lookup`: the VMA containing `addr`.
@@ -297,11 +299,7 @@ impl VmaTree {
     pub fn remove_range(&mut self, start: u64, end: u64) -> Vec<VmaInfo> {
         self.split(start);
         self.split(end);
-        let keys: Vec<u64> = self
-            .overlapping(start, end)
-            .iter()
-            .map(|v| v.end)
-            .collect();
+        let keys: Vec<u64> = self.overlapping(start, end).iter().map(|v| v.end).collect();
         keys.iter().filter_map(|k| self.map.remove(k)).collect()
     }
 
@@ -340,7 +338,11 @@ mod tests {
             .collect();
         assert_eq!(
             all,
-            vec![(0x1000, 0x3000, true), (0x3000, 0x5000, false), (0x5000, 0x9000, true)]
+            vec![
+                (0x1000, 0x3000, true),
+                (0x3000, 0x5000, false),
+                (0x5000, 0x9000, true)
+            ]
         );
         let gone = t.remove_range(0x2000, 0x4000);
         assert_eq!(gone.len(), 2);

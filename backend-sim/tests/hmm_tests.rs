@@ -187,9 +187,14 @@ fn anon_write_hugetlbfs() {
 fn file_read() {
     let h = Hmm::new();
     let file = File::new(h.machine.frames.clone(), 0, 0);
-    let data: Vec<u8> = iota(N, |i| i).iter().flat_map(|x| x.to_ne_bytes()).collect();
+    let data: Vec<u8> = iota(N, |i| i)
+        .iter()
+        .flat_map(|x| x.to_ne_bytes())
+        .collect();
     file.pwrite(0, &data).unwrap();
-    let p = h.mm.mmap_file(None, HMM_BUFFER_SIZE, RO, true, &file, 0).unwrap();
+    let p =
+        h.mm.mmap_file(None, HMM_BUFFER_SIZE, RO, true, &file, 0)
+            .unwrap();
     let mut cmd = Cmd::new(p, NPAGES);
     h.fd.read(&h.task, &mut cmd).unwrap();
     assert_eq!((cmd.cpages, cmd.faults), (NPAGES, 1));
@@ -200,7 +205,9 @@ fn file_read() {
 fn file_write() {
     let h = Hmm::new();
     let file = File::new(h.machine.frames.clone(), HMM_BUFFER_SIZE, 0);
-    let p = h.mm.mmap_file(None, HMM_BUFFER_SIZE, RW, true, &file, 0).unwrap();
+    let p =
+        h.mm.mmap_file(None, HMM_BUFFER_SIZE, RW, true, &file, 0)
+            .unwrap();
     let mut cmd = Cmd::new(p, NPAGES);
     cmd.set_i32s(&iota(N, |i| i));
     h.fd.write(&h.task, &mut cmd).unwrap();
@@ -329,7 +336,9 @@ fn snapshot() {
     let h2 = Hmm2::new();
     let h = &h2.h;
     let npages = 7;
-    let p = h.mm.mmap_anon(None, npages * PAGE_SIZE, VmFlags::empty()).unwrap();
+    let p =
+        h.mm.mmap_anon(None, npages * PAGE_SIZE, VmFlags::empty())
+            .unwrap();
     let pg = |i: u64| p + i * PAGE_SIZE;
     // Punch a hole after the first page address.
     h.mm.munmap(&h.task, pg(1), PAGE_SIZE).unwrap();
@@ -375,12 +384,18 @@ fn compound() {
     let mut cmd = Cmd::new(p, npages);
     h.fd.snapshot(&h.task, &mut cmd).unwrap();
     assert_eq!(cmd.cpages, npages);
-    assert!(cmd.buf.iter().all(|&m| m == dmirror::PROT_WRITE | dmirror::PROT_PMD));
+    assert!(cmd
+        .buf
+        .iter()
+        .all(|&m| m == dmirror::PROT_WRITE | dmirror::PROT_PMD));
     h.mm.mprotect(p, size, RO).unwrap();
     let mut cmd = Cmd::new(p, npages);
     h.fd.snapshot(&h.task, &mut cmd).unwrap();
     assert_eq!(cmd.cpages, npages);
-    assert!(cmd.buf.iter().all(|&m| m == dmirror::PROT_READ | dmirror::PROT_PMD));
+    assert!(cmd
+        .buf
+        .iter()
+        .all(|&m| m == dmirror::PROT_READ | dmirror::PROT_PMD));
 }
 
 #[test]
@@ -473,8 +488,7 @@ fn userfaultfd_read() {
     let handler = Handler::spawn(&uffd, PAGE_SIZE, |_| page_of(0xAB));
     let mut cmd = Cmd::new(p, npages);
     let mut stats = Stats::default();
-    h.fd
-        .read_unlocked(&h.task, &mut cmd, &Options::default(), &mut stats)
+    h.fd.read_unlocked(&h.task, &mut cmd, &Options::default(), &mut stats)
         .unwrap();
     assert_eq!(cmd.cpages, npages);
     assert!(cmd.buf.iter().all(|&b| b == 0xAB));

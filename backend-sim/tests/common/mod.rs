@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use backend_sim::dmirror::{Device, Mirror};
 use backend_sim::mm::Mm;
 use backend_sim::task::Task;
-use backend_sim::userfaultfd::{CopyMode, UffdCtx, UffdMsg};
+use backend_sim::userfaultfd::{UffdCtx, UffdMsg};
 use backend_sim::{Errno, Machine};
 use hmm_core::{VmFlags, PAGE_SIZE};
 
@@ -108,11 +108,8 @@ impl Handler {
                         src.extend(page(a));
                         a += PAGE_SIZE;
                     }
-                    match uffd.copy(&task, base, &src, CopyMode::default()) {
-                        Ok(_) => {}
-                        Err(Errno::EEXIST) | Err(Errno::ENOENT) | Err(Errno::EAGAIN) => {
-                            uffd.wake(base, unit)
-                        }
+                    match uffd.copy_fill(&task, base, &src) {
+                        Ok(_) | Err(Errno::ENOENT) | Err(Errno::EAGAIN) => {}
                         Err(e) => panic!("UFFDIO_COPY failed: {e}"),
                     }
                 }
