@@ -12,13 +12,6 @@ fuzz_target!(|input: (u8, Recipe)| {
     let (which, recipe) = input;
     let ep = EntryPoint::ALL[usize::from(which) % EntryPoint::ALL.len()];
     let case = recipe.build();
-    // File-I/O VMAs hit the known resume-cursor defect under the resume
-    // policies (verify/tests/resume_cursor.rs); leave them out there.
-    let case = if ep.resumes() {
-        case.without_file_io()
-    } else {
-        case
-    };
     if let Err(e) = driver_matches(&case, ep) {
         panic!("{ep:?}: {e}\ncase: {case:#x?}");
     }

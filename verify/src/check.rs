@@ -333,15 +333,4 @@ impl Case {
     pub fn has_file_io(&self) -> bool {
         self.space.vmas().any(|v| v.fault == FaultKind::FileIo)
     }
-
-    /// The same case with file-I/O VMAs faulting like
-    /// [`FaultKind::Completed`] instead.
-    pub fn without_file_io(&self) -> Case {
-        let mut c = self.clone();
-        c.space.map_fault_kinds(|k| match k {
-            FaultKind::FileIo => FaultKind::Completed,
-            k => k,
-        });
-        c
-    }
 }

@@ -6,8 +6,8 @@
 //! entry `VALID` (and `WRITE` if requested), or the documented errno with
 //! the partial-output contract.
 //!
-//! File-I/O VMAs are left out of the resume policies here: they expose the
-//! resume-cursor defect documented in `tests/resume_cursor.rs`.
+//! File-I/O VMAs (a cached page next to pages that need I/O) are included:
+//! they are what exposed the resume-cursor defect of `tests/resume_cursor.rs`.
 //! `HMM_VERIFY_CASES` sets the number of cases (default 2000 per entry point).
 
 mod common;
@@ -17,11 +17,6 @@ use proptest::prelude::*;
 
 fn check(r: &hmm_verify::recipe::Recipe, ep: EntryPoint) -> Result<(), TestCaseError> {
     let case = r.build();
-    let case = if ep.resumes() {
-        case.without_file_io()
-    } else {
-        case
-    };
     if let Err(e) = driver_matches(&case, ep) {
         prop_assert!(false, "{ep:?}: {e}\ncase: {case:#x?}");
     }

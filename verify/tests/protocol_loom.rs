@@ -117,13 +117,12 @@ fn push_invalidation_and_munmap_together() {
     );
 }
 
-/// The resume-cursor defect (see `tests/resume_cursor.rs`) in the post-copy
-/// shape: the empty table is one two-page hole, the userfault handler
-/// pushes page 0 in the background while the faulter is about to fault the
-/// hole, page 0's fault finds it mapped, page 1's drops the lock, and the
-/// resumed walk never fills entry 0.
+/// Regression for the resume-cursor defect (see `tests/resume_cursor.rs`) in
+/// the post-copy shape: the empty table is one two-page hole, the userfault
+/// handler pushes page 0 in the background while the faulter is about to
+/// fault the hole, page 0's fault finds it mapped, page 1's drops the lock,
+/// and the resumed walk must still fill entry 0.
 #[test]
-#[ignore = "hmm-core defect: resume after a lock drop skips entries [addr, page)"]
 fn background_push_into_a_multi_page_hole() {
     explore(
         "userfault+push, one hole",

@@ -81,12 +81,11 @@ fn restart_policy_never_sends_tried() {
     });
 }
 
-/// The resume-cursor defect of `tests/resume_cursor.rs`, in the concurrent
-/// model: the walk reports the empty table as one two-page hole; the
-/// retried (`TRIED`) fault maps page 0, page 1's fault drops the lock, and
-/// the resumed walk starts at page 1, leaving entry 0 unfilled.
+/// Regression for the resume-cursor defect of `tests/resume_cursor.rs`, in
+/// the concurrent model: the walk reports the empty table as one two-page
+/// hole; the retried (`TRIED`) fault maps page 0, page 1's fault drops the
+/// lock, and the resumed walk must still fill entry 0.
 #[test]
-#[ignore = "hmm-core defect: resume after a lock drop skips entries [addr, page)"]
 fn resume_inside_a_multi_page_hole_fills_every_entry() {
     run(Scenario {
         resolution: Resolution::OnTried,

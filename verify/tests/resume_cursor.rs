@@ -1,19 +1,16 @@
-//! A defect in `hmm_core`'s resume after a lock drop, shown against the
-//! model (these tests fail on the current hmm-core and are ignored until it
-//! is fixed; run them with `cargo test -p hmm-verify -- --ignored`).
+//! Regression tests for a defect this suite found in `hmm_core`'s resume
+//! after a lock drop (fixed in hmm-core's `driver.rs`).
 //!
 //! The walk stops at `addr` for a fault over a multi-page span `[addr, end)`
 //! (an empty PMD slot, a huge leaf). The driver faults the span page by page
 //! with the lock held. If a *later* page's fault drops the lock (file I/O,
 //! swap-in, userfaultfd on a page the earlier faults did not resolve), the
-//! resume policy restarts the walk at that page, not at `addr`: the entries
-//! of `[addr, page)` never receive output and still hold their *input*
-//! words. With a fault request (`REQ_FAULT` is the `VALID` bit) the caller
-//! then sees a "valid" entry with a garbage PFN, and its `read_retry`
-//! passes because nothing was invalidated. In `driver.rs`, `Policy::Resume`
-//! sets `cursor = page`; entries from the walk's stop address on hold input
-//! (the partial-output contract), so the resume must restart the walk at
-//! the stop address `addr` (keeping `TRIED` for `page`).
+//! walk must resume at `addr`, not at that page: the entries of
+//! `[addr, page)` still hold their *input* words (the partial-output
+//! contract), and with a fault request (`REQ_FAULT` is the `VALID` bit) an
+//! entry left unfilled looks "valid" with a garbage PFN while `read_retry`
+//! passes because nothing was invalidated. The fixed driver resumes at the
+//! walk's stop address and keeps `TRIED` for the dropping page.
 
 mod common;
 
@@ -46,7 +43,6 @@ fn file_vma_with_first_page_cached(pages: u64) -> ModelMm {
 }
 
 #[test]
-#[ignore = "hmm-core defect: resume after a lock drop skips entries [addr, page)"]
 fn resume_after_a_later_page_drops_the_lock_fills_every_entry() {
     for policy in [Policy::Resume, Policy::Restart] {
         let pages = 4;
@@ -90,7 +86,6 @@ proptest! {
 
     /// The resume policies on file-I/O VMAs too.
     #[test]
-    #[ignore = "hmm-core defect: resume after a lock drop skips entries [addr, page)"]
     fn resume_policies_with_file_io(r in common::recipe()) {
         let case = r.build();
         for ep in [EntryPoint::Unlocked(Policy::Resume), EntryPoint::Unlockable(Policy::Resume)] {
