@@ -32,6 +32,16 @@ fi
 [ -x "$HMM_RUSTC" ] || hmm_die "rustc $HMM_RUSTC missing (run setup.sh)"
 [ -x "$HMM_BINDGEN" ] || hmm_die "bindgen $HMM_BINDGEN missing (run setup.sh)"
 mkdir -p "$HMM_KERNEL_CACHE"
+# Serialise concurrent builds of the same cache directory.
+exec 9> "$HMM_KERNEL_CACHE/.lock"
+if ! flock -n 9; then
+    hmm_log "another build of $HMM_KERNEL_CACHE is running; waiting for it"
+    flock 9
+fi
+if [ -f "$STAMP" ]; then
+    hmm_log "build completed by the concurrent run, nothing to do"
+    exit 0
+fi
 : > "$TIMINGS"
 
 stage_start=0

@@ -4,7 +4,9 @@
 # usage: run-qemu.sh -i INITRAMFS -l LOGFILE [-k BZIMAGE] [-t TIMEOUT_S] [-a EXTRA_APPEND]
 #
 # Defaults: -k the cached bzImage, -t 600. Serial output goes to stdout and
-# to LOGFILE. KVM is used when /dev/kvm is usable (HMM_QEMU_KVM=0 disables).
+# to LOGFILE. Software emulation (TCG) by default; HMM_QEMU_KVM=1 adds
+# -enable-kvm (on the nested-virt dev machine KVM hung / -cpu host aborted on
+# MSR 0x10a, so it is opt-in). HMM_QEMU_MEM / HMM_QEMU_SMP override 2G / 2.
 # Exit status: 0 if the guest reached "@@HMM-HARNESS DONE", 124 on timeout,
 # 3 if the kernel panicked / oopsed fatally, 1 otherwise.
 set -euo pipefail
@@ -27,9 +29,9 @@ done
 command -v qemu-system-x86_64 > /dev/null || hmm_die "qemu-system-x86_64 not installed (run setup.sh)"
 
 accel=()
-if [ "${HMM_QEMU_KVM:-1}" = 1 ] && [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
-    accel=(-enable-kvm -cpu host)
-    hmm_log "using KVM"
+if [ "${HMM_QEMU_KVM:-0}" = 1 ]; then
+    accel=(-enable-kvm)
+    hmm_log "using KVM (HMM_QEMU_KVM=1)"
 else
     hmm_log "no KVM: software emulation (TCG)"
 fi
@@ -45,6 +47,7 @@ set +e
 timeout --kill-after=10 "$tmo" "${cmd[@]}" < /dev/null 2>&1 | tr -d '\r' | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
+echo   # the guest's last line usually has no newline
 hmm_log "qemu exited with $rc after $(( $(date +%s) - start ))s"
 
 if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
