@@ -1,17 +1,9 @@
 #!/usr/bin/env bash
-# Install the Debian packages the checks need, if missing.
+# Install what the checks need on a fresh Debian 12 machine, if missing:
+# Debian's rustc-web (bare-metal targets, the kernel), clang/lld/llvm, QEMU
+# (x86_64 and aarch64, from bookworm-backports), the kernel source package,
+# busybox, bindgen-cli. The kernel harness's setup script knows the list.
 set -euo pipefail
-pkgs=(rustc-web cargo-web rust-web-src lld)
-missing=()
-for p in "${pkgs[@]}"; do
-    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "installing: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q
-    apt-get install -y -q "${missing[@]}"
-else
-    echo "all packages present"
-fi
+cd "$(dirname "$0")/.."
+bash backend-kernel/harness/setup.sh
 /usr/bin/rustc --version
