@@ -54,6 +54,11 @@ fn uffd(c: &mut Criterion) {
                     walk / out.timed_walks.max(1) as f64,
                 );
                 report::record(
+                    &format!("uffd/walk_ns_median/{mib}"),
+                    out.walk_median.as_nanos() as f64,
+                );
+                report::record(&format!("uffd/walk_passes/{mib}"), out.timed_walks as f64);
+                report::record(
                     &format!("uffd/round_trip_ns/{mib}"),
                     (total - walk) / out.stats.lock_drops.max(1) as f64,
                 );

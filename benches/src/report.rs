@@ -144,8 +144,15 @@ pub fn machine_lines() -> Vec<(String, String)> {
         })
         .and_then(|kb| kb.parse::<u64>().ok())
         .map_or_else(|| "unknown".into(), |kb| format!("{} GiB", kb / (1 << 20)));
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into());
     vec![
         ("CPU".into(), format!("{cpu} ({cores} CPUs online)")),
+        (
+            "load average (1/5/15 min) when the report was written".into(),
+            load,
+        ),
         ("memory".into(), mem),
         ("kernel".into(), kernel),
         ("THP".into(), thp),
@@ -198,6 +205,14 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     }
 }
 
+fn secs(s: f64) -> String {
+    if s >= 1.0 {
+        format!("{s:.1} s")
+    } else {
+        format!("{:.0} ms", s * 1e3)
+    }
+}
+
 fn mib(bytes: f64) -> String {
     format!("{} MiB", (bytes / MIB as f64).round())
 }
@@ -218,6 +233,12 @@ pub fn render(home: &Path, extras: &BTreeMap<String, f64>, run: &RunInfo) -> Str
     let _ = writeln!(o, "## Machine\n\n| | |\n|---|---|");
     for (k, v) in machine_lines() {
         let _ = writeln!(o, "| {k} | {v} |");
+    }
+    if let Some(l) = c.extra("loadavg/start") {
+        let _ = writeln!(
+            o,
+            "| load average (1 min) when the benches started | {l:.2} |"
+        );
     }
 
     // 1. Snapshot walk.
@@ -344,8 +365,8 @@ pub fn render(home: &Path, extras: &BTreeMap<String, f64>, run: &RunInfo) -> Str
     );
     let _ = writeln!(
         o,
-        "| size | resume ns/page | vs smallest size | restart ns/page | restart / resume | walker share of round trip | walker ns per pass | round trip ns per page |\n\
-         |---|---|---|---|---|---|---|---|"
+        "| size | resume ns/page | vs smallest size | restart ns/page | restart / resume | walker share (instrumented run) | walker share (median pass x passes / resume time) | walker ns per pass: mean / median | round trip ns per page (instrumented run) |\n\
+         |---|---|---|---|---|---|---|---|---|"
     );
     let mut sizes: Vec<u64> =
         c.x.keys()
@@ -368,9 +389,9 @@ pub fn render(home: &Path, extras: &BTreeMap<String, f64>, run: &RunInfo) -> Str
         let rst_s = match (rst, restart_fit, pages, res) {
             (Some(v), _, _, _) => f(Some(v), 0),
             (None, Some((_, b)), Some(p), Some(r)) => format!(
-                "not run (quadratic); extrapolated ~{:.0} (~{:.0} s per fault-in)",
+                "not run (quadratic); extrapolated ~{:.0} (~{} per fault-in)",
                 r + b * p,
-                (r + b * p) * p / 1e9
+                secs((r + b * p) * p / 1e9)
             ),
             _ => "not run".into(),
         };
@@ -381,14 +402,27 @@ pub fn render(home: &Path, extras: &BTreeMap<String, f64>, run: &RunInfo) -> Str
             }
             _ => "n/a".into(),
         };
+        let pct = |v: Option<f64>| v.map_or("n/a".into(), |s| format!("{:.2}%", s * 100.0));
         let share = c.extra(&format!("uffd/walk_share/{m}"));
+        let median = c.extra(&format!("uffd/walk_ns_median/{m}"));
+        let robust = match (
+            median,
+            c.extra(&format!("uffd/walk_passes/{m}")),
+            res,
+            pages,
+        ) {
+            (Some(md), Some(n), Some(r), Some(p)) => Some(md * n / (r * p)),
+            _ => None,
+        };
         let _ = writeln!(
             o,
-            "| {m} MiB | {} | {} | {rst_s} | {blow} | {} | {} | {} |",
+            "| {m} MiB | {} | {} | {rst_s} | {blow} | {} | {} | {} / {} | {} |",
             f(res, 0),
-            f(ratio(res, first), 2).to_string() + "x",
-            share.map_or("n/a".into(), |s| format!("{:.2}%", s * 100.0)),
+            ratio(res, first).map_or("n/a".into(), |v| format!("{v:.2}x")),
+            pct(share),
+            pct(robust),
             f(c.extra(&format!("uffd/walk_ns_per_pass/{m}")), 0),
+            f(median, 0),
             f(c.extra(&format!("uffd/round_trip_ns/{m}")), 0),
         );
     }

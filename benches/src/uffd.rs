@@ -15,7 +15,7 @@
 //! in the same run: the walker's share of the round trip is measured, not
 //! inferred.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -58,6 +58,9 @@ pub struct FaultIn {
     pub walk: Duration,
     /// Walk passes timed ([`TimedMm`] runs only).
     pub timed_walks: u64,
+    /// Median time of one timed walk pass ([`TimedMm`] runs only): robust
+    /// against the thread being preempted inside a few passes.
+    pub walk_median: Duration,
     /// hmm-core's counters.
     pub stats: Stats,
 }
@@ -113,6 +116,9 @@ impl UffdRange {
         let mut out = run(&env, self.start, self.len, policy, pfns, &self.notifier)?;
         out.walk = Duration::from_nanos(t.walk_ns.get());
         out.timed_walks = t.walks.get();
+        let mut v = t.passes.take();
+        v.sort_unstable();
+        out.walk_median = Duration::from_nanos(v.get(v.len() / 2).copied().unwrap_or(0));
         Ok(out)
     }
 
@@ -164,6 +170,7 @@ where
         elapsed,
         walk: Duration::ZERO,
         timed_walks: 0,
+        walk_median: Duration::ZERO,
         stats,
     })
 }
@@ -193,6 +200,7 @@ pub struct TimedMm<'a> {
     inner: MmHandle<'a>,
     walk_ns: Cell<u64>,
     walks: Cell<u64>,
+    passes: RefCell<Vec<u64>>,
 }
 
 impl<'a> TimedMm<'a> {
@@ -202,6 +210,7 @@ impl<'a> TimedMm<'a> {
             inner,
             walk_ns: Cell::new(0),
             walks: Cell::new(0),
+            passes: RefCell::new(Vec::new()),
         }
     }
 }
@@ -230,6 +239,7 @@ impl MmView for TimedGuard<'_> {
             let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
             self.owner.walk_ns.set(self.owner.walk_ns.get() + ns);
             self.owner.walks.set(self.owner.walks.get() + 1);
+            self.owner.passes.borrow_mut().push(ns);
         }
     }
 }

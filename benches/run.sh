@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Run the benchmark suite and write the report.
+#
+#   benches/run.sh --quick   CI smoke: small sizes, short criterion times
+#                            (under 3 minutes once built); writes the report
+#                            to $CARGO_TARGET_DIR/hmm-bench/BENCHMARKS.md
+#   benches/run.sh           full sizes (1 GiB walks, userfaultfd up to
+#                            1 GiB); writes BENCHMARKS.md at the repository
+#                            root
+#
+# Extra arguments after the mode are passed to criterion (e.g. a filter:
+# `benches/run.sh --quick walk/sim`). Nothing here asserts a timing.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+cd "$root"
+
+mode=full
+if [[ "${1:-}" == "--quick" ]]; then
+    mode=quick
+    shift
+fi
+
+target="${CARGO_TARGET_DIR:-$root/target}"
+out_dir="$target/hmm-bench/$mode"
+rm -rf "$out_dir"
+mkdir -p "$out_dir"
+export CRITERION_HOME="$out_dir/criterion"
+export HMM_BENCH_EXTRA="$out_dir/extra.tsv"
+
+crit_args=()
+if [[ $mode == quick ]]; then
+    export HMM_BENCH_QUICK=1
+    crit_args=(--warm-up-time 0.1 --measurement-time 0.3 --sample-size 10)
+    report="$out_dir/BENCHMARKS.md"
+else
+    unset HMM_BENCH_QUICK
+    report="$root/BENCHMARKS.md"
+fi
+
+cargo build --release -p hmm-benches --bin hmm-bench-report
+cargo bench -p hmm-benches --no-run
+
+printf 'loadavg/start\t%s\n' "$(cut -d' ' -f1 /proc/loadavg)" >> "$HMM_BENCH_EXTRA"
+start=$(date +%s)
+for b in walk fault uffd contended guest; do
+    echo "== bench $b ($mode)"
+    cargo bench -p hmm-benches --bench "$b" -- "${crit_args[@]}" "$@"
+done
+echo "== benches ran in $(( $(date +%s) - start )) s"
+
+commit="$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if ! git -C "$root" diff --quiet HEAD -- benches 2>/dev/null; then
+    commit="$commit (benches modified)"
+fi
+cmd="benches/run.sh"
+[[ $mode == quick ]] && cmd="benches/run.sh --quick"
+"$target/release/hmm-bench-report" "$CRITERION_HOME" "$HMM_BENCH_EXTRA" "$report" \
+    "$mode" "$commit" "$cmd"
+echo "== report: $report"
