@@ -176,6 +176,8 @@ where
             let r = range_fault_unlocked(&env, &mut range, &opts, &mut st);
             bump(&self.counters.host_faults, st.faults);
             bump(&self.counters.host_lock_drops, st.lock_drops);
+            bump(&self.counters.host_resumes, st.resumes);
+            bump(&self.counters.host_restarts, st.restarts);
             match r {
                 Ok(()) => break range.notifier_seq,
                 Err(Error::Again) if nowait => {
@@ -534,6 +536,7 @@ mod tests {
         ));
         assert_eq!(leaves(&vm).len(), 8);
         assert_eq!(vm.stats().host_lock_drops, 8);
+        assert_eq!((vm.stats().host_resumes, vm.stats().host_restarts), (8, 0));
         assert_eq!(vm.audit(), Ok(8));
     }
 

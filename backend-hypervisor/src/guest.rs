@@ -73,6 +73,10 @@ pub struct GuestStats {
     pub host_faults: u64,
     /// Host faults that dropped the mmap lock.
     pub host_lock_drops: u64,
+    /// Host walks resumed at the faulting page after a lock drop.
+    pub host_resumes: u64,
+    /// Host walks restarted from the window start (the sequence moved).
+    pub host_restarts: u64,
     /// Invalidate callbacks that unmapped something in a live region.
     pub invalidations: u64,
     /// Blocks split by invalidations.
@@ -96,6 +100,8 @@ pub(crate) struct Counters {
     pub leaves_1g: AtomicU64,
     pub host_faults: AtomicU64,
     pub host_lock_drops: AtomicU64,
+    pub host_resumes: AtomicU64,
+    pub host_restarts: AtomicU64,
     pub invalidations: AtomicU64,
     pub splits: AtomicU64,
     pub split_fallbacks: AtomicU64,
@@ -236,6 +242,8 @@ where
             leaves_1g: l(&c.leaves_1g),
             host_faults: l(&c.host_faults),
             host_lock_drops: l(&c.host_lock_drops),
+            host_resumes: l(&c.host_resumes),
+            host_restarts: l(&c.host_restarts),
             invalidations: l(&c.invalidations),
             splits: l(&c.splits),
             split_fallbacks: l(&c.split_fallbacks),

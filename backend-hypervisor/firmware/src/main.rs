@@ -121,8 +121,11 @@ fn firmware_checks(tally: &mut Tally) {
         drops >= 32 && st.host_lock_drops >= 32,
         drops,
     );
-    let (resumes, _) = hostmm::retry::counts();
-    tally.check("walks_resumed_after_lock_drops", resumes >= 32, resumes);
+    tally.check(
+        "walks_resumed_after_lock_drops",
+        st.host_resumes >= 32,
+        st.host_resumes,
+    );
     tally.check(
         "async_fault_deferred_and_completed",
         st.pending >= 1 && st.async_completed >= 1,
@@ -160,9 +163,8 @@ fn print_counters() {
     counter("stage2_map_1g", st.leaves_1g);
     counter("host_faults", st.host_faults);
     counter("lock_drops", st.host_lock_drops);
-    let (resumes, restarts) = hostmm::retry::counts();
-    counter("resumes", resumes);
-    counter("restarts_after_drop", restarts);
+    counter("resumes", st.host_resumes);
+    counter("restarts", st.host_restarts);
     counter("async_deferred", st.pending);
     counter("async_completed", st.async_completed);
     counter("invalidations_host", HOST_MM.notifiers.count());

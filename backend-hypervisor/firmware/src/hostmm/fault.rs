@@ -149,7 +149,6 @@ impl FaultHandler<HostMm> for HostMm {
                 drop(guard);
                 self.counters.lock_drops.fetch_add(1, Ordering::Relaxed);
                 self.uffd.wait(slot);
-                super::retry::note_drop();
                 return FaultOutcome::Retry;
             }
         };

@@ -20,7 +20,6 @@
 pub mod fault;
 pub mod notifier;
 pub mod pgtable;
-pub mod retry;
 pub mod uffd;
 
 use core::ops::ControlFlow;

@@ -72,9 +72,7 @@ impl IntervalNotifier for Subscription {
     }
 
     fn check_retry(&self, seq: u64) -> bool {
-        let moved = self.seq.load(Ordering::Acquire) != seq;
-        super::retry::observe_check(moved);
-        moved
+        self.seq.load(Ordering::Acquire) != seq
     }
 
     fn read_retry(&self, seq: u64) -> bool {
