@@ -130,19 +130,59 @@ pub enum StormOp {
     Split,
 }
 
+/// Tickets pacing a storm: each [`Pace::tick`] allows one storm operation.
+/// Tying the storm to the progress of the threads it disturbs (one
+/// invalidation per completed device fault, say) keeps it concurrent with
+/// them without starving them, and without any timing.
+#[derive(Debug, Default)]
+pub struct Pace {
+    tickets: Mutex<u64>,
+    cv: std::sync::Condvar,
+}
+
+impl Pace {
+    /// A pace with no tickets.
+    pub fn new() -> Arc<Pace> {
+        Arc::new(Pace::default())
+    }
+
+    /// Allow one more operation.
+    pub fn tick(&self) {
+        *self.tickets.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.cv.notify_one();
+    }
+
+    /// Take a ticket, waiting for one; false once `stop` is set.
+    fn take(&self, stop: &AtomicBool) -> bool {
+        let g = self.tickets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self
+            .cv
+            .wait_while(g, |t| *t == 0 && !stop.load(Ordering::SeqCst))
+            .unwrap_or_else(|e| e.into_inner());
+        if stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        *g -= 1;
+        true
+    }
+}
+
 /// A running invalidation storm: CPU threads invalidating random windows of
 /// a range until stopped.
 #[derive(Debug)]
 pub struct Storm {
     stop: Arc<AtomicBool>,
+    pace: Option<Arc<Pace>>,
     threads: Vec<std::thread::JoinHandle<u64>>,
 }
 
 impl Storm {
     /// Start `threads` threads, each invalidating random `window`-sized,
     /// window-aligned pieces of `[start, end)` with the given operations,
-    /// from `seed`. Operations that fail (e.g. the range was unmapped) are
-    /// skipped.
+    /// from `seed`, as fast as they can, or one operation per ticket of
+    /// `pace` if given. Operations that fail (e.g. the range was unmapped)
+    /// are skipped.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         mm: &Arc<Mm>,
         start: u64,
@@ -151,18 +191,25 @@ impl Storm {
         ops: &[StormOp],
         threads: usize,
         seed: u64,
+        pace: Option<Arc<Pace>>,
     ) -> Storm {
         let stop = Arc::new(AtomicBool::new(false));
         let ops: Arc<[StormOp]> = ops.into();
         let threads = (0..threads)
             .map(|t| {
                 let (mm, stop, ops) = (mm.clone(), stop.clone(), ops.clone());
+                let pace = pace.clone();
                 std::thread::spawn(move || {
                     let task = Task::new();
                     let mut rng = SplitMix64::new(seed ^ (t as u64).wrapping_mul(0x9E37));
                     let windows = ((end - start) / window).max(1);
                     let mut n = 0u64;
                     while !stop.load(Ordering::Relaxed) {
+                        if let Some(p) = &pace {
+                            if !p.take(&stop) {
+                                break;
+                            }
+                        }
                         let a = start + rng.below(windows) * window;
                         let b = (a + window).min(end);
                         let op = ops[rng.below(ops.len() as u64) as usize];
@@ -173,12 +220,20 @@ impl Storm {
                 })
             })
             .collect();
-        Storm { stop, threads }
+        Storm {
+            stop,
+            pace,
+            threads,
+        }
     }
 
     /// Stop the storm; returns the number of operations performed.
     pub fn stop(self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(p) = &self.pace {
+            drop(p.tickets.lock().unwrap_or_else(|e| e.into_inner()));
+            p.cv.notify_all();
+        }
         self.threads
             .into_iter()
             .map(|t| t.join().unwrap_or(0))

@@ -4,8 +4,10 @@
 //! notifier subscriptions and the migration wait queue. Its mmap lock is a
 //! real reader-writer lock shared by threads: [`Mm::read`] (uninterruptible),
 //! [`Mm::read_killable`] (ends with `-EINTR` when the task gets a fatal
-//! signal) and [`Mm::write`]. Readers wait behind a waiting writer, so a
-//! stream of readers cannot starve munmap.
+//! signal) and [`Mm::write`]. It is phase-fair: new readers wait behind a
+//! waiting writer, so a stream of readers cannot starve munmap, and the
+//! readers that waited through a writer enter before the next writer, so a
+//! stream of writers cannot starve faults either.
 //!
 //! [`MmHandle`] is an mm seen from one task; it implements
 //! [`hmm_core::MmapLock`] (its guard, [`MmReadGuard`], implements
@@ -33,6 +35,24 @@ struct LockState {
     readers: u32,
     writer: bool,
     writers_waiting: u32,
+    readers_waiting: u32,
+    /// Readers that may still enter ahead of waiting writers: set when a
+    /// writer unlocks to the number of readers then waiting, so that writers
+    /// and readers alternate (phase-fair) and neither side starves.
+    reader_turn: u32,
+}
+
+impl LockState {
+    fn reader_may_enter(&self) -> bool {
+        !self.writer && (self.writers_waiting == 0 || self.reader_turn > 0)
+    }
+    fn enter_read(&mut self) {
+        self.readers += 1;
+        self.reader_turn = self.reader_turn.saturating_sub(1);
+    }
+    fn writer_may_enter(&self) -> bool {
+        !self.writer && self.readers == 0 && self.reader_turn == 0
+    }
 }
 
 static NEXT_MM: AtomicU64 = AtomicU64::new(1);
@@ -103,6 +123,7 @@ impl Drop for MmWriteGuard<'_> {
     fn drop(&mut self) {
         let mut g = self.mm.lock.lock();
         g.writer = false;
+        g.reader_turn = g.readers_waiting;
         drop(g);
         self.mm.lock.notify_all();
     }
@@ -149,9 +170,13 @@ impl Mm {
 
     /// `mmap_read_lock`.
     pub fn read<'a>(&'a self, task: &'a Task) -> MmReadGuard<'a> {
-        let g = self.lock.lock();
-        let mut g = self.lock.wait(g, |s| !s.writer && s.writers_waiting == 0);
-        g.readers += 1;
+        let mut g = self.lock.lock();
+        if !g.reader_may_enter() {
+            g.readers_waiting += 1;
+            g = self.lock.wait(g, |s| s.reader_may_enter());
+            g.readers_waiting -= 1;
+        }
+        g.enter_read();
         MmReadGuard { mm: self, task }
     }
 
@@ -160,16 +185,28 @@ impl Mm {
         if task.fatal_signal_pending() {
             return Err(Error::Intr);
         }
-        let g = self.lock.lock();
+        let mut g = self.lock.lock();
+        if g.reader_may_enter() {
+            g.enter_read();
+            return Ok(MmReadGuard { mm: self, task });
+        }
+        g.readers_waiting += 1;
         let (mut g, r) = self
             .lock
-            .wait_killable(Some(task), g, None, |s| !s.writer && s.writers_waiting == 0);
+            .wait_killable(Some(task), g, None, |s| s.reader_may_enter());
+        g.readers_waiting -= 1;
         match r {
             Ok(()) => {
-                g.readers += 1;
+                g.enter_read();
                 Ok(MmReadGuard { mm: self, task })
             }
-            Err(WaitEnd::Killed | WaitEnd::TimedOut) => Err(Error::Intr),
+            Err(WaitEnd::Killed | WaitEnd::TimedOut) => {
+                // Give up our turn, if we had one, to the writers.
+                g.reader_turn = g.reader_turn.min(g.readers_waiting);
+                drop(g);
+                self.lock.notify_all();
+                Err(Error::Intr)
+            }
         }
     }
 
@@ -180,7 +217,7 @@ impl Mm {
     pub(crate) fn read_nowait_writers<'a>(&'a self, task: &'a Task) -> MmReadGuard<'a> {
         let g = self.lock.lock();
         let mut g = self.lock.wait(g, |s| !s.writer);
-        g.readers += 1;
+        g.enter_read();
         MmReadGuard { mm: self, task }
     }
 
@@ -198,7 +235,7 @@ impl Mm {
     pub fn write(&self) -> MmWriteGuard<'_> {
         let mut g = self.lock.lock();
         g.writers_waiting += 1;
-        let mut g = self.lock.wait(g, |s| !s.writer && s.readers == 0);
+        let mut g = self.lock.wait(g, |s| s.writer_may_enter());
         g.writers_waiting -= 1;
         g.writer = true;
         MmWriteGuard { mm: self }
