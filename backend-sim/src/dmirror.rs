@@ -552,7 +552,7 @@ impl Mirror {
     /// `HMM_DMIRROR_READ`: copy the range through the device into
     /// `cmd.buf`, faulting missing pages in with `hmm_range_fault`.
     pub fn read(&self, task: &Task, cmd: &mut Cmd) -> Result<(), Errno> {
-        self.read_with(task, cmd, |m, a, b| m.fault(task, a, b, false))
+        self.read_with(cmd, |m, a, b| m.fault(task, a, b, false))
     }
 
     /// The seed's `HMM_DMIRROR_READ_UNLOCKED`: READ faulting through the
@@ -565,14 +565,13 @@ impl Mirror {
         opts: &Options,
         stats: &mut Stats,
     ) -> Result<(), Errno> {
-        self.read_with(task, cmd, |m, a, b| {
+        self.read_with(cmd, |m, a, b| {
             m.fault_unlocked(task, a, b, false, UNLOCKED_CHUNK, opts, stats)
         })
     }
 
     fn read_with(
         &self,
-        _task: &Task,
         cmd: &mut Cmd,
         mut fault: impl FnMut(&Self, u64, u64) -> Result<(), Errno>,
     ) -> Result<(), Errno> {
@@ -727,24 +726,21 @@ impl Mirror {
         let mm = &self.inner.mm;
         let owner = self.owner();
         let machine = self.inner.device.machine.clone();
-        let moved = {
+        {
             let g = mm.read(task);
             self.check_readable(start, end)?;
             let mut alloc = || machine.alloc(0, FrameKind::DevicePrivate(owner));
-            let mut moved = Vec::new();
             let mut a = start;
             while a < end {
                 let b = (a + FAULT_CHUNK * PAGE_SIZE).min(end);
-                moved.extend(mm.migrate_to_device(&g, a, b, owner, &mut alloc));
+                mm.migrate_to_device(&g, a, b, owner, &mut alloc);
                 a = b;
             }
-            moved
-        };
+        }
         {
             // Map every page of the range that the CPU maps in this device's
             // memory: the ones just migrated and the ones already there. A
             // page a CPU fault has meanwhile moved back is not mapped.
-            let _ = moved;
             let mut pt = self.inner.pt();
             let mut a = start;
             while a < end {

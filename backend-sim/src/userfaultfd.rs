@@ -700,3 +700,95 @@ impl UffdCtx {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fault::handle_mm_fault;
+    use crate::Machine;
+
+    fn setup() -> (Arc<Mm>, Arc<UffdCtx>, u64) {
+        let m = Machine::new();
+        let mm = Mm::new(&m);
+        let a = mm
+            .mmap_anon(None, 4 * PAGE_SIZE, VmFlags::READ | VmFlags::WRITE)
+            .unwrap();
+        let u = mm.userfaultfd(Features::default());
+        u.register(a, 4 * PAGE_SIZE, true, false).unwrap();
+        (mm, u, a)
+    }
+
+    #[test]
+    fn without_allow_retry_the_fault_is_sigbus() {
+        let (mm, u, a) = setup();
+        let t = Task::new();
+        let out = handle_mm_fault(mm.read(&t), a, FaultFlags::REMOTE);
+        assert!(matches!(out, FaultOutcome::Error(_, VmFaultError::Sigbus)));
+        assert_eq!(u.faults(), 0);
+    }
+
+    #[test]
+    fn retry_nowait_keeps_the_lock_and_queues_nothing() {
+        let (mm, u, a) = setup();
+        let t = Task::new();
+        let f = FaultFlags::REMOTE | FaultFlags::ALLOW_RETRY | FaultFlags::RETRY_NOWAIT;
+        assert!(matches!(
+            handle_mm_fault(mm.read(&t), a, f),
+            FaultOutcome::WouldBlock(_)
+        ));
+        assert_eq!(u.faults(), 0);
+    }
+
+    #[test]
+    fn a_resolved_fault_returns_retry_after_dropping_the_lock() {
+        let (mm, u, a) = setup();
+        let handler = {
+            let u = u.clone();
+            std::thread::spawn(move || {
+                let t = Task::new();
+                let m = u.read(&t).unwrap();
+                let UffdMsg::Pagefault { addr, write, .. } = m else {
+                    panic!("{m:?}")
+                };
+                assert!(write);
+                // The faulter dropped the mmap lock: a writer gets in.
+                drop(u.mm().unwrap().write());
+                u.copy(
+                    &t,
+                    addr,
+                    &vec![3u8; PAGE_SIZE as usize],
+                    CopyMode::default(),
+                )
+                .unwrap()
+            })
+        };
+        let t = Task::new();
+        let f =
+            FaultFlags::REMOTE | FaultFlags::ALLOW_RETRY | FaultFlags::KILLABLE | FaultFlags::WRITE;
+        assert!(matches!(
+            handle_mm_fault(mm.read(&t), a, f),
+            FaultOutcome::Retry
+        ));
+        assert_eq!(handler.join().unwrap(), PAGE_SIZE);
+        let mut b = [0u8; 2];
+        mm.read_bytes(&t, a, &mut b).unwrap();
+        assert_eq!(b, [3, 3]);
+        // A second COPY onto the mapped page is -EEXIST.
+        assert_eq!(
+            u.copy(&t, a, &vec![4u8; PAGE_SIZE as usize], CopyMode::default()),
+            Err(Errno::EEXIST)
+        );
+    }
+
+    #[test]
+    fn zeropage_maps_the_zero_page_read_only() {
+        let (mm, u, a) = setup();
+        let t = Task::new();
+        assert_eq!(
+            u.zeropage(&t, a, PAGE_SIZE, CopyMode::default()),
+            Ok(PAGE_SIZE)
+        );
+        assert_eq!(mm.pte_at(a).1, Some(ZERO_PFN));
+        assert!(matches!(mm.pte_at(a).0, Pte::Present { write: false, .. }));
+    }
+}
