@@ -267,7 +267,8 @@ pub struct Report {
     pub invalidations: u64,
     /// Notifier invalidations the mm ran.
     pub notifier_invalidations: u64,
-    /// Time until every window was mirrored once.
+    /// Time until every window was mirrored once (the final re-mirror pass
+    /// and the checks are not included).
     pub elapsed: Duration,
     /// Device entries checked against the CPU page tables.
     pub coherent_entries: u64,
@@ -344,7 +345,7 @@ impl fmt::Display for Report {
             "  invalidations     {} CPU operations, {} notifier invalidations",
             self.invalidations, self.notifier_invalidations
         )?;
-        writeln!(f, "  elapsed           {:.3} s", secs)?;
+        writeln!(f, "  elapsed           {:.3} s  (mirroring phase)", secs)?;
         writeln!(
             f,
             "  throughput        {:.0} pages/s ({}/s)",
