@@ -792,27 +792,46 @@ impl Mirror {
     pub fn exclusive(&self, task: &Task, cmd: &mut Cmd) -> Result<(), Errno> {
         let (start, end) = cmd_range(cmd)?;
         let mm = &self.inner.mm;
-        let mut taken = Vec::new();
-        {
-            let mut g = mm.read(task);
-            let mut a = start;
-            while a < end {
-                let (g2, r) = mm.make_device_exclusive(g, a, self.owner());
-                g = g2;
-                match r {
-                    Ok(pfn) => taken.push((a, pfn)),
-                    Err(_) => return Err(Errno::EBUSY),
-                }
-                a += PAGE_SIZE;
+        let notifier = self.inner.notifier();
+        let deadline = Instant::now() + HMM_RANGE_DEFAULT_TIMEOUT;
+        loop {
+            if Instant::now() > deadline {
+                return Err(Errno::EBUSY);
             }
-        }
-        {
+            let mut taken = Vec::new();
+            {
+                let mut g = mm.read(task);
+                let mut a = start;
+                while a < end {
+                    let (g2, r) = mm.make_device_exclusive(g, a, self.owner());
+                    g = g2;
+                    match r {
+                        Ok(pfn) => taken.push((a, pfn)),
+                        Err(_) => return Err(Errno::EBUSY),
+                    }
+                    a += PAGE_SIZE;
+                }
+            }
+            // Linux keeps the folios locked until they are mapped, which
+            // holds off a CPU fault restoring them. Here a sequence taken
+            // after our own invalidations plays that role: a restore that
+            // began earlier shows in the entry check below, a later one
+            // moves the sequence.
+            let seq = notifier.read_begin();
             let mut pt = self.inner.pt();
-            for (a, pfn) in taken {
-                if matches!(mm.pte_at(a).0, Pte::DeviceExclusive { pfn: p, .. } if p == pfn) {
-                    pt.set(a, DEV_VALID | DEV_ATOMIC | pfn);
-                }
+            if notifier.read_retry(seq) {
+                continue;
             }
+            let all = taken
+                .iter()
+                .all(|&(a, pfn)| matches!(mm.pte_at(a).0, Pte::DeviceExclusive { pfn: p, .. } if p == pfn));
+            if !all {
+                continue;
+            }
+            for (a, pfn) in taken {
+                pt.set(a, DEV_VALID | DEV_ATOMIC | pfn);
+            }
+            break;
         }
         let mut bounce = vec![0u8; (end - start) as usize];
         match self.do_read(start, end, &mut bounce) {
