@@ -10,12 +10,14 @@
 //!   the present / swap / migration / device-private / device-exclusive /
 //!   hwpoison / marker encodings;
 //! * [`vma`]: VMAs, files with a page cache;
+//! * [`machine`]: what processes share: physical memory, swap, the
+//!   device-private memory owners, fault injection;
 //! * [`mm`]: the address space and its reader-writer mmap lock
 //!   (implementing [`hmm_core::MmapLock`]; its read guard is the
 //!   [`hmm_core::MmView`]);
 //! * [`fault`]: `handle_mm_fault` (implementing [`hmm_core::FaultHandler`]);
 //! * [`ops`]: CPU-side operations (touch, mmap, munmap, mprotect, mremap,
-//!   madvise, fork, swap, migration, hwpoison, THP split);
+//!   madvise, fork, swap, migration, hwpoison, THP split, OOM reaping);
 //! * [`notifier`]: MMU interval notifiers with the kernel's sequence rules;
 //! * [`userfaultfd`]: MISSING / WP registration, COPY / ZEROPAGE / WAKE /
 //!   WRITEPROTECT, REMOVE / UNMAP events, lock-dropping waits;

@@ -861,6 +861,35 @@ impl Mm {
         }
     }
 
+    /// The OOM reaper (`__oom_reap_task_mm`): zap the private anonymous
+    /// memory of a dying process with *non-blockable* invalidations. A VMA
+    /// whose notifier callbacks would have to sleep (a driver lock is
+    /// contended) is skipped, as Linux does, and left for a later pass.
+    /// Returns `(vmas reaped, vmas skipped)`.
+    pub fn oom_reap(&self, task: &Task) -> Result<(u64, u64), Errno> {
+        let _g = self.read_killable(task)?;
+        let vmas: Vec<VmaInfo> = self
+            .vmas()
+            .iter()
+            .filter(|v| v.is_anon() && !v.is_hugetlb() && v.is_cow())
+            .cloned()
+            .collect();
+        let (mut reaped, mut skipped) = (0, 0);
+        for v in vmas {
+            let mut r = InvalidateRange::new(v.start, v.end, Event::Clear);
+            r.blockable = false;
+            match self.notifiers.invalidate_range_start(&r) {
+                Ok(_inv) => {
+                    self.split_edges(v.start, v.end);
+                    self.zap(v.start, v.end);
+                    reaped += 1;
+                }
+                Err(_) => skipped += 1,
+            }
+        }
+        Ok((reaped, skipped))
+    }
+
     // ----------------------------------------------------- device memory
 
     /// `migrate_vma_*` to device-private memory: under the mmap read lock,

@@ -562,3 +562,20 @@ fn compound_pud_hugetlb_reports_pud_order() {
         .all(|&m| m == dmirror::PROT_WRITE | dmirror::PROT_PUD));
     h.mm.munmap(&h.task, p, size).unwrap();
 }
+
+/// The OOM reaper invalidates without blocking; the mirror's callback uses
+/// a trylock and the device entries go away with the pages.
+#[test]
+fn oom_reaper_uses_non_blockable_invalidations() {
+    let h = Hmm::new();
+    let p = h.mm.mmap_anon(None, 8 * PAGE_SIZE, RW).unwrap();
+    h.fill(p, (8 * PAGE_SIZE / 4) as usize, |i| i);
+    let mut cmd = Cmd::new(p, 8);
+    h.fd.read(&h.task, &mut cmd).unwrap();
+    assert_eq!(h.fd.entries(), 8);
+    let used = h.machine.frames.in_use();
+    assert_eq!(h.mm.oom_reap(&h.task), Ok((1, 0)));
+    assert_eq!(h.fd.entries(), 0);
+    assert_eq!(h.machine.frames.in_use(), used - 8);
+    assert_eq!(h.fd.check_coherent(&h.task), Ok(0));
+}
