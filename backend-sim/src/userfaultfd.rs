@@ -2,7 +2,7 @@
 //!
 //! A [`UffdCtx`] is one userfaultfd. Ranges are registered in MISSING and/or
 //! WP mode ([`UffdCtx::register`]). A fault on a registered range goes to
-//! [`handle_userfault`], which follows Linux's order of checks:
+//! `handle_userfault`, which follows Linux's order of checks:
 //!
 //! * no `ALLOW_RETRY` in the fault flags: `VM_FAULT_SIGBUS` (this is what
 //!   Linux's `hmm_range_fault` hits, hence `-EFAULT`);
