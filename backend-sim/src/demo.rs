@@ -123,7 +123,8 @@ OPTIONS:
                              2 MiB per fault
     --latency-us N           handler latency per 4 KiB page supplied, in
                              microseconds (default 0: as fast as the
-                             handler thread can copy)
+                             handler thread can copy; waits under 1 ms
+                             spin, longer ones sleep)
     --seed N                 seed of the data pattern and of the
                              invalidators' choices (default 1)
     --invalidators N         CPU threads invalidating the region (default 2)
@@ -389,6 +390,20 @@ fn fill_pattern(buf: &mut [u8], addr: u64, seed: u64) {
     }
 }
 
+/// The handler's simulated per-fault latency (the network round trip of a
+/// post-copy migration). Short waits spin, because a sleep would last at
+/// least the timer slack (tens of microseconds); long ones sleep.
+fn wait_latency(d: Duration) {
+    if d >= Duration::from_millis(1) {
+        std::thread::sleep(d);
+        return;
+    }
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        std::hint::spin_loop();
+    }
+}
+
 /// Progress of the device threads, for the caller's progress display.
 #[derive(Debug, Default)]
 struct Progress {
@@ -433,7 +448,7 @@ pub fn run(cfg: &Config, progress: &mut dyn FnMut(u64, u64)) -> Result<Report, S
                 };
                 let base = addr & !(unit - 1);
                 if latency > 0 {
-                    std::thread::sleep(Duration::from_micros(latency * (unit / PAGE_SIZE)));
+                    wait_latency(Duration::from_micros(latency * (unit / PAGE_SIZE)));
                 }
                 for (i, p) in buf.chunks_exact_mut(PAGE_SIZE as usize).enumerate() {
                     fill_pattern(p, base + i as u64 * PAGE_SIZE, seed);
