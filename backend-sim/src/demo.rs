@@ -557,16 +557,22 @@ pub fn run(cfg: &Config, progress: &mut dyn FnMut(u64, u64)) -> Result<Report, S
         }
         // Progress display while the device threads run.
         loop {
+            // Checked before reading the count, so the last report is final.
+            let finished = devs.iter().all(|h| h.is_finished());
             let done = {
                 let g = prog.windows_done.lock().unwrap_or_else(|e| e.into_inner());
-                let (g, _) = prog
-                    .cv
-                    .wait_timeout(g, Duration::from_millis(100))
-                    .unwrap_or_else(|e| e.into_inner());
-                *g
+                if finished {
+                    *g
+                } else {
+                    let (g, _) = prog
+                        .cv
+                        .wait_timeout(g, Duration::from_millis(100))
+                        .unwrap_or_else(|e| e.into_inner());
+                    *g
+                }
             };
             progress((done * cfg.chunk_pages).min(pages), pages);
-            if devs.iter().all(|h| h.is_finished()) {
+            if finished {
                 break;
             }
         }
