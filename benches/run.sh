@@ -2,14 +2,17 @@
 # Run the benchmark suite and write the report.
 #
 #   benches/run.sh --quick   CI smoke: small sizes, short criterion times
-#                            (under 3 minutes once built); writes the report
-#                            to $CARGO_TARGET_DIR/hmm-bench/BENCHMARKS.md
+#                            (under a minute of benches once built); writes
+#                            the report to
+#                            $CARGO_TARGET_DIR/hmm-bench/quick/BENCHMARKS.md
 #   benches/run.sh           full sizes (1 GiB walks, userfaultfd up to
 #                            1 GiB); writes BENCHMARKS.md at the repository
 #                            root
 #
-# Extra arguments after the mode are passed to criterion (e.g. a filter:
-# `benches/run.sh --quick walk/sim`). Nothing here asserts a timing.
+# Arguments after the mode go to criterion (e.g. a filter:
+# `benches/run.sh --quick 'walk/sim'`). Every bench binary is built once
+# before any runs, so all of them measure the same sources. Nothing here
+# asserts a timing.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -39,23 +42,34 @@ else
     report="$root/BENCHMARKS.md"
 fi
 
-cargo build --release -p hmm-benches --bin hmm-bench-report
-cargo bench -p hmm-benches --no-run
+# Build everything (benches and the report writer, same profile) once.
+cargo bench -p hmm-benches --no-run --message-format=json-render-diagnostics \
+    > "$out_dir/build.json"
+cargo build --profile bench -p hmm-benches --bin hmm-bench-report \
+    --message-format=json-render-diagnostics >> "$out_dir/build.json"
+exe_of() { # kind name
+    grep "\"kind\":\[\"$1\"\]" "$out_dir/build.json" | grep "\"name\":\"$2\"" |
+        sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1
+}
+
+commit="$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if ! git -C "$root" diff --quiet HEAD -- benches hmm-core backend-sim backend-hypervisor 2>/dev/null; then
+    commit="$commit + uncommitted changes"
+fi
 
 printf 'loadavg/start\t%s\n' "$(cut -d' ' -f1 /proc/loadavg)" >> "$HMM_BENCH_EXTRA"
 start=$(date +%s)
 for b in walk fault uffd contended guest; do
+    exe="$(exe_of bench "$b")"
+    [[ -x "$exe" ]] || { echo "bench $b was not built" >&2; exit 1; }
     echo "== bench $b ($mode)"
-    cargo bench -p hmm-benches --bench "$b" -- "${crit_args[@]}" "$@"
+    "$exe" --bench "${crit_args[@]}" "$@"
 done
 echo "== benches ran in $(( $(date +%s) - start )) s"
 
-commit="$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-if ! git -C "$root" diff --quiet HEAD -- benches 2>/dev/null; then
-    commit="$commit (benches modified)"
-fi
 cmd="benches/run.sh"
 [[ $mode == quick ]] && cmd="benches/run.sh --quick"
-"$target/release/hmm-bench-report" "$CRITERION_HOME" "$HMM_BENCH_EXTRA" "$report" \
+HMM_BENCH_NOTES="$here/analysis.md" \
+    "$(exe_of bin hmm-bench-report)" "$CRITERION_HOME" "$HMM_BENCH_EXTRA" "$report" \
     "$mode" "$commit" "$cmd"
 echo "== report: $report"

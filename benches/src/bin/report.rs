@@ -1,6 +1,7 @@
 //! `hmm-bench-report CRITERION_HOME EXTRAS OUT.md MODE COMMIT COMMAND...`:
 //! write the benchmark tables from criterion's estimates and the extra
-//! measurements recorded by the bench binaries.
+//! measurements recorded by the bench binaries, followed by the file named
+//! by `HMM_BENCH_NOTES` if set.
 
 use std::path::PathBuf;
 
@@ -31,7 +32,14 @@ fn main() {
             "benches/run.sh".into()
         },
     };
-    let text = render(&home, &extras, &run);
+    let mut text = render(&home, &extras, &run);
+    // Hand-written analysis (profiles, proposed fixes) appended verbatim.
+    if let Some(notes) =
+        std::env::var_os("HMM_BENCH_NOTES").and_then(|p| std::fs::read_to_string(p).ok())
+    {
+        text.push('\n');
+        text.push_str(&notes);
+    }
     if let Err(e) = std::fs::write(&args[2], text) {
         eprintln!("writing {}: {e}", args[2]);
         std::process::exit(1);
