@@ -579,3 +579,19 @@ fn oom_reaper_uses_non_blockable_invalidations() {
     assert_eq!(h.machine.frames.in_use(), used - 8);
     assert_eq!(h.fd.check_coherent(&h.task), Ok(0));
 }
+
+/// `VM_PFNMAP` / `VM_IO` VMAs are never mirrored: ERROR in a snapshot,
+/// `-EFAULT` when a fault is requested.
+#[test]
+fn pfnmap_and_io_vmas_are_errors() {
+    let h = Hmm::new();
+    for io in [false, true] {
+        let p =
+            h.mm.mmap_pfnmap(None, 2 * PAGE_SIZE, RW, 0x9_0000, io)
+                .unwrap();
+        let mut snap = Cmd::new(p, 2);
+        h.fd.snapshot(&h.task, &mut snap).unwrap();
+        assert_eq!(snap.buf, [dmirror::PROT_ERROR, dmirror::PROT_ERROR]);
+        assert_eq!(h.fd.read(&h.task, &mut Cmd::new(p, 2)), Err(Errno::EFAULT));
+    }
+}
