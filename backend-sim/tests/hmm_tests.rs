@@ -167,6 +167,13 @@ fn anon_write_huge() {
     h.fd.write(&h.task, &mut cmd).unwrap();
     assert_eq!((cmd.cpages, cmd.faults), (npages, 1));
     assert_eq!(h.ints(p, n), iota(n, |i| i));
+    // Beyond the kernel test: the device fault really made a THP.
+    let mut snap = Cmd::new(p, npages);
+    h.fd.snapshot(&h.task, &mut snap).unwrap();
+    assert!(snap
+        .buf
+        .iter()
+        .all(|&m| m == dmirror::PROT_WRITE | dmirror::PROT_PMD));
 }
 
 #[test]
