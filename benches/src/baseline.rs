@@ -343,4 +343,17 @@ mod tests {
         let mut mc = vec![0u8; r.pages()];
         assert_eq!(mincore_walk(&r, &mut mc).expect("mincore"), r.pages());
     }
+
+    #[test]
+    fn touch_and_dontneed_change_what_the_kernel_reports_present() {
+        let r = Region::mapped(4 << 20, Backing::Small).expect("mmap");
+        let mut pm = Pagemap::open(4096).expect("pagemap");
+        let mut out = vec![0u64; r.pages()];
+        assert_eq!(pagemap_walk(&mut pm, &r, &mut out).expect("read"), 0);
+        r.touch(2 << 20, true);
+        assert_eq!(pagemap_walk(&mut pm, &r, &mut out).expect("read"), 2);
+        assert!(out[0] >> 63 == 1 && out[512] >> 63 == 1 && out[1] >> 63 == 0);
+        r.dontneed().expect("madvise");
+        assert_eq!(pagemap_walk(&mut pm, &r, &mut out).expect("read"), 0);
+    }
 }
