@@ -301,6 +301,10 @@ impl IntervalOps for MirrorOps {
         let mut pt = if range.blockable {
             m.pt()
         } else {
+            // Injection: the trylock meets a contended driver lock.
+            if m.device.machine.inject.should_refuse_nonblock() {
+                return false;
+            }
             match m.pt.try_lock() {
                 Ok(g) => g,
                 Err(_) => return false,

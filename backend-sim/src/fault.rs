@@ -50,6 +50,7 @@ impl<'h> FaultHandler<MmHandle<'h>> for MmHandle<'h> {
     }
 
     fn migration_wait(&self, guard: &MmReadGuard<'_>, addr: u64) {
+        guard.task().wait_point();
         guard.mm().migration_entry_wait(addr);
     }
 }
@@ -91,6 +92,7 @@ pub fn handle_mm_fault(
             Step::Again => continue,
             Step::Userfault(reason) => return handle_userfault(g, &vma, addr, flags, reason),
             Step::WaitMigration => {
+                g.task().wait_point();
                 mm.migration_entry_wait(addr);
                 return FaultOutcome::Done(g);
             }
@@ -130,6 +132,10 @@ fn fault_once(mm: &Mm, vma: &VmaInfo, addr: u64, write: bool) -> Step {
                     return Step::Done;
                 }
                 // No huge page: fall back to small pages, as Linux does.
+            }
+            // pte_alloc: the page-table page is an allocation too.
+            if mm.machine.inject.should_fail_alloc() {
+                return Step::Error(VmFaultError::Oom);
             }
             let id = mm.tables.alloc();
             store(pmd, Pte::Table(id));

@@ -1,9 +1,20 @@
 //! Fault injection: allocation failures, a bounded userfaultfd wait (a
-//! handler that is dead or never answers), and invalidation storms, all
-//! driven by deterministic seeds.
+//! handler that is dead or never answers), refused non-blockable notifier
+//! callbacks, and invalidation storms, all driven by deterministic seeds.
 //!
-//! Fatal signals are injected with [`Task::kill`](crate::task::Task::kill);
-//! slow handlers are ordinary handler threads that take their time.
+//! Fatal signals are injected with [`Task::kill`](crate::task::Task::kill),
+//! or at a chosen wait with
+//! [`Task::kill_at_wait`](crate::task::Task::kill_at_wait); slow handlers
+//! are ordinary handler threads that take their time.
+//!
+//! # Enumerating injection points
+//!
+//! A [`PointCounter`] counts the times a kind of injection point is reached
+//! (an allocation attempt, a non-blockable notifier callback, a wait of a
+//! task) and can fire at exactly one chosen ordinal. A sweep runs a
+//! scenario once to count its points `n`, then runs it again `n` times,
+//! firing at point `k` in run `k`: every point is injected once, in a
+//! deterministic order.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,6 +48,48 @@ impl SplitMix64 {
     }
 }
 
+/// Counts the times an injection point is reached and fires at one chosen
+/// ordinal (see the module docs).
+#[derive(Debug)]
+pub struct PointCounter {
+    reached: AtomicU64,
+    fire_at: AtomicU64,
+}
+
+impl Default for PointCounter {
+    fn default() -> Self {
+        PointCounter {
+            reached: AtomicU64::new(0),
+            fire_at: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl PointCounter {
+    /// Points reached so far.
+    pub fn reached(&self) -> u64 {
+        self.reached.load(Ordering::SeqCst)
+    }
+
+    /// Fire at the `k`-th point reached from now on (`0`: the next one),
+    /// once. Arm it while no point can be reached concurrently.
+    pub fn fire_at(&self, k: u64) {
+        let at = self.reached().saturating_add(k);
+        self.fire_at.store(at, Ordering::SeqCst);
+    }
+
+    /// Fire at no point.
+    pub fn disarm(&self) {
+        self.fire_at.store(u64::MAX, Ordering::SeqCst);
+    }
+
+    /// Reach a point: count it, and return true if it is the one to fire.
+    pub fn reach(&self) -> bool {
+        let n = self.reached.fetch_add(1, Ordering::SeqCst);
+        n == self.fire_at.load(Ordering::SeqCst)
+    }
+}
+
 /// Injection switches of one machine.
 #[derive(Debug)]
 pub struct Inject {
@@ -48,6 +101,11 @@ pub struct Inject {
     /// Bound on a userfaultfd wait, in nanoseconds (0: unbounded).
     uffd_wait_bound_ns: AtomicU64,
     failed: AtomicU64,
+    /// Allocation attempts, and the one to fail.
+    alloc_points: PointCounter,
+    /// Non-blockable invalidate callbacks of device mirrors, and the one
+    /// whose driver-lock trylock fails.
+    nonblock_points: PointCounter,
 }
 
 impl Default for Inject {
@@ -58,6 +116,8 @@ impl Default for Inject {
             rng: Mutex::new(SplitMix64::new(0)),
             uffd_wait_bound_ns: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            alloc_points: PointCounter::default(),
+            nonblock_points: PointCounter::default(),
         }
     }
 }
@@ -80,11 +140,44 @@ impl Inject {
         self.failed.load(Ordering::Relaxed)
     }
 
+    /// Allocation attempts so far, failed or not: every
+    /// [`Machine::alloc`](crate::Machine::alloc) and every page-table page
+    /// a page fault allocates (`pte_alloc`).
+    pub fn alloc_points(&self) -> u64 {
+        self.alloc_points.reached()
+    }
+
+    /// Fail exactly the `k`-th allocation attempt from now (`0`: the next).
+    pub fn fail_alloc_at(&self, k: u64) {
+        self.alloc_points.fire_at(k);
+    }
+
+    /// Non-blockable invalidate callbacks of device mirrors so far.
+    pub fn nonblock_points(&self) -> u64 {
+        self.nonblock_points.reached()
+    }
+
+    /// Make the `k`-th non-blockable invalidate callback of a device mirror
+    /// from now (`0`: the next) find its driver lock contended, so it
+    /// refuses the invalidation (`-EAGAIN` to the invalidator).
+    pub fn refuse_nonblock_at(&self, k: u64) {
+        self.nonblock_points.fire_at(k);
+    }
+
+    /// A device mirror's non-blockable invalidate callback is about to
+    /// trylock its driver lock: true if the trylock must fail.
+    pub(crate) fn should_refuse_nonblock(&self) -> bool {
+        self.nonblock_points.reach()
+    }
+
     pub(crate) fn should_fail_alloc(&self) -> bool {
-        let fail = self
+        let at = self.alloc_points.reach();
+        let next = self
             .fail_next
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
+            .is_ok();
+        let fail = at
+            || next
             || match self.fail_one_in.load(Ordering::Relaxed) {
                 0 => false,
                 n => self.rng.lock().unwrap_or_else(|e| e.into_inner()).below(n) == 0,
@@ -269,6 +362,38 @@ mod tests {
         let vb: Vec<u64> = (0..8).map(|_| b.next_u64()).collect();
         assert_eq!(va, vb);
         assert_ne!(SplitMix64::new(43).next_u64(), va[0]);
+    }
+
+    #[test]
+    fn point_counter_fires_once_at_the_chosen_point() {
+        let c = PointCounter::default();
+        assert!(!c.reach());
+        c.fire_at(2);
+        let fired: Vec<bool> = (0..5).map(|_| c.reach()).collect();
+        assert_eq!(fired, [false, false, true, false, false]);
+        assert_eq!(c.reached(), 6);
+        c.fire_at(0);
+        c.disarm();
+        assert!(!c.reach());
+    }
+
+    #[test]
+    fn fail_alloc_at_fails_exactly_one_attempt() {
+        let i = Inject::default();
+        assert!(!i.should_fail_alloc());
+        i.fail_alloc_at(1);
+        let fails: Vec<bool> = (0..3).map(|_| i.should_fail_alloc()).collect();
+        assert_eq!(fails, [false, true, false]);
+        assert_eq!((i.alloc_points(), i.failed_allocs()), (4, 1));
+    }
+
+    #[test]
+    fn refuse_nonblock_at_refuses_one_callback() {
+        let i = Inject::default();
+        i.refuse_nonblock_at(0);
+        assert!(i.should_refuse_nonblock());
+        assert!(!i.should_refuse_nonblock());
+        assert_eq!(i.nonblock_points(), 2);
     }
 
     #[test]

@@ -183,6 +183,7 @@ impl Mm {
     /// `mmap_read_lock_killable`: like `down_read_killable`, it only fails
     /// if it has to sleep and a fatal signal is (or becomes) pending.
     pub fn read_killable<'a>(&'a self, task: &'a Task) -> Result<MmReadGuard<'a>, Error> {
+        task.wait_point();
         let mut g = self.lock.lock();
         if g.reader_may_enter() {
             g.enter_read();

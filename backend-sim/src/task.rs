@@ -6,6 +6,13 @@
 //! `mmap_read_lock_killable`, a userfaultfd wait or a uffd event wait end
 //! with `-EINTR` promptly, without polling.
 //!
+//! For sweeps, [`Task::kill_at_wait`] delivers the signal when the task
+//! reaches a chosen one of its *wait points*: every place on the fault
+//! paths where the task may sleep (`mmap_read_lock_killable`, a
+//! userfaultfd fault wait, a migration-entry wait, a userfaultfd event
+//! wait), counted whether or not it actually sleeps, so the count is
+//! deterministic. [`Task::wait_points`] tells how many were reached.
+//!
 //! Sleeps go through a [`WaitQueue`]: a mutex-protected state and a condvar.
 //! A killable wait registers the queue with the task before checking the
 //! flag, and `kill` sets the flag before waking the registered queues, so a
@@ -14,6 +21,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use crate::inject::PointCounter;
 
 /// Something a signal can wake.
 trait Wake: Send + Sync {
@@ -127,6 +136,7 @@ pub struct Task {
     fatal: AtomicBool,
     sleeping: Mutex<Vec<(u64, Arc<dyn Wake>)>>,
     next_reg: AtomicU64,
+    wait_points: PointCounter,
 }
 
 impl std::fmt::Debug for Task {
@@ -152,6 +162,7 @@ impl Task {
             fatal: AtomicBool::new(false),
             sleeping: Mutex::new(Vec::new()),
             next_reg: AtomicU64::new(0),
+            wait_points: PointCounter::default(),
         }
     }
 
@@ -173,6 +184,25 @@ impl Task {
             .collect();
         for q in queues {
             q.wake_all();
+        }
+    }
+
+    /// Wait points reached so far (see the module docs).
+    pub fn wait_points(&self) -> u64 {
+        self.wait_points.reached()
+    }
+
+    /// Deliver a fatal signal when the task reaches its `k`-th wait point
+    /// from now (`0`: the next one), just before it would sleep there.
+    pub fn kill_at_wait(&self, k: u64) {
+        self.wait_points.fire_at(k);
+    }
+
+    /// The task is at a wait point: count it, and deliver the signal if
+    /// [`Task::kill_at_wait`] chose this one.
+    pub(crate) fn wait_point(&self) {
+        if self.wait_points.reach() {
+            self.kill();
         }
     }
 
@@ -277,6 +307,17 @@ mod tests {
         drop(g);
         h.join().unwrap();
         assert!(t.sleeping.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn kill_at_wait_delivers_at_the_chosen_point() {
+        let t = Task::new();
+        t.kill_at_wait(1);
+        t.wait_point();
+        assert!(!t.fatal_signal_pending());
+        t.wait_point();
+        assert!(t.fatal_signal_pending());
+        assert_eq!(t.wait_points(), 2);
     }
 
     #[test]

@@ -172,8 +172,11 @@ pub(crate) fn handle_userfault<'a>(
     mm.stats.uffd_waits.fetch_add(1, Ordering::Relaxed);
     // release_fault_lock(): from here on nothing borrowed from `g` is used.
     drop(g);
+    let killable = flags.intersects(FaultFlags::KILLABLE | FaultFlags::INTERRUPTIBLE);
+    if killable {
+        task.wait_point();
+    }
     if must_wait {
-        let killable = flags.intersects(FaultFlags::KILLABLE | FaultFlags::INTERRUPTIBLE);
         let bound = mm.machine.inject.uffd_wait_bound();
         let (s, r) = ctx
             .wq
@@ -245,6 +248,7 @@ impl Mm {
             st.msgs.push_back((id, msg));
             st.mmap_changing += 1;
             ctx.wq.notify_all();
+            task.wait_point();
             let (mut st, _) = ctx.wq.wait_killable(Some(task), st, None, |s| {
                 s.released || s.events_read.contains(&id)
             });
