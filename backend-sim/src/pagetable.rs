@@ -381,13 +381,37 @@ impl Tables {
     {
         let table = self.get(tid);
         if shift == PTE_SHIFT {
+            // Report runs of PTEs as one span, as the kernel batches the
+            // PTEs of a folio: present PTEs mapping consecutive PFNs with
+            // identical flag bits (each word is the previous one plus one
+            // PFN), and consecutive empty PTEs. hmm-core keeps per-PTE
+            // semantics for runs.
             let first = index(start, PTE_SHIFT);
             let n = ((end - start) >> PAGE_SHIFT) as usize;
-            let mut a = start;
-            for e in &table.0[first..first + n] {
-                let leaf = pte_leaf(e.load(Ordering::Relaxed), frames);
-                f(a, a + PAGE_SIZE, leaf)?;
-                a += PAGE_SIZE;
+            let ptes = &table.0[first..first + n];
+            let mut i = 0;
+            while i < n {
+                let w = ptes[i].load(Ordering::Relaxed);
+                let mut j = i + 1;
+                let leaf = if w == 0 {
+                    while j < n && ptes[j].load(Ordering::Relaxed) == 0 {
+                        j += 1;
+                    }
+                    Leaf::NonePtes
+                } else {
+                    if w & P_PRESENT != 0 && w >> PAYLOAD_SHIFT != ZERO_PFN {
+                        let step = 1u64 << PAYLOAD_SHIFT;
+                        let mut next = w.wrapping_add(step);
+                        while j < n && ptes[j].load(Ordering::Relaxed) == next {
+                            next = next.wrapping_add(step);
+                            j += 1;
+                        }
+                    }
+                    pte_leaf(w, frames)
+                };
+                let a = start + ((i as u64) << PAGE_SHIFT);
+                f(a, start + ((j as u64) << PAGE_SHIFT), leaf)?;
+                i = j;
             }
             return ControlFlow::Continue(());
         }
@@ -597,15 +621,23 @@ mod tests {
     }
 
     #[test]
-    fn walk_reports_none_spans_at_their_level_and_ptes_one_by_one() {
+    fn walk_reports_none_spans_at_their_level_and_pte_runs() {
         let t = Tables::new();
         let frames = Frames::new();
         let root = t.alloc();
         let base = 0x4000_0000u64; // 1 GiB aligned
-        let Slot::At(e) = t.slot(root, base + 0x3000, PTE_SHIFT, true) else {
-            panic!()
-        };
-        e.store(Pte::present(0x999, true, false).encode(), Ordering::Release);
+                                   // PTEs at 0x3000..0x6000 map consecutive PFNs with equal flags (one
+                                   // run); the PTE at 0x6000 breaks it (read-only).
+        for (i, (pfn, write)) in [(0x999, true), (0x99a, true), (0x99b, true), (0x99c, false)]
+            .into_iter()
+            .enumerate()
+        {
+            let Slot::At(e) = t.slot(root, base + 0x3000 + i as u64 * PAGE_SIZE, PTE_SHIFT, true)
+            else {
+                panic!()
+            };
+            e.store(Pte::present(pfn, write, false).encode(), Ordering::Release);
+        }
         let Slot::At(h) = t.slot(root, base + PMD_SIZE, PMD_SHIFT, true) else {
             panic!()
         };
@@ -621,15 +653,28 @@ mod tests {
                 ControlFlow::Continue(())
             },
         );
-        // PTE table: 511 PTEs from 0x1000.
-        assert_eq!(spans.len(), 511 + 2);
-        assert_eq!(spans[2].0, 0x3000);
-        assert!(matches!(spans[2].2, Leaf::Present(p) if p.pfn == 0x999 && p.write));
-        assert_eq!(spans[511].0, PMD_SIZE);
-        assert!(matches!(spans[511].2, Leaf::Present(p) if p.order == 9 && !p.write));
+        let present = |pfn, write| {
+            Leaf::Present(Present {
+                pfn,
+                write,
+                ..Present::default()
+            })
+        };
+        let huge = Leaf::Present(Present {
+            pfn: 0x800,
+            order: 9,
+            ..Present::default()
+        });
         assert_eq!(
-            (spans[512].0, spans[512].1, spans[512].2),
-            (2 * PMD_SIZE, 3 * PMD_SIZE, Leaf::None)
+            spans,
+            [
+                (0x1000, 0x3000, Leaf::NonePtes),
+                (0x3000, 0x6000, present(0x999, true)),
+                (0x6000, 0x7000, present(0x99c, false)),
+                (0x7000, PMD_SIZE, Leaf::NonePtes),
+                (PMD_SIZE, 2 * PMD_SIZE, huge),
+                (2 * PMD_SIZE, 3 * PMD_SIZE, Leaf::None),
+            ]
         );
     }
 

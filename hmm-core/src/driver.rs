@@ -24,6 +24,19 @@
 //!   `-EAGAIN` instead of sleeping. The caller keeps only the final
 //!   `read_retry` under its update lock.
 //!
+//! # Per-page requests and restarts
+//!
+//! A walk overwrites each entry's request bits with its output (they share
+//! bits: `REQ_FAULT` is `VALID`, `REQ_WRITE` is `WRITE`). Resuming is
+//! unaffected, since it only reads entries not yet filled, but a restart
+//! from `range.start` would read earlier outputs as requests. So when the
+//! range carries per-page requests (`pfn_flags_mask` has `REQ_FAULT` or
+//! `REQ_WRITE`), the owning entry point does not restart by itself: a moved
+//! sequence (and, under [`Policy::Restart`], a lock drop) is `-EBUSY`, and
+//! the caller re-initializes its entries and calls again, as a caller of
+//! Linux's `hmm_range_fault()` must. Ranges driven by `default_flags` alone
+//! restart internally.
+//!
 //! # Why resuming is sound
 //!
 //! Entries below the faulting page were filled while the lock was held and
@@ -49,7 +62,7 @@ use super::error::Error;
 use super::fault::{FaultFlags, FaultHandler, FaultOutcome};
 use super::mm::MmapLock;
 use super::notifier::IntervalNotifier;
-use super::pfn::PAGE_SIZE;
+use super::pfn::{PfnFlags, PAGE_SIZE};
 use super::range::Range;
 use super::signal::{NoSignals, Signals};
 use super::walk::{walk, WalkCounters, WalkStop};
@@ -334,6 +347,13 @@ where
             base |= FaultFlags::RETRY_NOWAIT;
         }
     }
+    // Per-page requests live in the entries themselves, and a walk
+    // overwrites them with outputs: a restart from `range.start` could not
+    // tell the two apart. With per-page requests the driver therefore never
+    // restarts on its own; it returns -EBUSY and the caller re-initializes
+    // its array, exactly as with Linux's hmm_range_fault().
+    let req_bits = PfnFlags::REQ_FAULT.union(PfnFlags::REQ_WRITE).bits();
+    let per_page = range.request.pfn_flags_mask & req_bits != 0;
     let mut seq = range.notifier_seq;
     let mut cursor = range.start;
     // The page whose fault last returned Retry: its next fault is TRIED.
@@ -362,7 +382,7 @@ where
             }
         };
         if env.notifier.check_retry(seq) {
-            if mode != Mode::Owning {
+            if mode != Mode::Owning || per_page {
                 break Locked {
                     result: Err(Error::Busy),
                     guard: Some(g),
@@ -494,7 +514,9 @@ where
                 cursor = addr;
                 resuming = true;
             }
-            Policy::Restart if mode == Mode::Unlockable => break unlocked(Err(Error::Busy)),
+            Policy::Restart if mode == Mode::Unlockable || per_page => {
+                break unlocked(Err(Error::Busy))
+            }
             Policy::Restart => {
                 seq = env.notifier.read_begin();
                 range.notifier_seq = seq;

@@ -4,12 +4,22 @@
 //! A backend walks its page tables (four levels, 512 entries per table) and
 //! reports, in address order, one [`Leaf`] per span:
 //!
-//! * a present or non-present PTE covers exactly one page;
+//! * a PTE covers one page. A backend may report a *run* of PTEs as one
+//!   span, the way the kernel batches PTEs of one folio: [`Leaf::Present`]
+//!   with order 0 over several pages means consecutive PTEs mapping
+//!   consecutive PFNs with identical flags, and [`Leaf::NonePtes`] means
+//!   consecutive none (or marker) PTEs. Runs keep per-PTE semantics: the
+//!   walker decides each entry on its own and faults only the first page
+//!   that needs it, exactly as if each PTE had been reported alone;
 //! * a PMD or PUD leaf (THP, hugetlb, device-private THP) covers its whole
 //!   extent, clipped to the requested range;
-//! * an empty entry at any level ([`Leaf::None`]) covers that entry's extent
-//!   (one page for a none PTE, up to 2 MiB for a none PMD, and so on). This
-//!   is also what the walker treats as the unit of a "hole" fault.
+//! * an empty entry above the PTE level ([`Leaf::None`]) covers that entry's
+//!   extent (up to 2 MiB for a none PMD, and so on); a none PTE reported
+//!   alone may also use it. As in the kernel, such a hole is the unit of a
+//!   hole fault: if any entry in it needs a fault, the whole span is
+//!   faulted.
+//! * every other kind (swap, migration, device-private PTE, ...) covers one
+//!   page, or its PMD extent for the PMD-level kinds.
 //!
 //! For spans longer than a page the `pfn` fields give the PFN of the span's
 //! first page; the page at `start + i * PAGE_SIZE` has `pfn + i`.
@@ -36,9 +46,12 @@ pub struct Present {
 /// One page-table leaf, as classified by the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Leaf {
-    /// No entry (`pte_none`, `pmd_none`, `!pud_present`), or a PTE marker
-    /// (uffd-wp marker, guard region, poison marker).
+    /// No entry (`pmd_none`, `!pud_present`, or a single `pte_none`), or a
+    /// single PTE marker (uffd-wp marker, guard region, poison marker).
+    /// Hole semantics over the span (see the module docs).
     None,
+    /// A run of none or marker PTEs, with per-PTE semantics.
+    NonePtes,
     /// A present mapping.
     Present(Present),
     /// A swap entry: faultable (swap-in).

@@ -168,14 +168,14 @@ fn walk_vma<V: MmView + ?Sized>(
             return ControlFlow::Break(());
         }
         counters.leaves += 1;
-        // Fast path: one ordinary present PTE that needs no fault.
-        if let Leaf::Present(p) = leaf {
-            if b - a == PAGE_SIZE && !hugetlb && !p.protnone && !p.special && p.order == 0 {
-                let cpu = HmmPfn::cpu_flags(p.write, 0);
-                if let Some(e) = range.pfns.get_mut(range_index(range.start, a)) {
-                    if !may_fault || request.need_fault(*e, cpu).is_empty() {
-                        *e = HmmPfn::sticky_update(*e, (p.pfn & PFN_MASK) | cpu);
-                        counters.pages_filled += 1;
+        // Fast path: a run of ordinary present PTEs when no entry can ask
+        // for a fault (snapshots).
+        if !may_fault && !hugetlb {
+            if let Leaf::Present(p) = leaf {
+                if p.order == 0 && !p.protnone && !p.special {
+                    let (i, j) = (range_index(range.start, a), range_index(range.start, b));
+                    if let Some(entries) = range.pfns.get_mut(i..j) {
+                        fill_pfns(entries, p.pfn, HmmPfn::cpu_flags(p.write, 0), counters);
                         cursor = b;
                         return ControlFlow::Continue(());
                     }
@@ -229,6 +229,25 @@ fn leaf_span(
     let owner = range.dev_private_owner;
     let entries = entries_mut(range, a, b)?;
     match leaf {
+        Leaf::NonePtes => return pte_run(vma, request, entries, a, None, 0, false, counters),
+        Leaf::Present(p) if p.order == 0 && !vma.is_hugetlb() => {
+            let cpu = if p.protnone {
+                0
+            } else {
+                HmmPfn::cpu_flags(p.write, 0)
+            };
+            let special = p.special && !p.zero;
+            return pte_run(
+                vma,
+                request,
+                entries,
+                a,
+                Some(p.pfn),
+                cpu,
+                special,
+                counters,
+            );
+        }
         Leaf::None | Leaf::Swap | Leaf::DeviceExclusive => {
             let need = request.need_fault_range(entries, 0);
             if !need.is_empty() {
@@ -274,6 +293,51 @@ fn leaf_span(
         }
     }
     Ok(None)
+}
+
+/// A run of PTEs (one or more) with per-PTE semantics, as the kernel's
+/// `hmm_vma_handle_pte`: each entry's own need decides, and only the first
+/// page that needs a fault is faulted. `pfn` is `None` for none PTEs (output
+/// 0); `cpu` is the run's CPU flags; `special` marks special PTEs that are
+/// not the zero page (output `ERROR`, `-EFAULT` if requested).
+#[allow(clippy::too_many_arguments)]
+fn pte_run(
+    vma: &Vma<'_>,
+    request: super::need::Request,
+    entries: &mut [u64],
+    a: u64,
+    pfn: Option<u64>,
+    cpu: u64,
+    special: bool,
+    counters: &mut WalkCounters,
+) -> Result<Option<WalkStop>, Error> {
+    let mut stop: Option<(usize, NeedFault)> = None;
+    if request.may_fault() {
+        for (i, &e) in entries.iter().enumerate() {
+            let need = request.need_fault(e, cpu);
+            let special_request = special && !request.need_fault(e, 0).is_empty();
+            if !need.is_empty() || special_request {
+                stop = Some((i, need));
+                break;
+            }
+        }
+    }
+    let filled = stop.map_or(entries.len(), |(i, _)| i);
+    let (done, _) = entries.split_at_mut(filled);
+    match (pfn, special) {
+        (_, true) => fill(done, PfnFlags::ERROR.bits(), counters),
+        (Some(pfn), false) => fill_pfns(done, pfn, cpu, counters),
+        (None, false) => fill(done, 0, counters),
+    }
+    let Some((i, need)) = stop else {
+        return Ok(None);
+    };
+    let addr = a.wrapping_add((i as u64) << super::pfn::PAGE_SHIFT);
+    if need.is_empty() {
+        // A special PTE that was asked for.
+        return Err(Error::Fault);
+    }
+    fault_stop(vma, addr, addr.wrapping_add(PAGE_SIZE), need)
 }
 
 fn present(

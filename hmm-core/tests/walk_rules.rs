@@ -442,3 +442,116 @@ fn bad_cursor_is_einval_not_a_panic() {
         Ok(WalkStop::Done)
     );
 }
+
+/// A view that reports its whole window as one span of `leaf`, to test PTE
+/// runs (the batched form a backend may use).
+struct OneSpan(Leaf);
+
+impl MmView for OneSpan {
+    fn find_vma(&self, _addr: u64) -> Option<Vma<'_>> {
+        Some(Vma::new(
+            BASE,
+            BASE + 0x10000,
+            VmFlags::READ | VmFlags::WRITE,
+            0,
+        ))
+    }
+    fn walk_leaves<F>(&self, _vma: &Vma<'_>, start: u64, end: u64, mut f: F)
+    where
+        F: FnMut(u64, u64, Leaf) -> core::ops::ControlFlow<()>,
+    {
+        let _ = f(start, end, self.0);
+    }
+}
+
+#[test]
+fn pte_runs_keep_per_pte_semantics() {
+    let req = Request::new(0, u64::MAX);
+    let ro = Leaf::Present(Present {
+        pfn: 0x100,
+        ..Present::default()
+    });
+    // Only page 2 asks for write: the run is filled up to it and only that
+    // page is faulted (a hole span would fault all four).
+    let mut pfns = [0, PfnFlags::REQ_FAULT.bits(), REQ_W, 0];
+    let mut range = Range::new(BASE, BASE + 0x4000, &mut pfns).with_request(req);
+    let got = walk(&OneSpan(ro), &mut range, BASE, &mut WalkCounters::default());
+    assert_eq!(
+        got,
+        Ok(WalkStop::NeedFault {
+            addr: BASE + 0x2000,
+            end: BASE + 0x3000,
+            write: true
+        })
+    );
+    assert_eq!(pfns, [V | 0x100, V | 0x101, REQ_W, 0]);
+    // A run of none PTEs: only the requested page is faulted.
+    let mut pfns = [0, 0, PfnFlags::REQ_FAULT.bits(), 0];
+    let mut range = Range::new(BASE, BASE + 0x4000, &mut pfns).with_request(req);
+    let got = walk(
+        &OneSpan(Leaf::NonePtes),
+        &mut range,
+        BASE,
+        &mut WalkCounters::default(),
+    );
+    assert_eq!(
+        got,
+        Ok(WalkStop::NeedFault {
+            addr: BASE + 0x2000,
+            end: BASE + 0x3000,
+            write: false
+        })
+    );
+    assert_eq!(pfns, [0, 0, PfnFlags::REQ_FAULT.bits(), 0]);
+    // The same as a PMD-level hole: the whole span is the fault unit.
+    let mut range = Range::new(BASE, BASE + 0x4000, &mut pfns).with_request(req);
+    let got = walk(
+        &OneSpan(Leaf::None),
+        &mut range,
+        BASE,
+        &mut WalkCounters::default(),
+    );
+    assert_eq!(
+        got,
+        Ok(WalkStop::NeedFault {
+            addr: BASE,
+            end: BASE + 0x4000,
+            write: false
+        })
+    );
+    // A special run asked for: -EFAULT at the asking page, ERROR before it.
+    let special = Leaf::Present(Present {
+        pfn: 0x100,
+        write: true,
+        special: true,
+        ..Present::default()
+    });
+    let mut pfns = [0, PfnFlags::REQ_FAULT.bits(), 0, 0];
+    let mut range = Range::new(BASE, BASE + 0x4000, &mut pfns).with_request(req);
+    let got = walk(
+        &OneSpan(special),
+        &mut range,
+        BASE,
+        &mut WalkCounters::default(),
+    );
+    assert_eq!(got, Err(Error::Fault));
+    assert_eq!(pfns[0], E);
+    // Snapshot of a run: consecutive PFNs, sticky bits kept.
+    let mut pfns = [PfnFlags::DMA_MAPPED.bits(), 0, 0, 0];
+    let mut range = Range::new(BASE, BASE + 0x4000, &mut pfns);
+    assert_eq!(
+        walk(&OneSpan(ro), &mut range, BASE, &mut WalkCounters::default()),
+        Ok(WalkStop::Done)
+    );
+    assert_eq!(
+        pfns,
+        [
+            PfnFlags::DMA_MAPPED.bits() | V | 0x100,
+            V | 0x101,
+            V | 0x102,
+            V | 0x103
+        ]
+    );
+}
+
+const REQ_W: u64 = V | W;

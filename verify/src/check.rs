@@ -93,23 +93,29 @@ pub fn walk_matches(case: &Case) -> Result<WalkClass, String> {
         &mut want,
     );
     let mm = ModelMm::new(case.space.clone(), Default::default(), 0);
-    let mut got = case.input.clone();
-    let mut range = range_of(case, &mut got);
-    let guard = mm.read();
-    let stop = hmm_core::walk(&guard, &mut range, case.from, &mut WalkCounters::default());
-    drop(guard);
-    if stop != expect {
-        return Err(format!("walk stop {stop:?}, reference {expect:?}"));
+    // Once span by span, once with PTE runs batched: outputs must agree.
+    for batch in [false, true] {
+        mm.set_pte_batching(batch);
+        let mut got = case.input.clone();
+        let mut range = range_of(case, &mut got);
+        let guard = mm.read();
+        let stop = hmm_core::walk(&guard, &mut range, case.from, &mut WalkCounters::default());
+        drop(guard);
+        if stop != expect {
+            return Err(format!(
+                "walk stop {stop:?}, reference {expect:?} (PTE batching {batch})"
+            ));
+        }
+        if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
+            return Err(format!(
+                "entry {i} (addr {:#x}, PTE batching {batch}): walk {:#018x}, reference {:#018x}",
+                case.start + i as u64 * PAGE_SIZE,
+                got[i],
+                want[i]
+            ));
+        }
     }
-    if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
-        return Err(format!(
-            "entry {i} (addr {:#x}): walk {:#018x}, reference {:#018x}",
-            case.start + i as u64 * PAGE_SIZE,
-            got[i],
-            want[i]
-        ));
-    }
-    Ok(match stop {
+    Ok(match expect {
         Ok(WalkStop::Done) => WalkClass::Done,
         Ok(WalkStop::NeedFault { .. }) => WalkClass::NeedFault,
         Ok(WalkStop::WaitMigration { .. }) => WalkClass::WaitMigration,
@@ -151,6 +157,9 @@ pub fn driver_matches(case: &Case, ep: EntryPoint) -> Result<DriverRun, String> 
         case.cached.clone(),
         case.invalidate_on_drop,
     );
+    // Half of the cases (chosen by the case's shape) report PTE runs as one
+    // span; the outcome must be the same either way.
+    mm.set_pte_batching(((case.start >> 12) ^ case.input.len() as u64) & 1 == 1);
     let env = Env::new(&mm, &mm, &mm);
     let mut stats = Stats::default();
     let max_calls = 4 * case.input.len() as u32 + 8;

@@ -44,6 +44,8 @@ pub struct ModelMm {
     log: RefCell<Vec<Fault>>,
     /// The address space after every change since the last invalidation.
     epoch: RefCell<Vec<Space>>,
+    /// Report runs of PTEs as one span (see [`ModelMm::set_pte_batching`]).
+    batch_ptes: Cell<bool>,
 }
 
 impl ModelMm {
@@ -59,7 +61,16 @@ impl ModelMm {
             next_pfn: Cell::new(1 << 41),
             invalidate_on_drop: Cell::new(invalidate_on_drop),
             log: RefCell::new(Vec::new()),
+            batch_ptes: Cell::new(false),
         }
+    }
+
+    /// Report runs of PTEs as one span, as a batching backend may: order-0
+    /// present PTEs mapping consecutive PFNs with identical flags as one
+    /// `Leaf::Present`, and consecutive empty PTE slots as one
+    /// `Leaf::NonePtes`. Outputs must not change.
+    pub fn set_pte_batching(&self, on: bool) {
+        self.batch_ptes.set(on);
     }
 
     /// A copy of the current address space.
@@ -197,7 +208,7 @@ impl ModelMm {
                     });
                 }
             }
-            Leaf::None => {
+            Leaf::None | Leaf::NonePtes => {
                 let e = if write || v.flags.contains(VmFlags::SHARED) {
                     fresh(0, addr, write)
                 } else {
@@ -271,15 +282,61 @@ impl MmView for ModelGuard<'_> {
         let Some(v) = s.vma_at(vma.start()).copied() else {
             return;
         };
+        let batch = self.mm.batch_ptes.get() && !v.flags.contains(VmFlags::HUGETLB);
+        // A pending run of PTE-level spans: (start, end, leaf at start).
+        let mut run: Option<(u64, u64, Leaf)> = None;
         let mut a = start;
         while a < end {
             let (us, ue, leaf) = s.unit_at(&v, a);
             let b = ue.min(end);
-            if f(a, b, leaf_from(leaf, us, a)).is_break() {
+            let leaf = leaf_from(leaf, us, a);
+            if batch && ue - us == PAGE_SIZE {
+                let pte = match leaf {
+                    Leaf::None => Some(Leaf::NonePtes),
+                    Leaf::Present(p) if p.order == 0 => Some(leaf),
+                    _ => None,
+                };
+                if let Some(pte) = pte {
+                    if let Some((rs, re, rl)) = run {
+                        if extends(rl, re - rs, pte) {
+                            run = Some((rs, b, rl));
+                            a = b;
+                            continue;
+                        }
+                        if f(rs, re, rl).is_break() {
+                            return;
+                        }
+                    }
+                    run = Some((a, b, pte));
+                    a = b;
+                    continue;
+                }
+            }
+            if let Some((rs, re, rl)) = run.take() {
+                if f(rs, re, rl).is_break() {
+                    return;
+                }
+            }
+            if f(a, b, leaf).is_break() {
                 return;
             }
             a = b;
         }
+        if let Some((rs, re, rl)) = run {
+            let _ = f(rs, re, rl);
+        }
+    }
+}
+
+/// Whether a PTE run starting with `first` and `len` bytes long continues
+/// with `next`: both empty, or consecutive PFNs with identical flags.
+fn extends(first: Leaf, len: u64, next: Leaf) -> bool {
+    match (first, next) {
+        (Leaf::NonePtes, Leaf::NonePtes) => true,
+        (Leaf::Present(p), Leaf::Present(q)) => {
+            q.pfn == p.pfn.wrapping_add(len / PAGE_SIZE) && Present { pfn: p.pfn, ..q } == p
+        }
+        _ => false,
     }
 }
 

@@ -44,7 +44,9 @@ fn file_vma_with_first_page_cached(pages: u64) -> ModelMm {
 
 #[test]
 fn resume_after_a_later_page_drops_the_lock_fills_every_entry() {
-    for policy in [Policy::Resume, Policy::Restart] {
+    // Per-page requests: the restart policy answers a drop with -EBUSY (it
+    // cannot re-read outputs as requests), so only resume is run to the end.
+    for policy in [Policy::Resume] {
         let pages = 4;
         let mm = file_vma_with_first_page_cached(pages);
         // Per-page requests: every entry asks for a fault (REQ_FAULT is the
