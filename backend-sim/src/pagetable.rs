@@ -26,7 +26,7 @@ use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use hmm_core::{Leaf, Present, PAGE_SHIFT, PAGE_SIZE};
+use hmm_core::{Leaf, Present, PAGE_SHIFT};
 
 use crate::frame::{FrameKind, Frames, ZERO_PFN};
 
@@ -580,6 +580,7 @@ fn pte_leaf(w: u64, frames: &Frames) -> Leaf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hmm_core::PAGE_SIZE;
 
     #[test]
     fn entries_round_trip() {
