@@ -1,7 +1,7 @@
 //! Cost per page of a snapshot walk over populated 4 KiB pages, through
 //! the simulator's page-table reader and hmm-core's walker.
 //!
-//! `cargo run --release -p backend-sim --example walk_cost [MiB]`
+//! `cargo run --release -p backend-sim --example walk_cost [MiB] [scattered]`
 
 use std::hint::black_box;
 use std::ops::ControlFlow;
@@ -23,7 +23,15 @@ fn main() {
     let a = mm
         .mmap_anon(None, size, VmFlags::READ | VmFlags::WRITE)
         .unwrap();
-    mm.touch(&task, a, size, true).unwrap();
+    // `scattered`: touch the pages backwards, so neighbouring PTEs map
+    // descending frames and no PTE run forms (every PTE is its own span).
+    if std::env::args().nth(2).as_deref() == Some("scattered") {
+        for p in (0..pages).rev() {
+            mm.touch(&task, a + p * PAGE_SIZE, PAGE_SIZE, true).unwrap();
+        }
+    } else {
+        mm.touch(&task, a, size, true).unwrap();
+    }
     let h = mm.handle(&task);
     let sub = mm.notifiers().insert(a, a + size, Box::new(NoOps));
 

@@ -157,51 +157,89 @@ fn walk_vma<V: MmView + ?Sized>(
     end: u64,
     counters: &mut WalkCounters,
 ) -> Result<Option<WalkStop>, Error> {
-    let mut cursor = start;
-    let mut result: Result<Option<WalkStop>, Error> = Ok(None);
-    let request = range.request;
-    let may_fault = request.may_fault();
-    let hugetlb = vma.is_hugetlb();
-    view.walk_leaves(vma, start, end, |a, b, leaf| {
-        if a != cursor || b <= a || b > end || b & (PAGE_SIZE - 1) != 0 {
-            result = Err(Error::Fault);
-            return ControlFlow::Break(());
-        }
-        counters.leaves += 1;
-        // Fast path: a run of ordinary present PTEs when no entry can ask
-        // for a fault (snapshots).
-        if !may_fault && !hugetlb {
-            if let Leaf::Present(p) = leaf {
-                if p.order == 0 && !p.protnone && !p.special {
-                    let (i, j) = (range_index(range.start, a), range_index(range.start, b));
-                    if let Some(entries) = range.pfns.get_mut(i..j) {
-                        fill_pfns(entries, p.pfn, HmmPfn::cpu_flags(p.write, 0), counters);
-                        cursor = b;
-                        return ControlFlow::Continue(());
-                    }
-                }
-            }
-        }
-        match leaf_span(vma, range, a, b, leaf, counters) {
-            Ok(None) => {
-                cursor = b;
-                ControlFlow::Continue(())
-            }
-            Ok(Some(stop)) => {
-                result = Ok(Some(stop));
-                ControlFlow::Break(())
-            }
-            Err(e) => {
-                result = Err(e);
-                ControlFlow::Break(())
-            }
-        }
-    });
-    if matches!(result, Ok(None)) && cursor != end {
+    let mut st = VmaWalk {
+        vma,
+        fast: !range.request.may_fault() && !vma.is_hugetlb(),
+        range,
+        counters,
+        cursor: start,
+        end,
+        result: Ok(None),
+    };
+    view.walk_leaves(vma, start, end, |a, b, leaf| st.visit(a, b, leaf));
+    if matches!(st.result, Ok(None)) && st.cursor != end {
         // The backend stopped early without covering the window.
         return Err(Error::Fault);
     }
-    result
+    st.result
+}
+
+/// The state of one VMA's leaf iteration. The per-leaf entry point is kept
+/// small so backends' page-table loops inline it; everything but the
+/// snapshot of ordinary present PTEs goes through the out-of-line
+/// [`VmaWalk::visit_slow`].
+struct VmaWalk<'v, 'g, 'r, 'p, 'c> {
+    vma: &'v Vma<'g>,
+    range: &'r mut Range<'p>,
+    counters: &'c mut WalkCounters,
+    /// No entry can request a fault and the VMA is not hugetlb.
+    fast: bool,
+    cursor: u64,
+    end: u64,
+    result: Result<Option<WalkStop>, Error>,
+}
+
+impl VmaWalk<'_, '_, '_, '_, '_> {
+    #[inline(always)]
+    fn visit(&mut self, a: u64, b: u64, leaf: Leaf) -> ControlFlow<()> {
+        // Fast path: ordinary present PTEs (one or a run) in a snapshot.
+        if let Leaf::Present(p) = leaf {
+            if self.fast
+                && p.order == 0
+                && !p.protnone
+                && !p.special
+                && a == self.cursor
+                && b > a
+                && b <= self.end
+                && b & (PAGE_SIZE - 1) == 0
+            {
+                let (i, j) = (
+                    range_index(self.range.start, a),
+                    range_index(self.range.start, b),
+                );
+                if let Some(entries) = self.range.pfns.get_mut(i..j) {
+                    self.counters.leaves += 1;
+                    fill_pfns(entries, p.pfn, HmmPfn::cpu_flags(p.write, 0), self.counters);
+                    self.cursor = b;
+                    return ControlFlow::Continue(());
+                }
+            }
+        }
+        self.visit_slow(a, b, leaf)
+    }
+
+    #[inline(never)]
+    fn visit_slow(&mut self, a: u64, b: u64, leaf: Leaf) -> ControlFlow<()> {
+        if a != self.cursor || b <= a || b > self.end || b & (PAGE_SIZE - 1) != 0 {
+            self.result = Err(Error::Fault);
+            return ControlFlow::Break(());
+        }
+        self.counters.leaves += 1;
+        match leaf_span(self.vma, self.range, a, b, leaf, self.counters) {
+            Ok(None) => {
+                self.cursor = b;
+                ControlFlow::Continue(())
+            }
+            Ok(Some(stop)) => {
+                self.result = Ok(Some(stop));
+                ControlFlow::Break(())
+            }
+            Err(e) => {
+                self.result = Err(e);
+                ControlFlow::Break(())
+            }
+        }
+    }
 }
 
 /// Turn a need into a stop, checking `VM_WRITE` first (`-EPERM`).
