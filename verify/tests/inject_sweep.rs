@@ -176,9 +176,9 @@ enum HandlerMode {
 }
 
 /// The userfaultfd handler thread: answers each page fault with `COPY` of
-/// a `USEED` page; when `COPY` fails with `-ENOMEM` it wakes the faulter,
-/// which faults again and gets another message. Returns the page faults it
-/// read.
+/// a `USEED` page and a wake; when `COPY` fails with `-ENOMEM` the woken
+/// faulter faults again and sends another message. Returns the page faults
+/// it read.
 fn spawn_handler(uffd: &Arc<UffdCtx>, mode: HandlerMode) -> JoinHandle<u64> {
     let uffd = uffd.clone();
     std::thread::spawn(move || {
@@ -197,9 +197,10 @@ fn spawn_handler(uffd: &Arc<UffdCtx>, mode: HandlerMode) -> JoinHandle<u64> {
                 _ => {}
             }
             faults += 1;
+            // copy_fill wakes the faulter whatever the outcome; after an
+            // -ENOMEM it faults again and sends another message.
             match uffd.copy_fill(&task, addr, &pattern_page(addr, USEED)) {
-                Ok(_) | Err(Errno::ENOENT) | Err(Errno::EAGAIN) => {}
-                Err(Errno::ENOMEM) => uffd.wake(addr, PAGE_SIZE),
+                Ok(_) | Err(Errno::ENOENT | Errno::EAGAIN | Errno::ENOMEM) => {}
                 Err(e) => panic!("UFFDIO_COPY failed: {e}"),
             }
         }
