@@ -48,7 +48,7 @@ fn sim_benches(c: &mut Criterion, len: u64) {
 /// pages are reserved).
 fn real_region(layout: Layout, len: usize) -> Option<Region> {
     let r = match layout {
-        Layout::Small => Region::populated(len, Backing::Small),
+        Layout::Small | Layout::Scattered => Region::populated(len, Backing::Small),
         Layout::Thp => Region::populated(len, Backing::Thp),
         Layout::Huge1G => return None,
         Layout::Holes => Region::mapped(len, Backing::Small),

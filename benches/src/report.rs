@@ -270,7 +270,9 @@ pub fn render(home: &Path, extras: &BTreeMap<String, f64>, run: &RunInfo) -> Str
             .extra(&format!("pages/walk/sim-walk/{n}"))
             .map_or("n/a".into(), |p| mib(p * 4096.0));
         let (target, limit) = match l {
-            crate::sim::Layout::Small => ("<= 2 ns, >= 15x pagemap", Some(2.0)),
+            crate::sim::Layout::Small | crate::sim::Layout::Scattered => {
+                ("<= 2 ns, >= 15x pagemap", Some(2.0))
+            }
             crate::sim::Layout::Thp => ("<= 0.5 ns", Some(0.5)),
             crate::sim::Layout::Holes => ("<= 0.2 ns", Some(0.2)),
             _ => ("", None),
@@ -278,8 +280,7 @@ pub fn render(home: &Path, extras: &BTreeMap<String, f64>, run: &RunInfo) -> Str
         let speed = ratio(pm, walk);
         let met = match (limit, walk) {
             (Some(lim), Some(w)) => {
-                let ok = w <= lim
-                    && (l != crate::sim::Layout::Small || speed.is_some_and(|s| s >= 15.0));
+                let ok = w <= lim && (limit != Some(2.0) || speed.is_some_and(|s| s >= 15.0));
                 if ok {
                     "yes"
                 } else {

@@ -28,8 +28,14 @@ pub const RW: VmFlags = VmFlags::READ.union(VmFlags::WRITE);
 /// What the walked range looks like.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Layout {
-    /// Every page present as a 4 KiB PTE (no THP).
+    /// Every page present as a 4 KiB PTE (no THP), populated in address
+    /// order: neighbouring PTEs map consecutive frames, which the
+    /// simulator reports as PTE runs (as the kernel batches a folio's PTEs).
     Small,
+    /// Every page present as a 4 KiB PTE, populated in descending address
+    /// order: no two neighbouring PTEs map consecutive frames, so every PTE
+    /// is its own leaf (the walker's per-PTE worst case).
+    Scattered,
     /// Every 2 MiB present as a THP PMD leaf (`MADV_HUGEPAGE`).
     Thp,
     /// One 1 GiB hugetlb page per GiB (a PUD leaf).
@@ -46,8 +52,9 @@ pub enum Layout {
 
 impl Layout {
     /// Every layout, in report order.
-    pub const ALL: [Layout; 6] = [
+    pub const ALL: [Layout; 7] = [
         Layout::Small,
+        Layout::Scattered,
         Layout::Thp,
         Layout::Huge1G,
         Layout::Holes,
@@ -59,6 +66,7 @@ impl Layout {
     pub fn name(self) -> &'static str {
         match self {
             Layout::Small => "4k",
+            Layout::Scattered => "4k-scattered",
             Layout::Thp => "thp",
             Layout::Huge1G => "1g",
             Layout::Holes => "holes",
@@ -71,7 +79,7 @@ impl Layout {
     /// valid.
     pub fn valid_pages(self, len: u64) -> u64 {
         match self {
-            Layout::Small | Layout::Thp | Layout::Huge1G => len / PAGE_SIZE,
+            Layout::Small | Layout::Scattered | Layout::Thp | Layout::Huge1G => len / PAGE_SIZE,
             Layout::Holes | Layout::Zapped => 0,
             Layout::Sparse => len / HUGE_2M,
         }
@@ -146,6 +154,14 @@ impl SimRange {
         };
         match layout {
             Layout::Small => step(PAGE_SIZE)?,
+            Layout::Scattered => {
+                let mut a = start + len;
+                while a > start {
+                    a -= PAGE_SIZE;
+                    mm.touch(&task, a, PAGE_SIZE, true)
+                        .map_err(|x| e("touch", x))?;
+                }
+            }
             Layout::Thp => {
                 mm.madvise_hugepage(start, len)
                     .map_err(|x| e("madvise", x))?;
