@@ -159,7 +159,7 @@ impl TestMm {
         true
     }
 
-    /// Map `leaf` over `pages` pages at `start` (see [`Mapping`] semantics),
+    /// Map `leaf` over `pages` pages at `start` (an order-0 leaf: that many PTEs),
     /// replacing nothing: the caller keeps mappings disjoint. Returns false
     /// if full.
     pub fn map(&self, start: u64, pages: u64, leaf: Leaf) -> bool {

@@ -16,7 +16,7 @@
 //!    device-private owner.
 //! 2. The driver takes `seq = read_begin()` from the [`IntervalNotifier`],
 //!    then the mmap read lock ([`MmapLock::read_killable`]).
-//! 3. [`walk`] inspects page tables through the guard's [`MmView`] and fills
+//! 3. [`walk()`] inspects page tables through the guard's [`MmView`] and fills
 //!    entries until the range is done or a page needs a fault. It never
 //!    faults: it stops with [`WalkStop::NeedFault`] (or
 //!    [`WalkStop::WaitMigration`]), holding no page-table or hugetlb lock.
@@ -36,7 +36,7 @@
 //!    invalidate callback takes the same lock.
 //!
 //! See [`driver`] for the three entry points ([`range_fault`],
-//! [`range_fault_unlockable`], [`range_fault_unlocked`]) and [`walk`] for the
+//! [`range_fault_unlockable`], [`range_fault_unlocked`]) and [`mod@walk`] for the
 //! output rules.
 //!
 //! ## Example

@@ -33,7 +33,7 @@
 //! | hwpoison | `-EFAULT` | 0 |
 //! | bad / unknown huge entry | `-EFAULT` | `ERROR` |
 //!
-//! "Fault needed" is [`Request::need_fault_range`] over the span's entries;
+//! "Fault needed" is [`Request::need_fault_range`](super::need::Request::need_fault_range) over the span's entries;
 //! a write fault on a VMA without `VM_WRITE` is `-EPERM`. Hugetlb leaves
 //! report the VMA's huge page order. One deliberate difference from the
 //! kernel: for hugetlb, the need is computed over every entry of the huge
