@@ -4,7 +4,7 @@
 
 mod common;
 
-use backend_sim::dmirror::{self, Cmd};
+use backend_sim::dmirror::{self, Cmd, Mirror};
 use backend_sim::task::Task;
 use backend_sim::userfaultfd::Features;
 use backend_sim::vma::File;
@@ -13,6 +13,59 @@ use common::*;
 use hmm_core::{Options, Stats, VmFlags, PAGE_SIZE};
 
 const N: usize = (HMM_BUFFER_SIZE / 4) as usize;
+
+/// Map `size` bytes of private anonymous read-write memory and fill its
+/// ints with `f(i)`.
+fn anon_filled(h: &Hmm, size: u64, f: impl Fn(i32) -> i32) -> u64 {
+    let p = h.mm.mmap_anon(None, size, RW).unwrap();
+    h.fill(p, (size / 4) as usize, f);
+    p
+}
+
+/// READ `npages` at `p` through `fd`: every page is mirrored, in one device
+/// fault.
+fn read_all(fd: &Mirror, task: &Task, p: u64, npages: u64) -> Cmd {
+    let mut cmd = Cmd::new(p, npages);
+    fd.read(task, &mut cmd).unwrap();
+    assert_eq!((cmd.cpages, cmd.faults), (npages, 1));
+    cmd
+}
+
+/// WRITE `data` through the device to `npages` at `p`: every page is
+/// written, in one device fault, and the CPU then reads `data` there.
+fn write_all(h: &Hmm, p: u64, npages: u64, data: &[i32]) -> Cmd {
+    let mut cmd = Cmd::new(p, npages);
+    cmd.set_i32s(data);
+    h.fd.write(&h.task, &mut cmd).unwrap();
+    assert_eq!((cmd.cpages, cmd.faults), (npages, 1));
+    assert_eq!(h.ints(p, data.len()), data);
+    cmd
+}
+
+/// MIGRATE `npages` at `p` to `fd`'s device: every page moves.
+fn migrate_all(fd: &Mirror, task: &Task, p: u64, npages: u64) -> Cmd {
+    let mut cmd = Cmd::new(p, npages);
+    fd.migrate_to_dev(task, &mut cmd).unwrap();
+    assert_eq!(cmd.cpages, npages);
+    cmd
+}
+
+/// SNAPSHOT `npages` at `p`: every page is reported.
+fn snapshot_all(h: &Hmm, p: u64, npages: u64) -> Cmd {
+    let mut cmd = Cmd::new(p, npages);
+    h.fd.snapshot(&h.task, &mut cmd).unwrap();
+    assert_eq!(cmd.cpages, npages);
+    cmd
+}
+
+/// EXCLUSIVE over the whole buffer at `p`: every page is taken, and the
+/// device sees the ints `0..N`.
+fn exclusive_all(h: &Hmm, p: u64) {
+    let mut cmd = Cmd::new(p, NPAGES);
+    h.fd.exclusive(&h.task, &mut cmd).unwrap();
+    assert_eq!(cmd.cpages, NPAGES);
+    assert_eq!(cmd.i32s(), iota(N, |i| i));
+}
 
 #[test]
 fn open_close() {
@@ -37,11 +90,7 @@ fn anon_read() {
     h.mm.mprotect(p, HMM_BUFFER_SIZE, RO).unwrap();
     // Simulate a device reading a zero page of memory.
     assert_eq!(h.ints(p + PAGE_SIZE, 1), [0]);
-    let mut cmd = Cmd::new(p, NPAGES);
-    h.fd.read(&h.task, &mut cmd).unwrap();
-    assert_eq!(cmd.cpages, NPAGES);
-    assert_eq!(cmd.faults, 1);
-    let m = cmd.i32s();
+    let m = read_all(&h.fd, &h.task, p, NPAGES).i32s();
     assert!(m[..first].iter().all(|&x| x == 0));
     assert_eq!(&m[first..], &v[..]);
 }
@@ -49,8 +98,7 @@ fn anon_read() {
 #[test]
 fn anon_read_prot() {
     let h = Hmm::new();
-    let p = h.mm.mmap_anon(None, HMM_BUFFER_SIZE, RW).unwrap();
-    h.fill(p, N, |i| i);
+    let p = anon_filled(&h, HMM_BUFFER_SIZE, |i| i);
     let mut cmd = Cmd::new(p, NPAGES);
     cmd.set_i32s(&iota(N, |i| -i));
     h.mm.mprotect(p, HMM_BUFFER_SIZE, VmFlags::empty()).unwrap();
@@ -65,11 +113,7 @@ fn anon_read_prot() {
 fn anon_write() {
     let h = Hmm::new();
     let p = h.mm.mmap_anon(None, HMM_BUFFER_SIZE, RW).unwrap();
-    let mut cmd = Cmd::new(p, NPAGES);
-    cmd.set_i32s(&iota(N, |i| i));
-    h.fd.write(&h.task, &mut cmd).unwrap();
-    assert_eq!((cmd.cpages, cmd.faults), (NPAGES, 1));
-    assert_eq!(h.ints(p, N), iota(N, |i| i));
+    write_all(&h, p, NPAGES, &iota(N, |i| i));
 }
 
 #[test]
@@ -77,9 +121,7 @@ fn anon_write_prot() {
     let h = Hmm::new();
     let p = h.mm.mmap_anon(None, HMM_BUFFER_SIZE, RO).unwrap();
     // Simulate a device reading a zero page of memory.
-    let mut cmd = Cmd::new(p, 1);
-    h.fd.read(&h.task, &mut cmd).unwrap();
-    assert_eq!((cmd.cpages, cmd.faults), (1, 1));
+    let cmd = read_all(&h.fd, &h.task, p, 1);
     assert!(cmd.buf.iter().all(|&b| b == 0));
     // Writing to a read-only region fails with -EPERM.
     let mut cmd = Cmd::new(p, NPAGES);
@@ -87,9 +129,7 @@ fn anon_write_prot() {
     assert_eq!(h.fd.write(&h.task, &mut cmd), Err(Errno::EPERM));
     assert!(h.ints(p, N).iter().all(|&x| x == 0));
     h.mm.mprotect(p, HMM_BUFFER_SIZE, RW).unwrap();
-    h.fd.write(&h.task, &mut cmd).unwrap();
-    assert_eq!((cmd.cpages, cmd.faults), (NPAGES, 1));
-    assert_eq!(h.ints(p, N), iota(N, |i| i));
+    write_all(&h, p, NPAGES, &iota(N, |i| i));
 }
 
 #[test]
@@ -108,9 +148,7 @@ fn anon_write_child() {
             let mut mirror = Cmd::new(p, npages);
             mirror.set_i32s(&iota(n, |i| -i));
             if migrate {
-                let mut c = Cmd::new(p, npages);
-                h.fd.migrate_to_dev(&h.task, &mut c).unwrap();
-                assert_eq!(c.cpages, npages);
+                migrate_all(&h.fd, &h.task, p, npages);
             }
             let child = h.mm.fork(&h.task);
             {
@@ -162,11 +200,7 @@ fn anon_write_huge() {
     let npages = TWOMEG / PAGE_SIZE;
     let n = (TWOMEG / 4) as usize;
     h.mm.madvise_hugepage(p, TWOMEG).unwrap();
-    let mut cmd = Cmd::new(p, npages);
-    cmd.set_i32s(&iota(n, |i| i));
-    h.fd.write(&h.task, &mut cmd).unwrap();
-    assert_eq!((cmd.cpages, cmd.faults), (npages, 1));
-    assert_eq!(h.ints(p, n), iota(n, |i| i));
+    write_all(&h, p, npages, &iota(n, |i| i));
     // Beyond the kernel test: the device fault really made a THP.
     let mut snap = Cmd::new(p, npages);
     h.fd.snapshot(&h.task, &mut snap).unwrap();
@@ -183,11 +217,7 @@ fn anon_write_hugetlbfs() {
     let npages = size / PAGE_SIZE;
     let n = (size / 4) as usize;
     let p = h.mm.mmap_hugetlb(None, size, RW, 9, false).unwrap();
-    let mut cmd = Cmd::new(p, npages);
-    cmd.set_i32s(&iota(n, |i| i));
-    h.fd.write(&h.task, &mut cmd).unwrap();
-    assert_eq!((cmd.cpages, cmd.faults), (npages, 1));
-    assert_eq!(h.ints(p, n), iota(n, |i| i));
+    write_all(&h, p, npages, &iota(n, |i| i));
 }
 
 #[test]
@@ -202,9 +232,7 @@ fn file_read() {
     let p =
         h.mm.mmap_file(None, HMM_BUFFER_SIZE, RO, true, &file, 0)
             .unwrap();
-    let mut cmd = Cmd::new(p, NPAGES);
-    h.fd.read(&h.task, &mut cmd).unwrap();
-    assert_eq!((cmd.cpages, cmd.faults), (NPAGES, 1));
+    let cmd = read_all(&h.fd, &h.task, p, NPAGES);
     assert_eq!(cmd.i32s(), iota(N, |i| i));
 }
 
@@ -215,11 +243,7 @@ fn file_write() {
     let p =
         h.mm.mmap_file(None, HMM_BUFFER_SIZE, RW, true, &file, 0)
             .unwrap();
-    let mut cmd = Cmd::new(p, NPAGES);
-    cmd.set_i32s(&iota(N, |i| i));
-    h.fd.write(&h.task, &mut cmd).unwrap();
-    assert_eq!((cmd.cpages, cmd.faults), (NPAGES, 1));
-    assert_eq!(h.ints(p, N), iota(N, |i| i));
+    let cmd = write_all(&h, p, NPAGES, &iota(N, |i| i));
     let mut back = vec![0u8; HMM_BUFFER_SIZE as usize];
     file.pread(0, &mut back);
     assert_eq!(back, cmd.buf);
@@ -228,28 +252,20 @@ fn file_write() {
 #[test]
 fn migrate() {
     let h = Hmm::new();
-    let p = h.mm.mmap_anon(None, HMM_BUFFER_SIZE, RW).unwrap();
-    h.fill(p, N, |i| i);
-    let mut cmd = Cmd::new(p, NPAGES);
-    h.fd.migrate_to_dev(&h.task, &mut cmd).unwrap();
-    assert_eq!(cmd.cpages, NPAGES);
+    let p = anon_filled(&h, HMM_BUFFER_SIZE, |i| i);
+    let cmd = migrate_all(&h.fd, &h.task, p, NPAGES);
     assert_eq!(cmd.i32s(), iota(N, |i| i));
 }
 
 #[test]
 fn migrate_fault() {
     let h = Hmm::new();
-    let p = h.mm.mmap_anon(None, HMM_BUFFER_SIZE, RW).unwrap();
-    h.fill(p, N, |i| i);
-    let mut cmd = Cmd::new(p, NPAGES);
-    h.fd.migrate_to_dev(&h.task, &mut cmd).unwrap();
-    assert_eq!(cmd.cpages, NPAGES);
+    let p = anon_filled(&h, HMM_BUFFER_SIZE, |i| i);
+    let cmd = migrate_all(&h.fd, &h.task, p, NPAGES);
     assert_eq!(cmd.i32s(), iota(N, |i| i));
     // Fault half the pages back to system memory and check them.
     assert_eq!(h.ints(p, N / 2), iota(N / 2, |i| i));
-    let mut cmd = Cmd::new(p, NPAGES);
-    h.fd.migrate_to_dev(&h.task, &mut cmd).unwrap();
-    assert_eq!(cmd.cpages, NPAGES);
+    let cmd = migrate_all(&h.fd, &h.task, p, NPAGES);
     assert_eq!(cmd.i32s(), iota(N, |i| i));
 }
 
@@ -265,11 +281,8 @@ fn migrate_shared() {
 fn migrate_multiple() {
     let h = Hmm::new();
     for _ in 0..10 {
-        let p = h.mm.mmap_anon(None, HMM_BUFFER_SIZE, RW).unwrap();
-        h.fill(p, N, |i| i);
-        let mut cmd = Cmd::new(p, NPAGES);
-        h.fd.migrate_to_dev(&h.task, &mut cmd).unwrap();
-        assert_eq!(cmd.cpages, NPAGES);
+        let p = anon_filled(&h, HMM_BUFFER_SIZE, |i| i);
+        let cmd = migrate_all(&h.fd, &h.task, p, NPAGES);
         assert_eq!(cmd.i32s(), iota(N, |i| i));
         let mut back = Cmd::new(p, NPAGES);
         h.fd.migrate_to_sys(&h.task, &mut back).unwrap();
@@ -283,11 +296,8 @@ fn migrate_multiple() {
 fn anon_read_multiple() {
     let h = Hmm::new();
     for c in 0..10 {
-        let p = h.mm.mmap_anon(None, HMM_BUFFER_SIZE, RW).unwrap();
-        h.fill(p, N, |i| i + c);
-        let mut cmd = Cmd::new(p, NPAGES);
-        h.fd.read(&h.task, &mut cmd).unwrap();
-        assert_eq!((cmd.cpages, cmd.faults), (NPAGES, 1));
+        let p = anon_filled(&h, HMM_BUFFER_SIZE, |i| i + c);
+        let cmd = read_all(&h.fd, &h.task, p, NPAGES);
         assert_eq!(cmd.i32s(), iota(N, |i| i + c));
         h.mm.munmap(&h.task, p, HMM_BUFFER_SIZE).unwrap();
     }
@@ -297,8 +307,7 @@ fn anon_read_multiple() {
 fn anon_teardown() {
     let h = Hmm::new();
     for c in 0..10 {
-        let p = h.mm.mmap_anon(None, HMM_BUFFER_SIZE, RW).unwrap();
-        h.fill(p, N, |i| i + c);
+        let p = anon_filled(&h, HMM_BUFFER_SIZE, |i| i + c);
         let go = std::sync::Barrier::new(2);
         let r = std::thread::scope(|s| {
             let unmapper = s.spawn(|| {
@@ -360,16 +369,10 @@ fn snapshot() {
     h.mm.mprotect(pg(4), 3 * PAGE_SIZE, RW).unwrap();
     h.mm.write_i32s(&h.task, pg(4), &[3]).unwrap();
     // Page 5 will be migrated to device 0, page 6 to device 1.
-    let mut c = Cmd::new(pg(5), 1);
-    h.fd.migrate_to_dev(&h.task, &mut c).unwrap();
-    assert_eq!(c.cpages, 1);
-    let mut c = Cmd::new(pg(6), 1);
-    h2.fd1.migrate_to_dev(&h.task, &mut c).unwrap();
-    assert_eq!(c.cpages, 1);
+    migrate_all(&h.fd, &h.task, pg(5), 1);
+    migrate_all(&h2.fd1, &h.task, pg(6), 1);
     // Simulate a device snapshotting CPU page tables.
-    let mut cmd = Cmd::new(p, npages);
-    h.fd.snapshot(&h.task, &mut cmd).unwrap();
-    assert_eq!(cmd.cpages, npages);
+    let cmd = snapshot_all(h, p, npages);
     let m = &cmd.buf;
     assert_eq!(m[0], dmirror::PROT_ERROR);
     assert_eq!(m[1], dmirror::PROT_ERROR);
@@ -388,17 +391,13 @@ fn compound() {
     let n = (size / 4) as usize;
     let p = h.mm.mmap_hugetlb(None, size, RW, 9, false).unwrap();
     h.fill(p, n, |i| i);
-    let mut cmd = Cmd::new(p, npages);
-    h.fd.snapshot(&h.task, &mut cmd).unwrap();
-    assert_eq!(cmd.cpages, npages);
+    let cmd = snapshot_all(&h, p, npages);
     assert!(cmd
         .buf
         .iter()
         .all(|&m| m == dmirror::PROT_WRITE | dmirror::PROT_PMD));
     h.mm.mprotect(p, size, RO).unwrap();
-    let mut cmd = Cmd::new(p, npages);
-    h.fd.snapshot(&h.task, &mut cmd).unwrap();
-    assert_eq!(cmd.cpages, npages);
+    let cmd = snapshot_all(&h, p, npages);
     assert!(cmd
         .buf
         .iter()
@@ -415,30 +414,20 @@ fn double_map() {
     h.fill(p, n, |i| i);
     h.mm.mprotect(p, npages * PAGE_SIZE, RO).unwrap();
     for fd in [&h.fd, &h2.fd1] {
-        let mut cmd = Cmd::new(p, npages);
-        fd.read(&h.task, &mut cmd).unwrap();
-        assert_eq!((cmd.cpages, cmd.faults), (npages, 1));
+        let cmd = read_all(fd, &h.task, p, npages);
         assert_eq!(cmd.i32s(), iota(n, |i| i));
     }
     // Migrate pages to device 1 and read from device 0.
-    let mut c = Cmd::new(p, npages);
-    h2.fd1.migrate_to_dev(&h.task, &mut c).unwrap();
-    assert_eq!(c.cpages, npages);
-    let mut cmd = Cmd::new(p, npages);
-    h.fd.read(&h.task, &mut cmd).unwrap();
-    assert_eq!((cmd.cpages, cmd.faults), (npages, 1));
+    migrate_all(&h2.fd1, &h.task, p, npages);
+    let cmd = read_all(&h.fd, &h.task, p, npages);
     assert_eq!(cmd.i32s(), iota(n, |i| i));
 }
 
 #[test]
 fn exclusive() {
     let h = Hmm::new();
-    let p = h.mm.mmap_anon(None, HMM_BUFFER_SIZE, RW).unwrap();
-    h.fill(p, N, |i| i);
-    let mut cmd = Cmd::new(p, NPAGES);
-    h.fd.exclusive(&h.task, &mut cmd).unwrap();
-    assert_eq!(cmd.cpages, NPAGES);
-    assert_eq!(cmd.i32s(), iota(N, |i| i));
+    let p = anon_filled(&h, HMM_BUFFER_SIZE, |i| i);
+    exclusive_all(&h, p);
     // CPU access revokes device-exclusive access.
     let v = h.ints(p, N);
     let inc: Vec<i32> = v.iter().map(|x| x + 1).collect();
@@ -451,12 +440,8 @@ fn exclusive() {
 #[test]
 fn exclusive_mprotect() {
     let h = Hmm::new();
-    let p = h.mm.mmap_anon(None, HMM_BUFFER_SIZE, RW).unwrap();
-    h.fill(p, N, |i| i);
-    let mut cmd = Cmd::new(p, NPAGES);
-    h.fd.exclusive(&h.task, &mut cmd).unwrap();
-    assert_eq!(cmd.cpages, NPAGES);
-    assert_eq!(cmd.i32s(), iota(N, |i| i));
+    let p = anon_filled(&h, HMM_BUFFER_SIZE, |i| i);
+    exclusive_all(&h, p);
     h.mm.mprotect(p, HMM_BUFFER_SIZE, RO).unwrap();
     let mut cmd = Cmd::new(p, NPAGES);
     assert_eq!(h.fd.write(&h.task, &mut cmd), Err(Errno::EPERM));
@@ -465,12 +450,8 @@ fn exclusive_mprotect() {
 #[test]
 fn exclusive_cow() {
     let h = Hmm::new();
-    let p = h.mm.mmap_anon(None, HMM_BUFFER_SIZE, RW).unwrap();
-    h.fill(p, N, |i| i);
-    let mut cmd = Cmd::new(p, NPAGES);
-    h.fd.exclusive(&h.task, &mut cmd).unwrap();
-    assert_eq!(cmd.cpages, NPAGES);
-    assert_eq!(cmd.i32s(), iota(N, |i| i));
+    let p = anon_filled(&h, HMM_BUFFER_SIZE, |i| i);
+    exclusive_all(&h, p);
     let child = h.mm.fork(&h.task);
     let ct = Task::new();
     for (mm, t) in [(&h.mm, &h.task), (&child, &ct)] {
