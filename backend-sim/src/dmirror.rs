@@ -537,6 +537,25 @@ impl Mirror {
         Ok(())
     }
 
+    /// Copy the device's pages of `[start, end)` into `cmd.buf`, all
+    /// pages counted in `cmd.cpages`; at the first page the device does not
+    /// map, `cmd.cpages` counts the pages before it and the result is
+    /// `missing`.
+    fn read_into(&self, cmd: &mut Cmd, start: u64, end: u64, missing: Errno) -> Result<(), Errno> {
+        let mut bounce = vec![0u8; (end - start) as usize];
+        match self.do_read(start, end, &mut bounce) {
+            Ok(()) => {
+                cmd.cpages = cmd.npages;
+                cmd.buf = bounce;
+                Ok(())
+            }
+            Err(Missing(a)) => {
+                cmd.cpages = (a - start) >> PAGE_SHIFT;
+                Err(missing)
+            }
+        }
+    }
+
     fn do_write(&self, start: u64, end: u64, bounce: &[u8]) -> Result<(), Missing> {
         let pt = self.inner.pt();
         let mut a = start;
@@ -756,18 +775,7 @@ impl Mirror {
                 a += PAGE_SIZE;
             }
         }
-        let mut bounce = vec![0u8; (end - start) as usize];
-        match self.do_read(start, end, &mut bounce) {
-            Ok(()) => {
-                cmd.cpages = cmd.npages;
-                cmd.buf = bounce;
-                Ok(())
-            }
-            Err(Missing(a)) => {
-                cmd.cpages = (a - start) >> PAGE_SHIFT;
-                Err(Errno::ENOENT)
-            }
-        }
+        self.read_into(cmd, start, end, Errno::ENOENT)
     }
 
     /// `HMM_DMIRROR_MIGRATE_TO_SYS`: migrate this device's pages in the
@@ -837,18 +845,7 @@ impl Mirror {
             }
             break;
         }
-        let mut bounce = vec![0u8; (end - start) as usize];
-        match self.do_read(start, end, &mut bounce) {
-            Ok(()) => {
-                cmd.cpages = cmd.npages;
-                cmd.buf = bounce;
-                Ok(())
-            }
-            Err(Missing(a)) => {
-                cmd.cpages = (a - start) >> PAGE_SHIFT;
-                Err(Errno::EBUSY)
-            }
-        }
+        self.read_into(cmd, start, end, Errno::EBUSY)
     }
 
     /// `HMM_DMIRROR_CHECK_EXCLUSIVE`: `-EPERM` if a page of the range is

@@ -112,6 +112,39 @@ fn store(e: &std::sync::atomic::AtomicU64, p: Pte) {
     e.store(p.encode(), Ordering::Release);
 }
 
+/// The end of a COW break, entered with the page-table lock dropped and
+/// `new` holding the copy of `old`: invalidate `[start, start + size)`,
+/// retake the page-table lock and, unless `e` changed from `w` meanwhile
+/// (then `new` is freed and the fault evaluated again), install `new`
+/// writable (`huge` for a PMD-level leaf) and release `old`.
+#[allow(clippy::too_many_arguments)]
+fn cow_install(
+    mm: &Mm,
+    e: &std::sync::atomic::AtomicU64,
+    w: u64,
+    old: u64,
+    new: u64,
+    start: u64,
+    size: u64,
+    huge: bool,
+) -> Step {
+    let frames = &mm.machine.frames;
+    let _inv = mm.notifiers.invalidate_range_start(&InvalidateRange::new(
+        start,
+        start + size,
+        Event::Clear,
+    ));
+    let _ptl = mm.ptl();
+    if e.load(Ordering::Acquire) != w {
+        frames.put(new);
+        return Step::Again;
+    }
+    store(e, Pte::present(new, true, huge));
+    frames.put(old);
+    mm.stats.cow.fetch_add(1, Ordering::Relaxed);
+    Step::Done
+}
+
 fn fault_once(mm: &Mm, vma: &VmaInfo, addr: u64, write: bool) -> Step {
     let frames = &mm.machine.frames;
     let vm_write = vma.flags.contains(VmFlags::WRITE);
@@ -255,20 +288,7 @@ fn fault_once(mm: &Mm, vma: &VmaInfo, addr: u64, write: bool) -> Step {
             if pfn != ZERO_PFN {
                 frames.copy_page(pfn, new);
             }
-            let _inv = mm.notifiers.invalidate_range_start(&InvalidateRange::new(
-                addr,
-                addr + PAGE_SIZE,
-                Event::Clear,
-            ));
-            let _ptl = mm.ptl();
-            if pte.load(Ordering::Acquire) != w {
-                frames.put(new);
-                return Step::Again;
-            }
-            store(pte, Pte::present(new, true, false));
-            frames.put(pfn);
-            mm.stats.cow.fetch_add(1, Ordering::Relaxed);
-            Step::Done
+            cow_install(mm, pte, w, pfn, new, addr, PAGE_SIZE, false)
         }
         Pte::Swap { slot, write: sw } => {
             drop(ptl);
@@ -388,20 +408,7 @@ fn hugetlb_fault(mm: &Mm, vma: &VmaInfo, addr: u64, write: bool) -> Step {
             for i in 0..(1u64 << order) {
                 frames.copy_page(pfn + i, new + i);
             }
-            let _inv = mm.notifiers.invalidate_range_start(&InvalidateRange::new(
-                base,
-                base + size,
-                Event::Clear,
-            ));
-            let _ptl = mm.ptl();
-            if e.load(Ordering::Acquire) != w {
-                frames.put(new);
-                return Step::Again;
-            }
-            store(e, Pte::present(new, true, true));
-            frames.put(pfn);
-            mm.stats.cow.fetch_add(1, Ordering::Relaxed);
-            Step::Done
+            cow_install(mm, e, w, pfn, new, base, size, true)
         }
         Pte::Migration { .. } => Step::WaitMigration,
         _ => Step::Error(VmFaultError::Sigbus),
