@@ -8,6 +8,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use backend_sim::dmirror::Cmd;
 use backend_sim::inject::{Pace, SplitMix64, Storm, StormOp};
@@ -36,6 +37,39 @@ fn check_window(h: &Hmm, t: &Task, a: u64, n: u64, seed: u64) {
     }
 }
 
+/// Start `ops` over `[p, p + size)` in `window`-byte windows from two CPU
+/// threads, paced at one operation per completed device fault
+/// ([`Pace::tick`]): always concurrent with the other device threads'
+/// faults, never starving them.
+fn paced_storm(
+    h: &Hmm,
+    p: u64,
+    size: u64,
+    window: u64,
+    ops: &[StormOp],
+    seed: u64,
+) -> (Arc<Pace>, Storm) {
+    let pace = Pace::new();
+    let storm = Storm::start(&h.mm, p, p + size, window, ops, 2, seed, Some(pace.clone()));
+    (pace, storm)
+}
+
+/// Spawn `n` device threads; thread `d` runs `dev(h, pace, task, d)` with a
+/// task of its own.
+fn spawn_devices<R: Send + 'static>(
+    h: &Arc<Hmm>,
+    pace: &Arc<Pace>,
+    n: u64,
+    dev: impl Fn(&Hmm, &Pace, &Task, u64) -> R + Clone + Send + 'static,
+) -> Vec<JoinHandle<R>> {
+    (0..n)
+        .map(|d| {
+            let (h, pace, dev) = (h.clone(), pace.clone(), dev.clone());
+            std::thread::spawn(move || dev(&h, &pace, &Task::new(), d))
+        })
+        .collect()
+}
+
 fn stress(thp: bool, policy: Policy, seed: u64) {
     let h = Arc::new(Hmm::new());
     let size = 8 * TWOMEG;
@@ -54,61 +88,43 @@ fn stress(thp: bool, policy: Policy, seed: u64) {
         StormOp::Protect,
         StormOp::Split,
     ];
-    // One invalidation per completed device fault: always concurrent with
-    // the other device threads' faults, never starving them.
-    let pace = Pace::new();
-    let storm = Storm::start(
-        &h.mm,
-        p,
-        p + size,
-        16 * PAGE_SIZE,
-        &ops,
-        2,
-        seed,
-        Some(pace.clone()),
-    );
-    let devs: Vec<_> = (0..3u64)
-        .map(|d| {
-            let (h, pace) = (h.clone(), pace.clone());
-            std::thread::spawn(move || {
-                let t = Task::new();
-                let mut rng = SplitMix64::new(seed.wrapping_mul(31) + d);
-                let mut ok = 0;
-                for _ in 0..iters() {
-                    // Overlapping windows of 1..=256 pages anywhere.
-                    let pages = size / PAGE_SIZE;
-                    let n = 1 + rng.below(256);
-                    let first = rng.below(pages - n + 1);
-                    let a = p + first * PAGE_SIZE;
-                    let chunk = 1 + rng.below(128);
-                    let write = rng.below(4) == 0;
-                    let r = h.fd.fault_unlocked(
-                        &t,
-                        a,
-                        a + n * PAGE_SIZE,
-                        write,
-                        chunk,
-                        &Options::with_policy(policy),
-                        &mut Stats::default(),
-                    );
-                    pace.tick();
-                    match r {
-                        Ok(()) => {
-                            ok += 1;
-                            if !write {
-                                check_window(&h, &t, a, n, seed);
-                            } else {
-                                h.fd.check_coherent(&t).unwrap_or_else(|e| panic!("{e}"));
-                            }
-                        }
-                        // A write fault racing with mprotect(PROT_READ).
-                        Err(e) => assert_eq!(e, backend_sim::Errno::EPERM),
+    let (pace, storm) = paced_storm(&h, p, size, 16 * PAGE_SIZE, &ops, seed);
+    let devs = spawn_devices(&h, &pace, 3, move |h, pace, t, d| {
+        let mut rng = SplitMix64::new(seed.wrapping_mul(31) + d);
+        let mut ok = 0;
+        for _ in 0..iters() {
+            // Overlapping windows of 1..=256 pages anywhere.
+            let pages = size / PAGE_SIZE;
+            let n = 1 + rng.below(256);
+            let first = rng.below(pages - n + 1);
+            let a = p + first * PAGE_SIZE;
+            let chunk = 1 + rng.below(128);
+            let write = rng.below(4) == 0;
+            let r = h.fd.fault_unlocked(
+                t,
+                a,
+                a + n * PAGE_SIZE,
+                write,
+                chunk,
+                &Options::with_policy(policy),
+                &mut Stats::default(),
+            );
+            pace.tick();
+            match r {
+                Ok(()) => {
+                    ok += 1;
+                    if !write {
+                        check_window(h, t, a, n, seed);
+                    } else {
+                        h.fd.check_coherent(t).unwrap_or_else(|e| panic!("{e}"));
                     }
                 }
-                ok
-            })
-        })
-        .collect();
+                // A write fault racing with mprotect(PROT_READ).
+                Err(e) => assert_eq!(e, backend_sim::Errno::EPERM),
+            }
+        }
+        ok
+    });
     let ok: u64 = devs.into_iter().map(|d| d.join().unwrap()).sum();
     let ops_done = storm.stop();
     assert!(ok > 0);
@@ -161,45 +177,29 @@ fn kernel_entry_point_under_invalidation_storm() {
         StormOp::Protect,
         StormOp::Split,
     ];
-    let pace = Pace::new();
-    let storm = Storm::start(
-        &h.mm,
-        p,
-        p + size,
-        32 * PAGE_SIZE,
-        &ops,
-        2,
-        9,
-        Some(pace.clone()),
-    );
-    let devs: Vec<_> = (0..2u64)
-        .map(|d| {
-            let (h, pace) = (h.clone(), pace.clone());
-            std::thread::spawn(move || {
-                let t = Task::new();
-                let mut rng = SplitMix64::new(100 + d);
-                for _ in 0..iters() {
-                    let n = 1 + rng.below(128);
-                    let first = rng.below(size / PAGE_SIZE - n + 1);
-                    let a = p + first * PAGE_SIZE;
-                    let mut cmd = Cmd::new(a, n);
-                    pace.tick();
-                    match h.fd.read(&t, &mut cmd) {
-                        Ok(()) => {
-                            h.fd.check_coherent(&t).unwrap_or_else(|e| panic!("{e}"));
-                            let off = (first * PAGE_SIZE / 4) as i32;
-                            let want: Vec<i32> = (0..(n * PAGE_SIZE / 4) as i32)
-                                .map(|i| (i + off) ^ 0x5a5a)
-                                .collect();
-                            assert_eq!(cmd.i32s(), want);
-                        }
-                        // The kernel path gives up after its 1000 ms budget.
-                        Err(e) => assert_eq!(e, backend_sim::Errno::EBUSY),
-                    }
+    let (pace, storm) = paced_storm(&h, p, size, 32 * PAGE_SIZE, &ops, 9);
+    let devs = spawn_devices(&h, &pace, 2, move |h, pace, t, d| {
+        let mut rng = SplitMix64::new(100 + d);
+        for _ in 0..iters() {
+            let n = 1 + rng.below(128);
+            let first = rng.below(size / PAGE_SIZE - n + 1);
+            let a = p + first * PAGE_SIZE;
+            let mut cmd = Cmd::new(a, n);
+            pace.tick();
+            match h.fd.read(t, &mut cmd) {
+                Ok(()) => {
+                    h.fd.check_coherent(t).unwrap_or_else(|e| panic!("{e}"));
+                    let off = (first * PAGE_SIZE / 4) as i32;
+                    let want: Vec<i32> = (0..(n * PAGE_SIZE / 4) as i32)
+                        .map(|i| (i + off) ^ 0x5a5a)
+                        .collect();
+                    assert_eq!(cmd.i32s(), want);
                 }
-            })
-        })
-        .collect();
+                // The kernel path gives up after its 1000 ms budget.
+                Err(e) => assert_eq!(e, backend_sim::Errno::EBUSY),
+            }
+        }
+    });
     for d in devs {
         d.join().unwrap();
     }
