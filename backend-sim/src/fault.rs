@@ -112,6 +112,20 @@ fn store(e: &std::sync::atomic::AtomicU64, p: Pte) {
     e.store(p.encode(), Ordering::Release);
 }
 
+/// The first checks of a fault on a present entry (writable `pw`,
+/// userfaultfd-write-protected `wp`): nothing to do unless a `write` finds
+/// it read-only, and a write to a page write-protected under a `WP`
+/// registration goes to userfaultfd. `None`: the write fault goes on.
+fn present_first(vma: &VmaInfo, write: bool, pw: bool, wp: bool) -> Option<Step> {
+    if !write || pw {
+        return Some(Step::Done);
+    }
+    if wp && uffd_wp(vma) {
+        return Some(Step::Userfault(Reason::Wp));
+    }
+    None
+}
+
 /// The end of a COW break, entered with the page-table lock dropped and
 /// `new` holding the copy of `old`: invalidate `[start, start + size)`,
 /// retake the page-table lock and, unless `e` changed from `w` meanwhile
@@ -180,11 +194,8 @@ fn fault_once(mm: &Mm, vma: &VmaInfo, addr: u64, write: bool) -> Step {
             uffd_wp: wp,
             ..
         } => {
-            if !write || pw {
-                return Step::Done;
-            }
-            if wp && uffd_wp(vma) {
-                return Step::Userfault(Reason::Wp);
+            if let Some(step) = present_first(vma, write, pw, wp) {
+                return step;
             }
             if frames.refcount(pfn) == 1 {
                 store(pmd, Pte::present(pfn, true, true));
@@ -263,11 +274,8 @@ fn fault_once(mm: &Mm, vma: &VmaInfo, addr: u64, write: bool) -> Step {
             special,
             ..
         } => {
-            if !write || pw {
-                return Step::Done;
-            }
-            if wp && uffd_wp(vma) {
-                return Step::Userfault(Reason::Wp);
+            if let Some(step) = present_first(vma, write, pw, wp) {
+                return step;
             }
             if !vma.is_cow() {
                 store(pte, Pte::present(pfn, true, false));
@@ -391,11 +399,8 @@ fn hugetlb_fault(mm: &Mm, vma: &VmaInfo, addr: u64, write: bool) -> Step {
             uffd_wp: wp,
             ..
         } => {
-            if !write || pw {
-                return Step::Done;
-            }
-            if wp && uffd_wp(vma) {
-                return Step::Userfault(Reason::Wp);
+            if let Some(step) = present_first(vma, write, pw, wp) {
+                return step;
             }
             if !vma.is_cow() || frames.refcount(pfn) == 1 {
                 store(e, Pte::present(pfn, true, true));
