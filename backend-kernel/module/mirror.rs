@@ -254,12 +254,22 @@ impl Mirror {
         }
     }
 
-    /// `READ` / `READ_UNLOCKED`: mirror `[addr, addr + npages)` and copy it to
-    /// the user buffer `ptr`.
-    fn read(&self, cmd: &mut Cmd, path: Path) -> Result {
-        let (start, end, size) = span(cmd)?;
-        let mut buf = bounce(size)?;
-        let dst = buf.spare_capacity_mut().as_mut_ptr().cast::<c_void>();
+    /// Copy `[start, end)` page by page through the device page table:
+    /// `page(vpfn, off)` runs with the mutex held for each page not yet done
+    /// (`off`: the page's byte offset from `start`) and returns nonzero
+    /// where the device does not map the page (writably, for `write`). Then
+    /// the rest of the range is faulted in through `path` (one more
+    /// `cmd.faults`) and the copy goes on from that page. Returns the pages
+    /// copied and `Ok` or the fault's error.
+    fn each_page(
+        &self,
+        cmd: &mut Cmd,
+        start: u64,
+        end: u64,
+        write: bool,
+        path: Path,
+        mut page: impl FnMut(u64, usize) -> c_int,
+    ) -> (u64, Result) {
         let first = start >> PAGE_SHIFT;
         let last = end >> PAGE_SHIFT;
         let mut done = 0u64;
@@ -269,12 +279,7 @@ impl Mirror {
                 let mut complete = true;
                 for vpfn in first + done..last {
                     let off = ((vpfn - first) << PAGE_SHIFT) as usize;
-                    // SAFETY: mutex held; `dst + off` has PAGE_SIZE bytes of
-                    // the bounce buffer's capacity (`off < size`).
-                    let r = unsafe {
-                        ffi::hmm_rs_pt_read_page(self.raw, vpfn, dst.cast::<u8>().add(off).cast())
-                    };
-                    if r != 0 {
+                    if page(vpfn, off) != 0 {
                         complete = false;
                         break;
                     }
@@ -283,11 +288,27 @@ impl Mirror {
                 complete
             };
             if complete {
-                break;
+                return (done, Ok(()));
             }
-            self.fault(start + (done << PAGE_SHIFT), end, false, path)?;
+            if let Err(e) = self.fault(start + (done << PAGE_SHIFT), end, write, path) {
+                return (done, Err(e));
+            }
             cmd.faults += 1;
         }
+    }
+
+    /// `READ` / `READ_UNLOCKED`: mirror `[addr, addr + npages)` and copy it to
+    /// the user buffer `ptr`.
+    fn read(&self, cmd: &mut Cmd, path: Path) -> Result {
+        let (start, end, size) = span(cmd)?;
+        let mut buf = bounce(size)?;
+        let dst = buf.spare_capacity_mut().as_mut_ptr().cast::<c_void>();
+        let (done, result) = self.each_page(cmd, start, end, false, path, |vpfn, off| {
+            // SAFETY: mutex held; `dst + off` has PAGE_SIZE bytes of the
+            // bounce buffer's capacity (`off < size`).
+            unsafe { ffi::hmm_rs_pt_read_page(self.raw, vpfn, dst.cast::<u8>().add(off).cast()) }
+        });
+        result?;
         cmd.cpages = done;
         // SAFETY: every page of the buffer was written above.
         unsafe { buf.set_len(size) };
@@ -307,36 +328,11 @@ impl Mirror {
         // SAFETY: read_raw initialized all `size` bytes.
         unsafe { buf.set_len(size) };
         let src = buf.as_ptr().cast::<c_void>();
-        let first = start >> PAGE_SHIFT;
-        let last = end >> PAGE_SHIFT;
-        let mut done = 0u64;
-        let result = loop {
-            let complete = {
-                let _pt = self.lock();
-                let mut complete = true;
-                for vpfn in first + done..last {
-                    let off = ((vpfn - first) << PAGE_SHIFT) as usize;
-                    // SAFETY: mutex held; `src + off` has PAGE_SIZE
-                    // initialized bytes (`off < size`).
-                    let r = unsafe {
-                        ffi::hmm_rs_pt_write_page(self.raw, vpfn, src.cast::<u8>().add(off).cast())
-                    };
-                    if r != 0 {
-                        complete = false;
-                        break;
-                    }
-                    done += 1;
-                }
-                complete
-            };
-            if complete {
-                break Ok(());
-            }
-            if let Err(e) = self.fault(start + (done << PAGE_SHIFT), end, true, Path::Locked) {
-                break Err(e);
-            }
-            cmd.faults += 1;
-        };
+        let (done, result) = self.each_page(cmd, start, end, true, Path::Locked, |vpfn, off| {
+            // SAFETY: mutex held; `src + off` has PAGE_SIZE initialized
+            // bytes (`off < size`).
+            unsafe { ffi::hmm_rs_pt_write_page(self.raw, vpfn, src.cast::<u8>().add(off).cast()) }
+        });
         cmd.cpages = done;
         result
     }
