@@ -10,8 +10,9 @@
 //!   fault errors are all `-EFAULT` as in the kernel.
 //! * [`range_fault_unlockable`]: the seed patch's contract for callers that
 //!   must hold the lock. Faults may drop it (`ALLOW_RETRY | KILLABLE`). With
-//!   [`Policy::Resume`] the driver re-takes the lock killably, resumes from
-//!   the faulting page with `TRIED` if the sequence has not moved, and hands
+//!   [`Policy::Resume`] the driver re-takes the lock killably, resumes where
+//!   the walk stopped (retrying the dropping page with `TRIED`) if the
+//!   sequence has not moved, and hands
 //!   the held guard back; with [`Policy::Restart`] it returns `-EBUSY` and no
 //!   guard (the seed v1 behaviour: the caller restarts from `range.start`).
 //! * [`range_fault_unlocked`]: the maintainers' design. The driver owns the
@@ -39,8 +40,10 @@
 //!
 //! # Why resuming is sound
 //!
-//! Entries below the faulting page were filled while the lock was held and
-//! the sequence was `seq`. For one of them to be stale now, its mapping must
+//! The walk stopped at `addr` for a fault over `[addr, end)`; the page whose
+//! fault dropped the lock lies in that span. Entries below `addr` were
+//! filled while the lock was held and the sequence was `seq`; entries from
+//! `addr` on still hold their input, so the resumed walk starts at `addr`. For one of them to be stale now, its mapping must
 //! have changed, and every such change invalidates the interval and moves
 //! the sequence. So if `check_retry(seq)` is false after re-taking the lock,
 //! they are as good as if they had just been walked; if it is true, the
@@ -70,7 +73,7 @@ use super::walk::{walk, WalkCounters, WalkStop};
 /// What to do after a fault dropped the mmap lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Policy {
-    /// Resume from the faulting page if the notifier sequence has not moved
+    /// Resume where the walk stopped if the notifier sequence has not moved
     /// (restart only if it has). Linear work.
     #[default]
     Resume,
@@ -119,7 +122,7 @@ pub struct Stats {
     pub tried_faults: u64,
     /// Faults that dropped the mmap lock.
     pub lock_drops: u64,
-    /// Walks resumed from the faulting page after a drop.
+    /// Walks resumed (not restarted) after a drop.
     pub resumes: u64,
     /// Walks restarted from the range start (sequence moved, or the
     /// restart policy).

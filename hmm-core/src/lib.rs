@@ -28,9 +28,11 @@
 //!    nothing borrowed from the old guard (VMAs, page-table views) can be
 //!    touched: the borrow checker forbids it.
 //! 5. After a drop the driver checks for fatal signals and its budget,
-//!    re-takes the lock killably, and *resumes* from the faulting page when
-//!    `check_retry(seq)` shows no invalidation (retrying that page with
-//!    [`FaultFlags::TRIED`]); otherwise it restarts with a new sequence.
+//!    re-takes the lock killably, and *resumes* where the walk stopped when
+//!    `check_retry(seq)` shows no invalidation (retrying the page that
+//!    dropped the lock with [`FaultFlags::TRIED`]); otherwise it restarts
+//!    with a new sequence (or, if the entries carry per-page requests that
+//!    the walk has overwritten, returns `-EBUSY` to the caller).
 //! 6. On success the caller takes its device update lock, checks
 //!    `read_retry(seq)`, and programs the device only if it is false. The
 //!    invalidate callback takes the same lock.
