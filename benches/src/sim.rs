@@ -32,9 +32,9 @@ pub enum Layout {
     /// order: neighbouring PTEs map consecutive frames, which the
     /// simulator reports as PTE runs (as the kernel batches a folio's PTEs).
     Small,
-    /// Every page present as a 4 KiB PTE, populated in descending address
-    /// order: no two neighbouring PTEs map consecutive frames, so every PTE
-    /// is its own leaf (the walker's per-PTE worst case).
+    /// Every page present as a 4 KiB PTE, populated even pages first, then
+    /// odd ones: no two neighbouring PTEs map consecutive frames, so every
+    /// PTE is its own leaf (the walker's per-PTE worst case).
     Scattered,
     /// Every 2 MiB present as a THP PMD leaf (`MADV_HUGEPAGE`).
     Thp,
@@ -155,11 +155,16 @@ impl SimRange {
         match layout {
             Layout::Small => step(PAGE_SIZE)?,
             Layout::Scattered => {
-                let mut a = start + len;
-                while a > start {
-                    a -= PAGE_SIZE;
-                    mm.touch(&task, a, PAGE_SIZE, true)
-                        .map_err(|x| e("touch", x))?;
+                // Even pages first, then odd ones: neighbouring PTEs map
+                // frames about len/2 apart whichever way the allocator
+                // hands frames out.
+                for parity in [0, 1] {
+                    let mut a = start + parity * PAGE_SIZE;
+                    while a < start + len {
+                        mm.touch(&task, a, PAGE_SIZE, true)
+                            .map_err(|x| e("touch", x))?;
+                        a += 2 * PAGE_SIZE;
+                    }
                 }
             }
             Layout::Thp => {
@@ -249,7 +254,14 @@ mod tests {
         };
         let r = SimRange::build(&m, layout, len).expect("build");
         let mut pfns = vec![0u64; r.pages()];
-        r.walk_snapshot(&mut pfns).expect("walk");
+        let counters = r.walk_snapshot(&mut pfns).expect("walk");
+        // The 4 KiB layouts differ only in frame placement: PTE runs for
+        // consecutive frames, one leaf per PTE for scattered ones.
+        match layout {
+            Layout::Small => assert_eq!(counters.leaves, len / HUGE_2M, "one run per PTE table"),
+            Layout::Scattered => assert_eq!(counters.leaves, len / PAGE_SIZE, "one leaf per PTE"),
+            _ => {}
+        }
         let mut pfns2 = vec![0u64; r.pages()];
         r.range_fault_snapshot(&mut pfns2).expect("range_fault");
         assert_eq!(pfns, pfns2, "{layout:?}: the two paths agree");
