@@ -45,7 +45,7 @@ use core::ops::ControlFlow;
 use super::error::Error;
 use super::leaf::{Leaf, Present};
 use super::mm::MmView;
-use super::need::NeedFault;
+use super::need::{NeedFault, Request};
 use super::pfn::{HmmPfn, PfnFlags, PAGE_SIZE, PFN_MASK};
 use super::range::Range;
 use super::vma::{VmFlags, Vma};
@@ -160,13 +160,18 @@ fn walk_vma<V: MmView + ?Sized>(
     let mut st = VmaWalk {
         vma,
         fast: !range.request.may_fault() && !vma.is_hugetlb(),
-        range,
-        counters,
+        base: range.start,
+        request: range.request,
+        owner: range.dev_private_owner,
+        pfns: &mut *range.pfns,
+        counters: WalkCounters::default(),
         cursor: start,
         end,
         result: Ok(None),
     };
     view.walk_leaves(vma, start, end, |a, b, leaf| st.visit(a, b, leaf));
+    counters.leaves += st.counters.leaves;
+    counters.pages_filled += st.counters.pages_filled;
     if matches!(st.result, Ok(None)) && st.cursor != end {
         // The backend stopped early without covering the window.
         return Err(Error::Fault);
@@ -177,19 +182,25 @@ fn walk_vma<V: MmView + ?Sized>(
 /// The state of one VMA's leaf iteration. The per-leaf entry point is kept
 /// small so backends' page-table loops inline it; everything but the
 /// snapshot of ordinary present PTEs goes through the out-of-line
-/// [`VmaWalk::visit_slow`].
-struct VmaWalk<'v, 'g, 'r, 'p, 'c> {
+/// [`VmaWalk::visit_slow`]. Everything the fast path reads is held by value
+/// (and the output slice by its own reference), so the compiler can keep it
+/// in registers across the stores into the output.
+struct VmaWalk<'v, 'g, 'r> {
     vma: &'v Vma<'g>,
-    range: &'r mut Range<'p>,
-    counters: &'c mut WalkCounters,
     /// No entry can request a fault and the VMA is not hugetlb.
     fast: bool,
+    /// `range.start`: the address of `pfns[0]`.
+    base: u64,
+    request: Request,
+    owner: Option<u64>,
+    pfns: &'r mut [u64],
+    counters: WalkCounters,
     cursor: u64,
     end: u64,
     result: Result<Option<WalkStop>, Error>,
 }
 
-impl VmaWalk<'_, '_, '_, '_, '_> {
+impl VmaWalk<'_, '_, '_> {
     #[inline(always)]
     fn visit(&mut self, a: u64, b: u64, leaf: Leaf) -> ControlFlow<()> {
         // Fast path: ordinary present PTEs (one or a run) in a snapshot.
@@ -203,13 +214,15 @@ impl VmaWalk<'_, '_, '_, '_, '_> {
                 && b <= self.end
                 && b & (PAGE_SIZE - 1) == 0
             {
-                let (i, j) = (
-                    range_index(self.range.start, a),
-                    range_index(self.range.start, b),
-                );
-                if let Some(entries) = self.range.pfns.get_mut(i..j) {
+                let (i, j) = (range_index(self.base, a), range_index(self.base, b));
+                if let Some(entries) = self.pfns.get_mut(i..j) {
                     self.counters.leaves += 1;
-                    fill_pfns(entries, p.pfn, HmmPfn::cpu_flags(p.write, 0), self.counters);
+                    fill_pfns(
+                        entries,
+                        p.pfn,
+                        HmmPfn::cpu_flags(p.write, 0),
+                        &mut self.counters,
+                    );
                     self.cursor = b;
                     return ControlFlow::Continue(());
                 }
@@ -225,7 +238,20 @@ impl VmaWalk<'_, '_, '_, '_, '_> {
             return ControlFlow::Break(());
         }
         self.counters.leaves += 1;
-        match leaf_span(self.vma, self.range, a, b, leaf, self.counters) {
+        let (i, j) = (range_index(self.base, a), range_index(self.base, b));
+        let out = match self.pfns.get_mut(i..j) {
+            Some(entries) => leaf_span(
+                self.vma,
+                self.request,
+                self.owner,
+                entries,
+                a,
+                leaf,
+                &mut self.counters,
+            ),
+            None => Err(Error::Fault),
+        };
+        match out {
             Ok(None) => {
                 self.cursor = b;
                 ControlFlow::Continue(())
@@ -255,17 +281,17 @@ fn fault_stop(vma: &Vma<'_>, a: u64, b: u64, need: NeedFault) -> Result<Option<W
     }))
 }
 
+/// Output for one span `[a, a + entries.len() pages)` reported as `leaf`.
 fn leaf_span(
     vma: &Vma<'_>,
-    range: &mut Range<'_>,
+    request: Request,
+    owner: Option<u64>,
+    entries: &mut [u64],
     a: u64,
-    b: u64,
     leaf: Leaf,
     counters: &mut WalkCounters,
 ) -> Result<Option<WalkStop>, Error> {
-    let request = range.request;
-    let owner = range.dev_private_owner;
-    let entries = entries_mut(range, a, b)?;
+    let b = a.wrapping_add((entries.len() as u64) << super::pfn::PAGE_SHIFT);
     match leaf {
         Leaf::NonePtes => return pte_run(vma, request, entries, a, None, 0, false, counters),
         Leaf::Present(p) if p.order == 0 && !vma.is_hugetlb() => {
@@ -341,7 +367,7 @@ fn leaf_span(
 #[allow(clippy::too_many_arguments)]
 fn pte_run(
     vma: &Vma<'_>,
-    request: super::need::Request,
+    request: Request,
     entries: &mut [u64],
     a: u64,
     pfn: Option<u64>,
@@ -380,7 +406,7 @@ fn pte_run(
 
 fn present(
     vma: &Vma<'_>,
-    request: super::need::Request,
+    request: Request,
     entries: &mut [u64],
     a: u64,
     b: u64,
