@@ -94,6 +94,8 @@ pub struct TestMm {
     invalidate_on_drop: Cell<u32>,
     /// Raise a fatal signal on the next lock drop.
     signal_on_drop: Cell<bool>,
+    /// Raise a fatal signal during the next migration wait.
+    signal_on_migration: Cell<bool>,
     /// Nanoseconds the clock advances per fault.
     fault_cost_ns: Cell<u64>,
     /// Migration entries resolve into this many-page mapping on wait.
@@ -124,6 +126,7 @@ impl TestMm {
             readers: Cell::new(0),
             invalidate_on_drop: Cell::new(0),
             signal_on_drop: Cell::new(false),
+            signal_on_migration: Cell::new(false),
             fault_cost_ns: Cell::new(0),
             log: Cell::new([LoggedFault { addr: 0, flags: 0 }; FAULT_LOG]),
             cached: Cell::new([u64::MAX; 8]),
@@ -204,6 +207,11 @@ impl TestMm {
     /// Raise a fatal signal at the next lock drop.
     pub fn signal_on_drop(&self) {
         self.signal_on_drop.set(true);
+    }
+
+    /// Raise a fatal signal during the next migration wait.
+    pub fn signal_on_migration_wait(&self) {
+        self.signal_on_migration.set(true);
     }
 
     /// Advance the clock by `ns` on every fault.
@@ -475,6 +483,9 @@ impl FaultHandler<TestMm> for TestMm {
     fn migration_wait(&self, _guard: &TestGuard<'_>, addr: u64) {
         self.migration_waits
             .set(self.migration_waits.get().saturating_add(1));
+        if self.signal_on_migration.replace(false) {
+            self.fatal.set(true);
+        }
         // The migration finishes: the entry becomes a present page.
         if let Some(m) = self.mapping_at(addr) {
             if m.leaf == Leaf::Migration {

@@ -414,6 +414,12 @@ where
             Ok(WalkStop::WaitMigration { addr }) => {
                 env.handler.migration_wait(&g, addr);
                 stats.migration_waits += 1;
+                // A fatal signal that arrived during the wait ends the call
+                // (GUP checks before every page), whether or not a fault
+                // follows.
+                if unlockable && env.signals.fatal_signal_pending() {
+                    break finish(mode, Err(Error::Intr), g);
+                }
                 cursor = addr;
                 guard = Some(g);
                 continue;

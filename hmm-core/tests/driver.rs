@@ -407,6 +407,29 @@ fn migration_entries_are_waited_on_then_resumed() {
 }
 
 #[test]
+fn a_fatal_signal_during_a_migration_wait_is_eintr() {
+    let mm = mm_with(4, RW, 0, FaultMode::Populate);
+    // Every page is present; page 2 is under migration.
+    for p in [0u64, 1, 3] {
+        assert!(mm.map(
+            BASE + p * PAGE_SIZE,
+            1,
+            Leaf::Present(Present {
+                pfn: 9 + p,
+                write: true,
+                ..Present::default()
+            })
+        ));
+    }
+    assert!(mm.map(BASE + 0x2000, 1, Leaf::Migration));
+    mm.signal_on_migration_wait();
+    let mut pfns = [0u64; 4];
+    let (r, stats, _) = unlocked(&mm, &mut pfns, REQ_RW, Options::default());
+    assert_eq!(r, Err(Error::Intr));
+    assert_eq!((stats.migration_waits, stats.faults), (1, 0));
+}
+
+#[test]
 fn hugetlb_faults_work_on_the_lock_dropping_path() {
     let mm = mm_with(
         1024,
