@@ -421,7 +421,7 @@ impl Tables {
             let next = ((a | (size - 1)) + 1).min(end);
             let w = table.0[index(a, shift)].load(Ordering::Acquire);
             match Pte::decode(w, true) {
-                Pte::None => f(a, next, Leaf::None)?,
+                Pte::None => upper(f, a, next, Leaf::None)?,
                 Pte::Table(id) => self.walk_level(id, shift - 9, a, next, frames, f)?,
                 Pte::Present {
                     pfn,
@@ -440,9 +440,9 @@ impl Tables {
                         special,
                         zero: false,
                     };
-                    f(a, next, Leaf::Present(p))?
+                    upper(f, a, next, Leaf::Present(p))?
                 }
-                Pte::Migration { .. } if shift == PMD_SHIFT => f(a, next, Leaf::Migration)?,
+                Pte::Migration { .. } if shift == PMD_SHIFT => upper(f, a, next, Leaf::Migration)?,
                 Pte::DevicePrivate { pfn, write } if shift == PMD_SHIFT => {
                     let base = a & !(size - 1);
                     let owner = match frames.kind(pfn) {
@@ -455,12 +455,12 @@ impl Tables {
                         write,
                         order: 9,
                     };
-                    f(a, next, leaf)?
+                    upper(f, a, next, leaf)?
                 }
                 // An absent PUD is a hole; anything else absent at the PMD
                 // level is a bad entry.
-                _ if shift == PUD_SHIFT => f(a, next, Leaf::None)?,
-                _ => f(a, next, Leaf::Bad)?,
+                _ if shift == PUD_SHIFT => upper(f, a, next, Leaf::None)?,
+                _ => upper(f, a, next, Leaf::Bad)?,
             }
             a = next;
         }
@@ -539,6 +539,17 @@ impl Tables {
             a = next;
         }
     }
+}
+
+/// Report a span found above the PTE level. Kept out of line so that the
+/// PTE loop is the only place the walker's callback is called from, which
+/// lets the compiler inline the callback there (the per-page path).
+#[inline(never)]
+fn upper<F>(f: &mut F, a: u64, b: u64, leaf: Leaf) -> ControlFlow<()>
+where
+    F: FnMut(u64, u64, Leaf) -> ControlFlow<()>,
+{
+    f(a, b, leaf)
 }
 
 /// Classify a PTE word for the HMM walk.
