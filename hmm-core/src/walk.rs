@@ -157,89 +157,109 @@ fn walk_vma<V: MmView + ?Sized>(
     end: u64,
     counters: &mut WalkCounters,
 ) -> Result<Option<WalkStop>, Error> {
-    let mut st = VmaWalk {
+    let fast = !range.request.may_fault() && !vma.is_hugetlb();
+    let base = range.start;
+    let mut slow = SlowPath {
         vma,
-        fast: !range.request.may_fault() && !vma.is_hugetlb(),
-        base: range.start,
         request: range.request,
         owner: range.dev_private_owner,
-        pfns: &mut *range.pfns,
         counters: WalkCounters::default(),
-        cursor: start,
-        end,
         result: Ok(None),
     };
-    view.walk_leaves(vma, start, end, |a, b, leaf| st.visit(a, b, leaf));
-    counters.leaves += st.counters.leaves;
-    counters.pages_filled += st.counters.pages_filled;
-    if matches!(st.result, Ok(None)) && st.cursor != end {
-        // The backend stopped early without covering the window.
-        return Err(Error::Fault);
-    }
-    st.result
-}
-
-/// The state of one VMA's leaf iteration. The per-leaf entry point is kept
-/// small so backends' page-table loops inline it; everything but the
-/// snapshot of ordinary present PTEs goes through the out-of-line
-/// [`VmaWalk::visit_slow`]. Everything the fast path reads is held by value
-/// (and the output slice by its own reference), so the compiler can keep it
-/// in registers across the stores into the output.
-struct VmaWalk<'v, 'g, 'r> {
-    vma: &'v Vma<'g>,
-    /// No entry can request a fault and the VMA is not hugetlb.
-    fast: bool,
-    /// `range.start`: the address of `pfns[0]`.
-    base: u64,
-    request: Request,
-    owner: Option<u64>,
-    pfns: &'r mut [u64],
-    counters: WalkCounters,
-    cursor: u64,
-    end: u64,
-    result: Result<Option<WalkStop>, Error>,
-}
-
-impl VmaWalk<'_, '_, '_> {
-    #[inline(always)]
-    fn visit(&mut self, a: u64, b: u64, leaf: Leaf) -> ControlFlow<()> {
+    let pfns: &mut [u64] = &mut *range.pfns;
+    // The per-page state lives in locals whose address never escapes, so
+    // the compiler keeps it in registers across the stores into `pfns`
+    // once the backend's page-table loop inlines this closure.
+    let mut cursor = start;
+    let (mut leaves, mut filled) = (0u64, 0u64);
+    view.walk_leaves(vma, start, end, |a, b, leaf| {
         // Fast path: ordinary present PTEs (one or a run) in a snapshot.
         if let Leaf::Present(p) = leaf {
-            if self.fast
+            if fast
                 && p.order == 0
                 && !p.protnone
                 && !p.special
-                && a == self.cursor
+                && a == cursor
                 && b > a
-                && b <= self.end
+                && b <= end
                 && b & (PAGE_SIZE - 1) == 0
             {
-                let (i, j) = (range_index(self.base, a), range_index(self.base, b));
-                if let Some(entries) = self.pfns.get_mut(i..j) {
-                    self.counters.leaves += 1;
-                    fill_pfns(
-                        entries,
-                        p.pfn,
-                        HmmPfn::cpu_flags(p.write, 0),
-                        &mut self.counters,
-                    );
-                    self.cursor = b;
+                let cpu = HmmPfn::cpu_flags(p.write, 0);
+                let i = range_index(base, a);
+                if b - a == PAGE_SIZE {
+                    // One PTE: the common case with scattered frames.
+                    if let Some(e) = pfns.get_mut(i) {
+                        *e = HmmPfn::sticky_update(*e, (p.pfn & PFN_MASK) | cpu);
+                        leaves += 1;
+                        filled += 1;
+                        cursor = b;
+                        return ControlFlow::Continue(());
+                    }
+                }
+                let n = range_index(a, b);
+                if let Some(entries) = pfns.get_mut(i..i.wrapping_add(n)) {
+                    let mut pfn = p.pfn;
+                    for e in entries.iter_mut() {
+                        *e = HmmPfn::sticky_update(*e, (pfn & PFN_MASK) | cpu);
+                        pfn = pfn.wrapping_add(1);
+                    }
+                    leaves += 1;
+                    filled += n as u64;
+                    cursor = b;
                     return ControlFlow::Continue(());
                 }
             }
         }
-        self.visit_slow(a, b, leaf)
+        match slow.visit(pfns, base, cursor, end, a, b, leaf) {
+            Some(next) => {
+                cursor = next;
+                ControlFlow::Continue(())
+            }
+            None => ControlFlow::Break(()),
+        }
+    });
+    counters.leaves += leaves + slow.counters.leaves;
+    counters.pages_filled += filled + slow.counters.pages_filled;
+    if matches!(slow.result, Ok(None)) && cursor != end {
+        // The backend stopped early without covering the window.
+        return Err(Error::Fault);
     }
+    slow.result
+}
 
+/// Everything but the snapshot of ordinary present PTEs: out of line, so
+/// the per-leaf closure stays small enough for backends' page-table loops
+/// to inline it.
+struct SlowPath<'v, 'g> {
+    vma: &'v Vma<'g>,
+    request: Request,
+    owner: Option<u64>,
+    counters: WalkCounters,
+    result: Result<Option<WalkStop>, Error>,
+}
+
+impl SlowPath<'_, '_> {
+    /// Handle the span `[a, b)`; the cursor after it, or `None` to stop
+    /// (with `self.result` set).
     #[inline(never)]
-    fn visit_slow(&mut self, a: u64, b: u64, leaf: Leaf) -> ControlFlow<()> {
-        if a != self.cursor || b <= a || b > self.end || b & (PAGE_SIZE - 1) != 0 {
+    #[allow(clippy::too_many_arguments)]
+    fn visit(
+        &mut self,
+        pfns: &mut [u64],
+        base: u64,
+        cursor: u64,
+        end: u64,
+        a: u64,
+        b: u64,
+        leaf: Leaf,
+    ) -> Option<u64> {
+        if a != cursor || b <= a || b > end || b & (PAGE_SIZE - 1) != 0 {
             self.result = Err(Error::Fault);
-            return ControlFlow::Break(());
+            return None;
         }
         self.counters.leaves += 1;
-        let (i, j) = (range_index(self.base, a), range_index(self.base, b));
-        let out = match self.pfns.get_mut(i..j) {
+        let (i, j) = (range_index(base, a), range_index(base, b));
+        let out = match pfns.get_mut(i..j) {
             Some(entries) => leaf_span(
                 self.vma,
                 self.request,
@@ -252,17 +272,14 @@ impl VmaWalk<'_, '_, '_> {
             None => Err(Error::Fault),
         };
         match out {
-            Ok(None) => {
-                self.cursor = b;
-                ControlFlow::Continue(())
-            }
+            Ok(None) => Some(b),
             Ok(Some(stop)) => {
                 self.result = Ok(Some(stop));
-                ControlFlow::Break(())
+                None
             }
             Err(e) => {
                 self.result = Err(e);
-                ControlFlow::Break(())
+                None
             }
         }
     }
