@@ -33,6 +33,15 @@ fn unlocked(
     (r, stats, range.notifier_seq)
 }
 
+/// A writable present PTE mapping `pfn`.
+fn rw_page(pfn: u64) -> Leaf {
+    Leaf::Present(Present {
+        pfn,
+        write: true,
+        ..Present::default()
+    })
+}
+
 fn all_writable(pfns: &[u64]) -> bool {
     pfns.iter().all(|&p| HmmPfn(p).is_writable())
 }
@@ -182,15 +191,7 @@ fn per_page_requests_are_never_reread_after_a_restart() {
     // restart from the range start would read page 0's output (VALID) as a
     // fault request; instead the owning entry point returns -EBUSY.
     let mm = mm_with(2, RW, 0, FaultMode::Userfault { resolve: true });
-    assert!(mm.map(
-        BASE,
-        1,
-        Leaf::Present(Present {
-            pfn: 9,
-            write: true,
-            ..Present::default()
-        })
-    ));
+    assert!(mm.map(BASE, 1, rw_page(9)));
     mm.invalidate_on_drop(1);
     let req = PfnFlags::REQ_FAULT.bits();
     let mut pfns = [0, req];
@@ -411,15 +412,7 @@ fn a_fatal_signal_during_a_migration_wait_is_eintr() {
     let mm = mm_with(4, RW, 0, FaultMode::Populate);
     // Every page is present; page 2 is under migration.
     for p in [0u64, 1, 3] {
-        assert!(mm.map(
-            BASE + p * PAGE_SIZE,
-            1,
-            Leaf::Present(Present {
-                pfn: 9 + p,
-                write: true,
-                ..Present::default()
-            })
-        ));
+        assert!(mm.map(BASE + p * PAGE_SIZE, 1, rw_page(9 + p)));
     }
     assert!(mm.map(BASE + 0x2000, 1, Leaf::Migration));
     mm.signal_on_migration_wait();
@@ -488,15 +481,7 @@ fn a_handler_dropping_the_lock_without_allow_retry_is_efault_not_a_crash() {
 #[test]
 fn snapshot_does_not_fault_and_keeps_sticky_bits() {
     let mm = mm_with(4, RW, 0, FaultMode::Userfault { resolve: true });
-    assert!(mm.map(
-        BASE,
-        1,
-        Leaf::Present(Present {
-            pfn: 9,
-            write: true,
-            ..Present::default()
-        })
-    ));
+    assert!(mm.map(BASE, 1, rw_page(9)));
     let mut pfns = [PfnFlags::DMA_MAPPED.bits() | PfnFlags::P2PDMA.bits(); 4];
     let (r, stats, _) = unlocked(&mm, &mut pfns, 0, Options::default());
     assert_eq!(r, Ok(()));

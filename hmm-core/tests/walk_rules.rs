@@ -464,6 +464,11 @@ impl MmView for OneSpan {
     }
 }
 
+/// Walk `range` (starting at `BASE`) over a view reporting it as one span.
+fn walk_span(leaf: Leaf, range: &mut Range<'_>) -> Result<WalkStop, Error> {
+    walk(&OneSpan(leaf), range, BASE, &mut WalkCounters::default())
+}
+
 #[test]
 fn pte_runs_keep_per_pte_semantics() {
     let req = Request::new(0, u64::MAX);
@@ -475,7 +480,7 @@ fn pte_runs_keep_per_pte_semantics() {
     // page is faulted (a hole span would fault all four).
     let mut pfns = [0, PfnFlags::REQ_FAULT.bits(), REQ_W, 0];
     let mut range = Range::new(BASE, BASE + 0x4000, &mut pfns).with_request(req);
-    let got = walk(&OneSpan(ro), &mut range, BASE, &mut WalkCounters::default());
+    let got = walk_span(ro, &mut range);
     assert_eq!(
         got,
         Ok(WalkStop::NeedFault {
@@ -488,12 +493,7 @@ fn pte_runs_keep_per_pte_semantics() {
     // A run of none PTEs: only the requested page is faulted.
     let mut pfns = [0, 0, PfnFlags::REQ_FAULT.bits(), 0];
     let mut range = Range::new(BASE, BASE + 0x4000, &mut pfns).with_request(req);
-    let got = walk(
-        &OneSpan(Leaf::NonePtes),
-        &mut range,
-        BASE,
-        &mut WalkCounters::default(),
-    );
+    let got = walk_span(Leaf::NonePtes, &mut range);
     assert_eq!(
         got,
         Ok(WalkStop::NeedFault {
@@ -505,12 +505,7 @@ fn pte_runs_keep_per_pte_semantics() {
     assert_eq!(pfns, [0, 0, PfnFlags::REQ_FAULT.bits(), 0]);
     // The same as a PMD-level hole: the whole span is the fault unit.
     let mut range = Range::new(BASE, BASE + 0x4000, &mut pfns).with_request(req);
-    let got = walk(
-        &OneSpan(Leaf::None),
-        &mut range,
-        BASE,
-        &mut WalkCounters::default(),
-    );
+    let got = walk_span(Leaf::None, &mut range);
     assert_eq!(
         got,
         Ok(WalkStop::NeedFault {
@@ -528,21 +523,13 @@ fn pte_runs_keep_per_pte_semantics() {
     });
     let mut pfns = [0, PfnFlags::REQ_FAULT.bits(), 0, 0];
     let mut range = Range::new(BASE, BASE + 0x4000, &mut pfns).with_request(req);
-    let got = walk(
-        &OneSpan(special),
-        &mut range,
-        BASE,
-        &mut WalkCounters::default(),
-    );
+    let got = walk_span(special, &mut range);
     assert_eq!(got, Err(Error::Fault));
     assert_eq!(pfns[0], E);
     // Snapshot of a run: consecutive PFNs, sticky bits kept.
     let mut pfns = [PfnFlags::DMA_MAPPED.bits(), 0, 0, 0];
     let mut range = Range::new(BASE, BASE + 0x4000, &mut pfns);
-    assert_eq!(
-        walk(&OneSpan(ro), &mut range, BASE, &mut WalkCounters::default()),
-        Ok(WalkStop::Done)
-    );
+    assert_eq!(walk_span(ro, &mut range), Ok(WalkStop::Done));
     assert_eq!(
         pfns,
         [
