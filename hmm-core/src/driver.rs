@@ -399,21 +399,21 @@ where
             cursor = range.start;
             tried = None;
             resuming = false;
-            stats.restarts += 1;
+            stats.restarts = stats.restarts.saturating_add(1);
             continue;
         }
         if resuming {
-            stats.resumes += 1;
+            stats.resumes = stats.resumes.saturating_add(1);
             resuming = false;
         }
-        stats.walks += 1;
+        stats.walks = stats.walks.saturating_add(1);
         let stop = walk(&g, range, cursor, &mut counters);
         let (addr, end, write) = match stop {
             Err(e) => break finish(mode, Err(e), g),
             Ok(WalkStop::Done) => break finish(mode, Ok(()), g),
             Ok(WalkStop::WaitMigration { addr }) => {
                 env.handler.migration_wait(&g, addr);
-                stats.migration_waits += 1;
+                stats.migration_waits = stats.migration_waits.saturating_add(1);
                 // A fatal signal that arrived during the wait ends the call
                 // (GUP checks before every page), whether or not a fault
                 // follows.
@@ -446,12 +446,12 @@ where
                 break;
             }
             let f = if tried == Some(page) {
-                stats.tried_faults += 1;
+                stats.tried_faults = stats.tried_faults.saturating_add(1);
                 flags | FaultFlags::TRIED
             } else {
                 flags
             };
-            stats.faults += 1;
+            stats.faults = stats.faults.saturating_add(1);
             match env.handler.fault(g, page, f) {
                 FaultOutcome::Done(g) => {
                     held = Some(g);
@@ -508,7 +508,7 @@ where
             guard = held;
             continue;
         }
-        stats.lock_drops += 1;
+        stats.lock_drops = stats.lock_drops.saturating_add(1);
         if env.signals.fatal_signal_pending() {
             break unlocked(Err(Error::Intr));
         }
@@ -531,11 +531,11 @@ where
                 range.notifier_seq = seq;
                 cursor = range.start;
                 tried = None;
-                stats.restarts += 1;
+                stats.restarts = stats.restarts.saturating_add(1);
             }
         }
     };
-    stats.pages_filled += counters.pages_filled;
-    stats.leaves += counters.leaves;
+    stats.pages_filled = stats.pages_filled.saturating_add(counters.pages_filled);
+    stats.leaves = stats.leaves.saturating_add(counters.leaves);
     result
 }

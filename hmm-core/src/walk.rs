@@ -71,7 +71,7 @@ pub enum WalkStop {
     },
 }
 
-/// Counters a walk adds to.
+/// Counters a walk adds to; they saturate at `u64::MAX`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WalkCounters {
     /// Pages whose entry received output.
@@ -218,8 +218,13 @@ fn walk_vma<V: MmView + ?Sized>(
             None => ControlFlow::Break(()),
         }
     });
-    counters.leaves += leaves + slow.counters.leaves;
-    counters.pages_filled += filled + slow.counters.pages_filled;
+    // The caller's counters may start anywhere: they saturate.
+    counters.leaves = counters
+        .leaves
+        .saturating_add(leaves.saturating_add(slow.counters.leaves));
+    counters.pages_filled = counters
+        .pages_filled
+        .saturating_add(filled.saturating_add(slow.counters.pages_filled));
     if matches!(slow.result, Ok(None)) && cursor != end {
         // The backend stopped early without covering the window.
         return Err(Error::Fault);

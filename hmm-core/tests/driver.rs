@@ -490,3 +490,28 @@ fn snapshot_does_not_fault_and_keeps_sticky_bits() {
     assert_eq!(pfns[0], sticky | HmmPfn::cpu_flags(true, 0) | 9);
     assert_eq!(&pfns[1..], &[sticky; 3]);
 }
+
+#[test]
+fn caller_stats_saturate_instead_of_overflowing() {
+    let mm = mm_with(4, RW, 0, FaultMode::Populate);
+    let mut pfns = [0u64; 4];
+    let mut range = Range::new(BASE, BASE + 0x4000, &mut pfns).with_default_flags(REQ_RW);
+    range.notifier_seq = mm.read_begin();
+    let env = Env::new(&mm, &mm, &mm);
+    let full = u64::MAX;
+    let mut stats = Stats {
+        walks: full,
+        faults: full,
+        pages_filled: full,
+        leaves: full,
+        ..Stats::default()
+    };
+    let out = range_fault(&env, &mut range, mm.read(), &mut stats);
+    assert_eq!(out.result, Ok(()));
+    drop(out);
+    assert_eq!(
+        (stats.walks, stats.faults, stats.pages_filled, stats.leaves),
+        (full, full, full, full)
+    );
+    assert!(all_writable(&pfns));
+}

@@ -542,3 +542,20 @@ fn pte_runs_keep_per_pte_semantics() {
 }
 
 const REQ_W: u64 = V | W;
+
+#[test]
+fn caller_counters_saturate_instead_of_overflowing() {
+    let mm = TestMm::new();
+    assert!(mm.add_vma(BASE, BASE + 0x4000, rw(), 0, FaultMode::Populate));
+    assert!(mm.map(BASE, 4, Leaf::Present(present(true))));
+    let mut pfns = [0u64; 4];
+    let mut range = Range::new(BASE, BASE + 0x4000, &mut pfns);
+    let g = mm.read();
+    let mut c = WalkCounters {
+        pages_filled: u64::MAX - 1,
+        leaves: u64::MAX,
+    };
+    assert_eq!(walk(&g, &mut range, BASE, &mut c), Ok(WalkStop::Done));
+    assert_eq!((c.pages_filled, c.leaves), (u64::MAX, u64::MAX));
+    assert!(pfns.iter().all(|&p| HmmPfn(p).is_valid()));
+}
