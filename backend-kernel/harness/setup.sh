@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotently install what the kernel harness needs on Debian 12 (bookworm),
-# as root: the apt packages, QEMU from bookworm-backports, and bindgen-cli
+# as root: the apt packages of packages.txt, QEMU from bookworm-backports, and bindgen-cli
 # into $HMM_TOOLS_DIR (default /var/cache/hmm-rs/tools).
 #
 # QEMU comes from bookworm-backports because machines that already carry
@@ -12,13 +12,21 @@ export DEBIAN_FRONTEND=noninteractive
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
 
-apt_pkgs=(
-    "$HMM_KERNEL_PKG" rustc-web cargo-web rust-web-src
-    clang libclang-dev lld llvm
-    gcc libc6-dev make flex bison bc libelf-dev libssl-dev
-    busybox-static cpio xz-utils gzip ca-certificates file
-)
-bpo_pkgs=(qemu-system-x86 qemu-system-arm)
+# The package list lives in packages.txt (also read by declared-path.sh):
+# one package per line, `#` comments, `bpo:` = from bookworm-backports,
+# $HMM_KERNEL_PKG = env.sh's kernel source package.
+apt_pkgs=()
+bpo_pkgs=()
+while read -r pkg extra; do
+    [ -n "$pkg" ] || continue
+    [ -z "$extra" ] || hmm_die "packages.txt: one package per line, got: $pkg $extra"
+    pkg="${pkg//'$HMM_KERNEL_PKG'/$HMM_KERNEL_PKG}"
+    case "$pkg" in
+        bpo:*) bpo_pkgs+=("${pkg#bpo:}") ;;
+        *) apt_pkgs+=("$pkg") ;;
+    esac
+done < <(sed 's/#.*//' "$HMM_HARNESS_DIR/packages.txt")
+[ "${#apt_pkgs[@]}" -gt 0 ] || hmm_die "no packages in $HMM_HARNESS_DIR/packages.txt"
 
 missing() {  # print the packages of "$@" that are not installed
     local p
