@@ -94,6 +94,7 @@ extern "C" {
     pub(crate) fn hmm_rs_fatal_signal_pending() -> bool;
     pub(crate) fn hmm_rs_ktime_get_coarse_ns() -> u64;
     pub(crate) fn hmm_rs_zero_pfn() -> u64;
+    pub(crate) fn hmm_rs_unlocked_timeout_ns() -> u64;
     pub(crate) fn hmm_rs_fault(mm: *mut MmStruct, addr: u64, flags: u32, error: *mut u32) -> u32;
     pub(crate) fn hmm_rs_migration_wait(mm: *mut MmStruct, addr: u64);
     pub(crate) fn hmm_rs_walk(

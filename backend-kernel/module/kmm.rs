@@ -129,6 +129,13 @@ impl MmapLock for KernelMm {
         }
         Ok(ReadGuard::new(self.mm))
     }
+
+    /// No limit: Linux's `hmm_range_fault` takes any range, and a part
+    /// beyond the last VMA is a hole (`HMM_PFN_ERROR` for a snapshot,
+    /// `-EFAULT` where a fault is required), whatever the paging depth.
+    fn address_limit(&self) -> u64 {
+        u64::MAX
+    }
 }
 
 fn to_leaf(l: &RawLeaf) -> Leaf {

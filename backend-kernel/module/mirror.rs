@@ -15,7 +15,8 @@
 //!   for `WRITE`) they fault the rest of the range through hmm-core with the
 //!   caller pattern of `Documentation/mm/hmm.rst` (read_begin, range fault,
 //!   mutex, read_retry, program the device page table), count one `faults`
-//!   per pass, and go on;
+//!   per pass, and go on. The bounce buffer holds at most [`BOUNCE_PAGES`]
+//!   pages: the transfer moves through it chunk by chunk;
 //! * `READ_UNLOCKED` (nr 0x09) is `READ` faulting through
 //!   `range_fault_unlocked`, whose faults may drop the mmap lock
 //!   (userfaultfd);
@@ -24,18 +25,36 @@
 //! * `FLAGS` stores the flags word (only meaningful to device-memory
 //!   migration, which this driver does not implement);
 //! * `mmap` of the device file maps zeroed pages into a `VM_MIXEDMAP` VMA.
+//!
+//! # Hostile input
+//!
+//! Every field of the command is user-controlled. Address arithmetic is
+//! checked (with `RUST_OVERFLOW_CHECKS` an overflow would be a kernel
+//! `BUG()`), and the answers are test_hmm's where test_hmm has a sane one:
+//! `-EINVAL` for an unaligned address or a range that is empty or wraps,
+//! `-EINVAL` (READ, WRITE) and `-EOVERFLOW` (SNAPSHOT) for a range whose
+//! first 64-page chunk ends beyond 2^64 (test_hmm's chunk end wraps there and
+//! `walk_page_range` resp. `mmu_interval_notifier_insert` reject it),
+//! `-ENOMEM` for a READ or WRITE larger than a kernel buffer can be
+//! (test_hmm's `vmalloc` of the whole transfer fails). Where we differ, on
+//! purpose: an unknown command is `-ENOTTY` (test_hmm: `-EINVAL`, after
+//! copying the argument in); a `npages` whose byte size does not fit in 64
+//! bits is `-EINVAL` (test_hmm shifts it and goes on with the truncated
+//! size); the long loops stop with `-EINTR` on a fatal signal; a failed READ
+//! or WRITE may have copied the chunks before the failing one (test_hmm
+//! copies all or nothing); `mmap` maps at most [`MMAP_MAX_PAGES`] pages.
 
-use core::ffi::{c_int, c_long, c_uint, c_ulong, c_void};
+use core::ffi::{c_int, c_long, c_uint, c_ulong};
 
 use kernel::alloc::KVVec;
-use kernel::error::code::{EFAULT, EINVAL, ENOMEM};
+use kernel::error::code::{EFAULT, EINTR, EINVAL, ENOMEM, ENOTTY};
 use kernel::prelude::*;
 use kernel::uaccess::UserSlice;
 
 use crate::ffi::{self, RawMirror, VmAreaStruct};
 use crate::hmm_core::{
     self as core_, Clock, Env, HmmPfn, IntervalNotifier, MmapLock, Options, PfnFlags, Policy,
-    Range, Stats, PAGE_SHIFT, PAGE_SIZE,
+    Range, Signals, Stats, PAGE_SHIFT, PAGE_SIZE,
 };
 use crate::kmm::KernelMm;
 
@@ -107,8 +126,30 @@ const PROT_ZERO: u8 = 0x10;
 /// Pages per range fault (the PFN array lives on the stack, as in test_hmm).
 const CHUNK: usize = 64;
 
+/// Bytes of one range-fault chunk.
+const CHUNK_BYTES: u64 = CHUNK as u64 * PAGE_SIZE;
+
+/// Pages of the READ / WRITE bounce buffer (2 MiB): a transfer moves through
+/// it chunk by chunk, so no request allocates more.
+const BOUNCE_PAGES: u64 = 512;
+
+/// The largest READ / WRITE transfer, in pages: what one kernel buffer can
+/// hold (`kvmalloc` refuses more than `INT_MAX` bytes). test_hmm allocates
+/// the whole transfer at once and answers `-ENOMEM` when that fails, which
+/// it always does beyond this size; so do we, without trying.
+const XFER_MAX_PAGES: u64 = (i32::MAX as u64) >> PAGE_SHIFT;
+
+/// The largest `mmap` of the device file, in pages (64 MiB): every page is
+/// allocated when the mapping is made.
+pub(crate) const MMAP_MAX_PAGES: u64 = 16384;
+
 /// Retry budget of one chunk (`HMM_RANGE_DEFAULT_TIMEOUT`, 1000 ms).
 const TIMEOUT_NS: u64 = 1_000_000_000;
+
+/// `-EOVERFLOW` (not among the kernel crate's named codes in 6.12).
+fn eoverflow() -> Error {
+    Error::from_errno(-(kernel::bindings::EOVERFLOW as i32))
+}
 
 /// One open file's mirror.
 ///
@@ -145,11 +186,6 @@ enum Path {
     Unlocked,
 }
 
-/// A bounce buffer of `len` bytes whose contents are written before use.
-fn bounce(len: usize) -> Result<KVVec<u8>> {
-    KVVec::with_capacity(len, GFP_KERNEL).map_err(|_| ENOMEM)
-}
-
 impl Mirror {
     fn lock(&self) -> PtLock<'_> {
         // SAFETY: `raw` is live (type invariant).
@@ -163,15 +199,19 @@ impl Mirror {
     }
 
     /// Fault `[start, end)` into the device page table, 64 pages at a time
-    /// (test_hmm's `dmirror_fault`).
+    /// (test_hmm's `dmirror_fault`). `-EINTR` on a fatal signal between
+    /// chunks.
     fn fault(&self, start: u64, end: u64, write: bool, path: Path) -> Result {
         // SAFETY: `raw` is live for the whole ioctl.
         let mm = unsafe { KernelMm::get(self.raw) }.ok_or(EFAULT)?;
         let mut pfns = [0u64; CHUNK];
         let mut addr = start;
         while addr < end {
-            let next = end.min(addr + (CHUNK as u64) * PAGE_SIZE);
-            let n = ((next - addr) >> PAGE_SHIFT) as usize;
+            if mm.fatal_signal_pending() {
+                return Err(EINTR);
+            }
+            let next = chunk_end(addr, end).ok_or(EINVAL)?;
+            let n = pages(addr, next);
             self.fault_chunk(&mm, addr, next, &mut pfns[..n], write, path)?;
             addr = next;
         }
@@ -193,7 +233,15 @@ impl Mirror {
         if write {
             req |= PfnFlags::REQ_WRITE;
         }
-        let deadline = mm.now_ns().saturating_add(TIMEOUT_NS);
+        let timeout_ns = match path {
+            Path::Locked => TIMEOUT_NS,
+            // SAFETY: no preconditions.
+            Path::Unlocked => unsafe { ffi::hmm_rs_unlocked_timeout_ns() },
+        };
+        let deadline = match timeout_ns {
+            0 => u64::MAX,
+            t => mm.now_ns().saturating_add(t),
+        };
         let mut stats = Stats::default();
         loop {
             if mm.now_ns() > deadline {
@@ -215,7 +263,7 @@ impl Mirror {
                     let env = Env::new(mm, mm, mm).with_signals(mm).with_clock(mm);
                     let opts = Options {
                         policy: Policy::Resume,
-                        timeout_ns: TIMEOUT_NS,
+                        timeout_ns,
                         nowait: false,
                     };
                     core_::range_fault_unlocked(&env, &mut range, &opts, &mut stats)
@@ -232,7 +280,7 @@ impl Mirror {
                 continue;
             }
             let first = start >> PAGE_SHIFT;
-            for (i, &w) in range.pfns.iter().enumerate() {
+            for (vpfn, &w) in (first..).zip(range.pfns.iter()) {
                 let p = HmmPfn(w);
                 // A successful fault request leaves every entry valid (and
                 // writable if asked); anything else is a core bug.
@@ -244,7 +292,7 @@ impl Mirror {
                 // under the mutex, so its page is mapped and stays so until
                 // the invalidate callback (which needs the mutex) erases it.
                 let r = unsafe {
-                    ffi::hmm_rs_pt_store(self.raw, first + i as u64, p.pfn(), p.is_writable())
+                    ffi::hmm_rs_pt_store(self.raw, vpfn, p.pfn(), p.is_writable())
                 };
                 if r != 0 {
                     return Err(Error::from_errno(r));
@@ -258,88 +306,111 @@ impl Mirror {
     /// `page(vpfn, off)` runs with the mutex held for each page not yet done
     /// (`off`: the page's byte offset from `start`) and returns nonzero
     /// where the device does not map the page (writably, for `write`). Then
-    /// the rest of the range is faulted in through `path` (one more
-    /// `cmd.faults`) and the copy goes on from that page. Returns the pages
-    /// copied and `Ok` or the fault's error.
+    /// `[that page, fault_end)` is faulted in through `path` (one more
+    /// `cmd.faults`, as test_hmm faults the rest of the whole transfer) and
+    /// the copy goes on from that page. `start` and `end` are page aligned
+    /// with `end - start` at most [`BOUNCE_PAGES`] pages.
+    #[allow(clippy::too_many_arguments)]
     fn each_page(
         &self,
         cmd: &mut Cmd,
         start: u64,
         end: u64,
+        fault_end: u64,
         write: bool,
         path: Path,
         mut page: impl FnMut(u64, usize) -> c_int,
-    ) -> (u64, Result) {
+    ) -> Result {
         let first = start >> PAGE_SHIFT;
         let last = end >> PAGE_SHIFT;
-        let mut done = 0u64;
+        let mut vpfn = first;
         loop {
-            let complete = {
+            {
                 let _pt = self.lock();
-                let mut complete = true;
-                for vpfn in first + done..last {
+                while vpfn < last {
+                    // At most BOUNCE_PAGES pages from `first`: fits.
                     let off = ((vpfn - first) << PAGE_SHIFT) as usize;
                     if page(vpfn, off) != 0 {
-                        complete = false;
                         break;
                     }
-                    done += 1;
+                    vpfn += 1;
                 }
-                complete
-            };
-            if complete {
-                return (done, Ok(()));
             }
-            if let Err(e) = self.fault(start + (done << PAGE_SHIFT), end, write, path) {
-                return (done, Err(e));
+            if vpfn == last {
+                return Ok(());
             }
-            cmd.faults += 1;
+            self.fault(vpfn << PAGE_SHIFT, fault_end, write, path)?;
+            cmd.faults = cmd.faults.saturating_add(1);
         }
+    }
+
+    /// Move `[start, end)` through a bounce buffer of at most
+    /// [`BOUNCE_PAGES`] pages, one chunk at a time: `chunk(cmd, bounce, at,
+    /// until, uoff)` copies the chunk `[at, until)`, whose bytes are
+    /// `bounce` and whose user-buffer offset is `uoff`.
+    fn transfer(
+        &self,
+        cmd: &mut Cmd,
+        mut chunk: impl FnMut(&Self, &mut Cmd, &mut [u8], u64, u64, usize) -> Result,
+    ) -> Result {
+        let (start, end) = span(cmd)?;
+        if cmd.npages > XFER_MAX_PAGES {
+            return Err(ENOMEM);
+        }
+        // At most BOUNCE_PAGES pages: fits in usize.
+        let cap = (cmd.npages.min(BOUNCE_PAGES) << PAGE_SHIFT) as usize;
+        let mut buf = KVVec::from_elem(0u8, cap, GFP_KERNEL).map_err(|_| ENOMEM)?;
+        let mut at = start;
+        while at < end {
+            let until = end.min(at.saturating_add(BOUNCE_PAGES << PAGE_SHIFT));
+            // At most `cap` bytes; below XFER_MAX_PAGES pages from `start`.
+            let len = (until - at) as usize;
+            let uoff = (at - start) as usize;
+            let bounce = buf.get_mut(..len).ok_or(EINVAL)?;
+            chunk(self, cmd, bounce, at, until, uoff)?;
+            cmd.cpages = cmd.cpages.saturating_add(pages(at, until) as u64);
+            at = until;
+        }
+        Ok(())
     }
 
     /// `READ` / `READ_UNLOCKED`: mirror `[addr, addr + npages)` and copy it to
     /// the user buffer `ptr`.
     fn read(&self, cmd: &mut Cmd, path: Path) -> Result {
-        let (start, end, size) = span(cmd)?;
-        let mut buf = bounce(size)?;
-        let dst = buf.spare_capacity_mut().as_mut_ptr().cast::<c_void>();
-        let (done, result) = self.each_page(cmd, start, end, false, path, |vpfn, off| {
-            // SAFETY: mutex held; `dst + off` has PAGE_SIZE bytes of the
-            // bounce buffer's capacity (`off < size`).
-            unsafe { ffi::hmm_rs_pt_read_page(self.raw, vpfn, dst.cast::<u8>().add(off).cast()) }
-        });
-        result?;
-        cmd.cpages = done;
-        // SAFETY: every page of the buffer was written above.
-        unsafe { buf.set_len(size) };
-        UserSlice::new(cmd.ptr as usize, size)
-            .writer()
-            .write_slice(&buf)
+        let (_, end) = span(cmd)?;
+        self.transfer(cmd, |this, cmd, bounce, at, until, uoff| {
+            let dst = bounce.as_mut_ptr();
+            this.each_page(cmd, at, until, end, false, path, |vpfn, off| {
+                // SAFETY: mutex held; `dst + off` has PAGE_SIZE bytes of
+                // the bounce chunk (`off < bounce.len()`, a page multiple).
+                unsafe { ffi::hmm_rs_pt_read_page(this.raw, vpfn, dst.add(off).cast()) }
+            })?;
+            UserSlice::new(user_ptr(cmd.ptr, uoff)?, bounce.len())
+                .writer()
+                .write_slice(bounce)
+        })
     }
 
     /// `WRITE`: copy the user buffer `ptr` into `[addr, addr + npages)`
     /// through the device's writable mirror.
     fn write(&self, cmd: &mut Cmd) -> Result {
-        let (start, end, size) = span(cmd)?;
-        let mut buf = bounce(size)?;
-        UserSlice::new(cmd.ptr as usize, size)
-            .reader()
-            .read_raw(&mut buf.spare_capacity_mut()[..size])?;
-        // SAFETY: read_raw initialized all `size` bytes.
-        unsafe { buf.set_len(size) };
-        let src = buf.as_ptr().cast::<c_void>();
-        let (done, result) = self.each_page(cmd, start, end, true, Path::Locked, |vpfn, off| {
-            // SAFETY: mutex held; `src + off` has PAGE_SIZE initialized
-            // bytes (`off < size`).
-            unsafe { ffi::hmm_rs_pt_write_page(self.raw, vpfn, src.cast::<u8>().add(off).cast()) }
-        });
-        cmd.cpages = done;
-        result
+        let (_, end) = span(cmd)?;
+        self.transfer(cmd, |this, cmd, bounce, at, until, uoff| {
+            UserSlice::new(user_ptr(cmd.ptr, uoff)?, bounce.len())
+                .reader()
+                .read_slice(bounce)?;
+            let src = bounce.as_ptr();
+            this.each_page(cmd, at, until, end, true, Path::Locked, |vpfn, off| {
+                // SAFETY: mutex held; `src + off` has PAGE_SIZE bytes of
+                // the bounce chunk (`off < bounce.len()`, a page multiple).
+                unsafe { ffi::hmm_rs_pt_write_page(this.raw, vpfn, src.add(off).cast()) }
+            })
+        })
     }
 
     /// `SNAPSHOT`: one `HMM_DMIRROR_PROT_*` byte per page, without faulting.
     fn snapshot(&self, cmd: &mut Cmd) -> Result {
-        let (start, end, _) = span(cmd)?;
+        let (start, end) = span(cmd)?;
         // SAFETY: `raw` is live for the whole ioctl.
         let mm = unsafe { KernelMm::get(self.raw) }.ok_or(EINVAL)?;
         let env = Env::new(&mm, &mm, &mm);
@@ -347,12 +418,14 @@ impl Mirror {
         let zero_pfn = unsafe { ffi::hmm_rs_zero_pfn() };
         let mut pfns = [0u64; CHUNK];
         let mut perm = [0u8; CHUNK];
-        let mut uptr = cmd.ptr;
         let mut stats = Stats::default();
         let mut addr = start;
         while addr < end {
-            let next = end.min(addr + (CHUNK as u64) * PAGE_SIZE);
-            let n = ((next - addr) >> PAGE_SHIFT) as usize;
+            if mm.fatal_signal_pending() {
+                return Err(EINTR);
+            }
+            let next = chunk_end(addr, end).ok_or_else(eoverflow)?;
+            let n = pages(addr, next);
             let deadline = mm.now_ns().saturating_add(TIMEOUT_NS);
             loop {
                 if mm.now_ns() > deadline {
@@ -378,42 +451,56 @@ impl Mirror {
                 }
                 break;
             }
-            UserSlice::new(uptr as usize, n)
+            // `cpages` pages are written already: the next byte goes there.
+            let uoff = usize::try_from(cmd.cpages).map_err(|_| EFAULT)?;
+            UserSlice::new(user_ptr(cmd.ptr, uoff)?, n)
                 .writer()
                 .write_slice(&perm[..n])?;
-            cmd.cpages += n as u64;
-            uptr += n as u64;
+            cmd.cpages = cmd.cpages.saturating_add(n as u64);
             addr = next;
         }
         Ok(())
     }
 
     fn ioctl(&self, command: u32, arg: usize) -> Result {
+        // Unknown commands are refused before the argument is touched.
+        if !matches!(
+            command,
+            HMM_DMIRROR_READ
+                | HMM_DMIRROR_READ_UNLOCKED
+                | HMM_DMIRROR_WRITE
+                | HMM_DMIRROR_SNAPSHOT
+                | HMM_DMIRROR_FLAGS
+        ) {
+            return Err(ENOTTY);
+        }
         let mut raw = [0u8; CMD_SIZE];
         let (mut reader, mut writer) = UserSlice::new(arg, CMD_SIZE).reader_writer();
         reader.read_slice(&mut raw)?;
         let mut cmd = Cmd::decode(&raw);
         cmd.cpages = 0;
         cmd.faults = 0;
+        // test_hmm checks the range of every command, FLAGS included.
         span(&cmd)?;
         match command {
             HMM_DMIRROR_READ => self.read(&mut cmd, Path::Locked)?,
             HMM_DMIRROR_READ_UNLOCKED => self.read(&mut cmd, Path::Unlocked)?,
             HMM_DMIRROR_WRITE => self.write(&mut cmd)?,
             HMM_DMIRROR_SNAPSHOT => self.snapshot(&mut cmd)?,
-            HMM_DMIRROR_FLAGS => {
+            _ => {
+                // HMM_DMIRROR_FLAGS.
                 // SAFETY: `raw` is live (type invariant).
                 unsafe { ffi::hmm_rs_mirror_set_flags(self.raw, cmd.npages) }
             }
-            _ => return Err(EINVAL),
         }
         writer.write_slice(&cmd.encode())
     }
 }
 
-/// Check a command's range like test_hmm (page-aligned `addr`, no wrap) and
-/// return `(start, end, bytes)`.
-fn span(cmd: &Cmd) -> Result<(u64, u64, usize)> {
+/// Check a command's range like test_hmm (page-aligned `addr`, at least one
+/// page, no wrap) and return `(start, end)`; `-EINVAL` otherwise. A `npages`
+/// whose byte size does not fit in 64 bits is `-EINVAL` too.
+fn span(cmd: &Cmd) -> Result<(u64, u64)> {
     if cmd.addr & (PAGE_SIZE - 1) != 0 {
         return Err(EINVAL);
     }
@@ -422,8 +509,32 @@ fn span(cmd: &Cmd) -> Result<(u64, u64, usize)> {
     if end <= cmd.addr {
         return Err(EINVAL);
     }
-    let size = usize::try_from(bytes).map_err(|_| EINVAL)?;
-    Ok((cmd.addr, end, size))
+    Ok((cmd.addr, end))
+}
+
+/// The end of the range-fault chunk that starts at `addr`: 64 pages on, or
+/// `end`. `None` where `addr + 64 pages` is beyond 2^64: test_hmm computes
+/// that end with wrapping arithmetic and fails the chunk (`-EINVAL` from
+/// `walk_page_range` for READ and WRITE, `-EOVERFLOW` from
+/// `mmu_interval_notifier_insert` for SNAPSHOT); the callers give the same
+/// answers.
+fn chunk_end(addr: u64, end: u64) -> Option<u64> {
+    addr.checked_add(CHUNK_BYTES).map(|e| e.min(end))
+}
+
+/// Pages in `[start, end)`, page-aligned with `start <= end` and at most
+/// [`BOUNCE_PAGES`] pages apart (a range-fault or bounce chunk).
+fn pages(start: u64, end: u64) -> usize {
+    ((end - start) >> PAGE_SHIFT) as usize
+}
+
+/// The user address `ptr + off`; `-EFAULT` if it is beyond the address
+/// space (the access itself is checked by `UserSlice`).
+fn user_ptr(ptr: u64, off: usize) -> Result<usize> {
+    usize::try_from(ptr)
+        .ok()
+        .and_then(|p| p.checked_add(off))
+        .ok_or(EFAULT)
 }
 
 /// test_hmm's `dmirror_mkentry` for a driver without device memory.
@@ -495,7 +606,9 @@ pub(crate) unsafe extern "C" fn hmm_rs_mirror_ioctl(m: *mut RawMirror, cmd: c_ui
 }
 
 /// `mmap` of the device file (called by the shim): zeroed pages inserted
-/// with `vm_insert_page`, which makes the VMA `VM_MIXEDMAP`.
+/// with `vm_insert_page`, which makes the VMA `VM_MIXEDMAP`. At most
+/// [`MMAP_MAX_PAGES`] pages (`-ENOMEM` beyond); the pages are charged to the
+/// caller's memory cgroup, and a fatal signal stops the loop (`-EINTR`).
 ///
 /// # Safety
 ///
@@ -505,8 +618,15 @@ pub(crate) unsafe extern "C" fn hmm_rs_mirror_mmap(_m: *mut RawMirror, vma: *mut
     let (mut start, mut end) = (0u64, 0u64);
     // SAFETY: `vma` is valid (caller); the out-pointers are valid.
     unsafe { ffi::hmm_rs_vma_bounds(vma, &mut start, &mut end) };
+    if end.saturating_sub(start) > MMAP_MAX_PAGES << PAGE_SHIFT {
+        return ENOMEM.to_errno();
+    }
     let mut addr = start;
     while addr < end {
+        // SAFETY: no preconditions; reads `current`'s signal state.
+        if unsafe { ffi::hmm_rs_fatal_signal_pending() } {
+            return EINTR.to_errno();
+        }
         // SAFETY: `vma` is being set up by mmap, with the mmap write lock
         // held, which vm_insert_page requires.
         let r = unsafe { ffi::hmm_rs_vma_insert_zeroed_page(vma, addr) };

@@ -59,6 +59,21 @@ struct hmm_rs_device {
 
 static struct hmm_rs_device hmm_rs_devices[HMM_RS_NDEVICES];
 
+/*
+ * Retry budget of READ_UNLOCKED per 64-page chunk, in milliseconds, reset
+ * by progress; 0 means none (only a fatal signal or an error ends a chunk
+ * that never completes). Default: HMM_RANGE_DEFAULT_TIMEOUT.
+ */
+static unsigned int unlocked_timeout_ms = 1000;
+module_param(unlocked_timeout_ms, uint, 0644);
+MODULE_PARM_DESC(unlocked_timeout_ms,
+		 "READ_UNLOCKED retry budget per chunk in ms (0: none)");
+
+u64 hmm_rs_unlocked_timeout_ns(void)
+{
+	return (u64)READ_ONCE(unlocked_timeout_ms) * NSEC_PER_MSEC;
+}
+
 /* ------------------------------------------------------------------ mm */
 
 int hmm_rs_mmap_read_lock(struct mm_struct *mm, bool killable)
@@ -238,17 +253,22 @@ static bool hmm_rs_emit_swap(struct hmm_rs_walker *w, u64 start, u64 end,
 }
 
 /*
- * The PTEs of one PTE table for [addr, end) (end within one PMD). The table
- * is mapped the way __pte_offset_map() does (not exported): under RCU, from
- * a lockless snapshot of the PMD, without the PTE lock. Returns the address
- * reached (end, or less if the batch is full).
+ * The PTEs of one PTE table for [addr, end) (end within one PMD), mapped
+ * from @pmdval. The caller holds rcu_read_lock() and read @pmdval inside
+ * that same read-side section, as __pte_offset_map() (not exported) does:
+ * a PTE table that khugepaged retracts (retract_page_tables) is freed with
+ * pte_free_defer(), after a grace period, so it stays valid until the
+ * caller's rcu_read_unlock(). No PTE lock: consistency comes from the
+ * caller's notifier sequence, as in mm/hmm.c. Returns the address reached
+ * (end, or less if the batch is full).
  */
 static u64 hmm_rs_walk_ptes(struct hmm_rs_walker *w, pmd_t pmdval, u64 addr,
 			    u64 end)
 {
 	pte_t *ptep;
 
-	rcu_read_lock();
+	RCU_LOCKDEP_WARN(!rcu_read_lock_held(),
+			 "hmm_rs_walk_ptes() outside an RCU read-side section");
 	ptep = pte_offset_kernel(&pmdval, addr);
 	for (; addr < end; addr += PAGE_SIZE, ptep++) {
 		pte_t pte = ptep_get(ptep);
@@ -269,17 +289,19 @@ static u64 hmm_rs_walk_ptes(struct hmm_rs_walker *w, pmd_t pmdval, u64 addr,
 			if (pte_protnone(pte))
 				fl |= HMM_RS_LEAF_PROTNONE;
 			/*
-			 * vm_normal_page() is not exported. With
-			 * ARCH_HAS_PTE_SPECIAL (x86) it returns NULL for
-			 * special PTEs (raw PFNs of VM_PFNMAP/VM_MIXEDMAP,
-			 * devmap, the zero page) and, after reporting a bad
-			 * PTE, for a non-special PTE beyond the memmap, which
-			 * a correct kernel never installs. The zero page is
-			 * reported on its own.
+			 * mm/hmm.c refuses a PTE for which vm_normal_page()
+			 * finds no page, unless it is devmap (DAX, P2PDMA)
+			 * or the zero page. vm_normal_page() is not
+			 * exported; with ARCH_HAS_PTE_SPECIAL (x86) it finds
+			 * no page for special PTEs (raw PFNs of VM_PFNMAP /
+			 * VM_MIXEDMAP, devmap, the zero page) and, after
+			 * reporting a bad PTE, for a non-special PTE beyond
+			 * the memmap, which a correct kernel never installs.
+			 * The zero page is reported on its own.
 			 */
 			if (is_zero_pfn(pfn))
 				fl |= HMM_RS_LEAF_ZERO;
-			else if (pte_special(pte))
+			else if (pte_special(pte) && !pte_devmap(pte))
 				fl |= HMM_RS_LEAF_SPECIAL;
 			ok = hmm_rs_emit(w, addr, next, HMM_RS_LEAF_PRESENT, pfn,
 					 fl, 0, 0);
@@ -287,28 +309,38 @@ static u64 hmm_rs_walk_ptes(struct hmm_rs_walker *w, pmd_t pmdval, u64 addr,
 		if (!ok)
 			break;
 	}
-	rcu_read_unlock();
 	return addr;
 }
 
-/* One PMD entry's worth of [addr, end). */
+/*
+ * One PMD entry's worth of [addr, end). The PMD is read locklessly inside
+ * an RCU read-side section that also covers the walk of the PTE table it
+ * points to (see hmm_rs_walk_ptes()): the snapshot that is classified is the
+ * one whose table is mapped, and that table cannot be freed before the
+ * section ends. mm/hmm.c reads the PMD outside RCU and retries it when
+ * pte_offset_map() finds the table gone; reading it inside makes the retry
+ * unnecessary.
+ */
 static u64 hmm_rs_walk_pmd(struct hmm_rs_walker *w, pmd_t *pmdp, u64 addr,
 			   u64 end)
 {
-	pmd_t pmd = pmdp_get_lockless(pmdp);
 	u32 order = PMD_SHIFT - PAGE_SHIFT;
+	u64 reached;
+	pmd_t pmd;
 
-	if (pmd_none(pmd))
-		return hmm_rs_emit(w, addr, end, HMM_RS_LEAF_NONE, 0, 0, order,
-				   0) ? end : addr;
-	if (thp_migration_supported() && is_pmd_migration_entry(pmd))
-		return hmm_rs_emit(w, addr, end, HMM_RS_LEAF_MIGRATION, 0, 0,
-				   order, 0) ? end : addr;
-	if (!pmd_present(pmd))
+	rcu_read_lock();
+	pmd = pmdp_get_lockless(pmdp);
+	if (pmd_none(pmd)) {
+		reached = hmm_rs_emit(w, addr, end, HMM_RS_LEAF_NONE, 0, 0,
+				      order, 0) ? end : addr;
+	} else if (thp_migration_supported() && is_pmd_migration_entry(pmd)) {
+		reached = hmm_rs_emit(w, addr, end, HMM_RS_LEAF_MIGRATION, 0, 0,
+				      order, 0) ? end : addr;
+	} else if (!pmd_present(pmd)) {
 		/* 6.12 has no device-private PMDs: any other absent PMD. */
-		return hmm_rs_emit(w, addr, end, HMM_RS_LEAF_BAD, 0, 0, order,
-				   0) ? end : addr;
-	if (pmd_trans_huge(pmd) || pmd_devmap(pmd)) {
+		reached = hmm_rs_emit(w, addr, end, HMM_RS_LEAF_BAD, 0, 0,
+				      order, 0) ? end : addr;
+	} else if (pmd_trans_huge(pmd) || pmd_devmap(pmd)) {
 		u64 pfn = pmd_pfn(pmd) + ((addr & ~PMD_MASK) >> PAGE_SHIFT);
 		u32 fl = 0;
 
@@ -316,13 +348,16 @@ static u64 hmm_rs_walk_pmd(struct hmm_rs_walker *w, pmd_t *pmdp, u64 addr,
 			fl |= HMM_RS_LEAF_WRITE;
 		if (pmd_protnone(pmd))
 			fl |= HMM_RS_LEAF_PROTNONE;
-		return hmm_rs_emit(w, addr, end, HMM_RS_LEAF_PRESENT, pfn, fl,
-				   order, 0) ? end : addr;
+		reached = hmm_rs_emit(w, addr, end, HMM_RS_LEAF_PRESENT, pfn,
+				      fl, order, 0) ? end : addr;
+	} else if (pmd_bad(pmd)) {
+		reached = hmm_rs_emit(w, addr, end, HMM_RS_LEAF_BAD, 0, 0,
+				      order, 0) ? end : addr;
+	} else {
+		reached = hmm_rs_walk_ptes(w, pmd, addr, end);
 	}
-	if (pmd_bad(pmd))
-		return hmm_rs_emit(w, addr, end, HMM_RS_LEAF_BAD, 0, 0, order,
-				   0) ? end : addr;
-	return hmm_rs_walk_ptes(w, pmd, addr, end);
+	rcu_read_unlock();
+	return reached;
 }
 
 /* One PUD entry's worth of [addr, end). */
@@ -359,25 +394,46 @@ static u64 hmm_rs_walk_pud(struct hmm_rs_walker *w, pud_t *pudp, u64 addr,
 	return end;
 }
 
-/* Hugetlb VMA: one entry per huge page, at the PMD or PUD level. */
+/*
+ * The semaphore of hugetlb_vma_lock_read() (not exported), as Linux 6.12
+ * defines it: for a shareable mapping the VMA's hugetlb_vma_lock, which
+ * keeps a shared PMD table from being unshared and freed; for a private
+ * mapping that owns its reservations, the rw_sema of its resv_map, which
+ * vm_private_data holds with the flag bits HPAGE_RESV_OWNER (bit 0) and
+ * HPAGE_RESV_UNMAPPED (bit 1) of mm/hugetlb.c (__vma_private_lock()).
+ * NULL where Linux takes no lock.
+ */
+#define HMM_RS_HPAGE_RESV_OWNER 1UL
+#define HMM_RS_HPAGE_RESV_MASK 3UL
+
+static struct rw_semaphore *hmm_rs_hugetlb_vma_sem(struct vm_area_struct *vma)
+{
+	unsigned long priv = (unsigned long)vma->vm_private_data;
+
+	if (__vma_shareable_lock(vma))
+		return &((struct hugetlb_vma_lock *)vma->vm_private_data)->rw_sema;
+	if (!(vma->vm_flags & VM_MAYSHARE) && (priv & ~HMM_RS_HPAGE_RESV_MASK) &&
+	    (priv & HMM_RS_HPAGE_RESV_OWNER))
+		return &((struct resv_map *)(priv & ~HMM_RS_HPAGE_RESV_MASK))->rw_sema;
+	return NULL;
+}
+
+/*
+ * Hugetlb VMA: one entry per huge page, at the PMD or PUD level. The locking
+ * of mm/hmm.c's hugetlb walk: the hugetlb VMA lock (read) for the walk, and
+ * each entry read under its huge PTE lock.
+ */
 static u64 hmm_rs_walk_hugetlb(struct hmm_rs_walker *w,
 			       struct vm_area_struct *vma, u64 addr, u64 end)
 {
 	struct mm_struct *mm = vma->vm_mm;
-	unsigned long sz = vma_kernel_pagesize(vma);
-	u32 order = ilog2(sz) - PAGE_SHIFT;
-	/*
-	 * hugetlb_vma_lock_read() is not exported; for a shareable mapping it
-	 * is the read side of the VMA's hugetlb_vma_lock, which keeps a shared
-	 * PMD table from being unshared and freed under us. Private mappings
-	 * never share page tables.
-	 */
-	struct hugetlb_vma_lock *vlock = NULL;
+	struct hstate *h = hstate_vma(vma);
+	unsigned long sz = huge_page_size(h);
+	u32 order = huge_page_order(h);
+	struct rw_semaphore *vma_sem = hmm_rs_hugetlb_vma_sem(vma);
 
-	if ((vma->vm_flags & VM_MAYSHARE) && vma->vm_private_data) {
-		vlock = vma->vm_private_data;
-		down_read(&vlock->rw_sema);
-	}
+	if (vma_sem)
+		down_read(vma_sem);
 	while (addr < end) {
 		u64 next = min_t(u64, (addr & ~(sz - 1)) + sz, end);
 		pgd_t *pgd = pgd_offset(mm, addr);
@@ -397,7 +453,14 @@ static u64 hmm_rs_walk_hugetlb(struct hmm_rs_walker *w,
 					ptep = (pte_t *)pmd_offset(pud, addr);
 			}
 		}
-		pte = ptep ? huge_ptep_get(mm, addr, ptep) : __pte(0);
+		if (ptep) {
+			spinlock_t *ptl = huge_pte_lock(h, mm, ptep);
+
+			pte = huge_ptep_get(mm, addr, ptep);
+			spin_unlock(ptl);
+		} else {
+			pte = __pte(0);
+		}
 		if (pte_none(pte) || is_pte_marker(pte)) {
 			ok = hmm_rs_emit(w, addr, next, HMM_RS_LEAF_NONE, 0, 0,
 					 order, 0);
@@ -418,8 +481,8 @@ static u64 hmm_rs_walk_hugetlb(struct hmm_rs_walker *w,
 			break;
 		addr = next;
 	}
-	if (vlock)
-		up_read(&vlock->rw_sema);
+	if (vma_sem)
+		up_read(vma_sem);
 	return addr;
 }
 
@@ -588,7 +651,8 @@ int hmm_rs_pt_write_page(struct hmm_rs_mirror *m, u64 vpfn, const void *src)
 
 int hmm_rs_vma_insert_zeroed_page(struct vm_area_struct *vma, u64 addr)
 {
-	struct page *page = alloc_page(GFP_KERNEL | __GFP_ZERO);
+	/* Charged to the caller's memory cgroup. */
+	struct page *page = alloc_page(GFP_KERNEL_ACCOUNT | __GFP_ZERO);
 	int ret;
 
 	if (!page)
@@ -708,7 +772,7 @@ int hmm_rs_register(void)
 		d->misc.minor = MISC_DYNAMIC_MINOR;
 		d->misc.name = d->name;
 		d->misc.fops = &hmm_rs_fops;
-		d->misc.mode = 0666;
+		/* misc.mode 0: root only (0600), like test_hmm's devices. */
 		ret = misc_register(&d->misc);
 		if (ret) {
 			hmm_rs_unregister();

@@ -76,6 +76,7 @@ void hmm_rs_migration_wait(struct mm_struct *mm, u64 addr);
 int hmm_rs_walk(struct mm_struct *mm, struct vm_area_struct *vma, u64 start,
 		u64 end, struct hmm_rs_leaf *out, u32 cap, u64 *next);
 u64 hmm_rs_zero_pfn(void);
+u64 hmm_rs_unlocked_timeout_ns(void);
 struct mm_struct *hmm_rs_mirror_mm(struct hmm_rs_mirror *m);
 u64 hmm_rs_mirror_owner(struct hmm_rs_mirror *m);
 void hmm_rs_mirror_set_flags(struct hmm_rs_mirror *m, u64 flags);

@@ -2,10 +2,15 @@
 /*
  * uffd_read: a device reads a userfaultfd-backed range.
  *
- * For each variant (4 KiB pages, a THP-advised 2 MiB-aligned range, a
- * MAP_HUGETLB range) the range is registered with UFFDIO_REGISTER_MODE_MISSING
- * and left unpopulated; a handler thread answers every missing fault with
- * UFFDIO_COPY of a known pattern. Two cases per variant:
+ * For each variant (4 KiB pages; a 2 MiB-aligned, MADV_HUGEPAGE range of a
+ * THP-enabled VMA; a MAP_HUGETLB range) the range is registered with
+ * UFFDIO_REGISTER_MODE_MISSING and left unpopulated; a handler thread
+ * answers every missing fault with UFFDIO_COPY of a known pattern. In the
+ * THP-VMA variant the first fault of each 2 MiB goes through the huge-page
+ * fault path (do_huge_pmd_anonymous_page hands it to userfaultfd), but
+ * UFFDIO_COPY installs 4 KiB PTEs, so no PMD leaf appears there: what that
+ * variant shows is the huge-page fault path dropping the lock. The hugetlb
+ * variant maps 2 MiB leaves, and checks it. Two cases per variant:
  *
  *   <variant>_read_efault     HMM_DMIRROR_READ (0x00) fails with EFAULT: the
  *                             kernel's hmm_range_fault cannot let the
@@ -13,7 +18,10 @@
  *                             fault is SIGBUS. Both drivers behave so.
  *   <variant>_read_unlocked   HMM_DMIRROR_READ_UNLOCKED (0x09) succeeds:
  *                             cpages == npages and every byte the device read
- *                             equals the pattern the handler supplied. The
+ *                             equals the pattern the handler supplied; then
+ *                             SNAPSHOT reports the leaf size the handler
+ *                             installed (HMM_DMIRROR_PROT_PMD on every page
+ *                             for hugetlb, on none for the others). The
  *                             kernel's C driver has no such ioctl (EINVAL).
  *
  * and one more case:
@@ -24,9 +32,13 @@
  *                             SIGKILL. It must die of it: the fault waits
  *                             killably and the driver checks for fatal
  *                             signals after the lock drop instead of
- *                             faulting again. (A driver that ignored the
- *                             signal would spin in the kernel: the parent
- *                             gives up after 30 s.)
+ *                             faulting again. The driver's retry budget is
+ *                             switched off for this case (hmm_rs's
+ *                             unlocked_timeout_ms parameter set to 0), so
+ *                             the only way out of the ioctl is the
+ *                             fatal-signal path (-EINTR): a driver that
+ *                             ignored the signal would spin in the kernel,
+ *                             and the parent gives up after 30 s.
  *
  * usage: uffd_read [DEVICE]      (default /dev/hmm_dmirror0)
  * Output: kselftest TAP ("ok N name" / "not ok N name").
@@ -55,7 +67,12 @@ struct hmm_dmirror_cmd {
 };
 
 #define HMM_DMIRROR_READ _IOWR('H', 0x00, struct hmm_dmirror_cmd)
+#define HMM_DMIRROR_SNAPSHOT _IOWR('H', 0x04, struct hmm_dmirror_cmd)
 #define HMM_DMIRROR_READ_UNLOCKED _IOWR('H', 0x09, struct hmm_dmirror_cmd)
+#define HMM_DMIRROR_PROT_PMD 0x04
+
+/* hmm_rs's READ_UNLOCKED retry budget (ms; 0: none). */
+#define BUDGET_PARAM "/sys/module/hmm_rs/parameters/unlocked_timeout_ms"
 
 #define PAGE 4096UL
 #define TWOMEG (2UL << 20)
@@ -142,13 +159,13 @@ enum variant { V_4K, V_THP, V_HUGETLB };
 /* Runs the two cases of one variant; *skip is set if the setup failed. */
 static void run_variant(const char *dev, enum variant v)
 {
-	static const char *const names[] = { "4k", "thp", "hugetlb" };
+	static const char *const names[] = { "4k", "thp_vma", "hugetlb" };
 	char n_efault[64], n_unlocked[64], why[256];
 	size_t size = v == V_4K ? 256 * PAGE : v == V_THP ? TWOMEG : 2 * TWOMEG;
 	size_t unit = v == V_HUGETLB ? TWOMEG : PAGE;
 	struct uffdio_api api = { .api = UFFD_API };
 	struct uffdio_register reg;
-	struct hmm_dmirror_cmd cmd;
+	struct hmm_dmirror_cmd cmd, cmd2;
 	struct handler h;
 	pthread_t thread;
 	char *map, *base, *mirror = NULL;
@@ -256,13 +273,32 @@ static void run_variant(const char *dev, enum variant v)
 			bad += (unsigned char)mirror[i] != pattern(i);
 		for (i = 0; i < size && !bad; i++)
 			bad += (unsigned char)base[i] != pattern(i);
+		size_t npages = size / PAGE, pmd = 0;
+		int want_pmd = v == V_HUGETLB, snap_ok;
+		unsigned char *prot = malloc(npages);
+
+		if (!prot)
+			abort();
+		memset(&cmd2, 0, sizeof(cmd2));
+		cmd2.addr = (uintptr_t)base;
+		cmd2.ptr = (uintptr_t)prot;
+		cmd2.npages = npages;
+		snap_ok = !ioctl(fd, HMM_DMIRROR_SNAPSHOT, &cmd2) &&
+			  cmd2.cpages == npages;
+		for (i = 0; snap_ok && i < npages; i++)
+			pmd += !!(prot[i] & HMM_DMIRROR_PROT_PMD);
+		free(prot);
 		snprintf(why, sizeof(why),
 			 "cpages %llu/%zu, faults %llu, %zu bad bytes, "
-			 "%lu UFFDIO_COPYs of %zu bytes",
-			 (unsigned long long)cmd.cpages, size / PAGE,
-			 (unsigned long long)cmd.faults, bad, h.copies, unit);
-		result(cmd.cpages == size / PAGE && !bad && h.copies > 0 &&
-			       !h.error,
+			 "%lu UFFDIO_COPYs of %zu bytes; snapshot %s, "
+			 "%zu/%zu pages in PMD leaves (want %s)",
+			 (unsigned long long)cmd.cpages, npages,
+			 (unsigned long long)cmd.faults, bad, h.copies, unit,
+			 snap_ok ? "ok" : "FAILED", pmd, npages,
+			 want_pmd ? "all" : "none");
+		result(cmd.cpages == npages && !bad && h.copies > 0 &&
+			       !h.error && snap_ok &&
+			       pmd == (want_pmd ? npages : 0),
 		       n_unlocked, why);
 	}
 	close(fd);
@@ -330,16 +366,41 @@ static int killed_child(const char *dev)
 	return 22;
 }
 
+/* Read BUDGET_PARAM into buf (empty if absent) and write val to it. */
+static int set_budget(char *old, size_t len, const char *val)
+{
+	FILE *f = fopen(BUDGET_PARAM, "r+");
+	int ok;
+
+	if (old)
+		old[0] = 0;
+	if (!f)
+		return 0;
+	if (old && !fgets(old, len, f))
+		old[0] = 0;
+	rewind(f);
+	ok = fputs(val, f) >= 0;
+	return fclose(f) == 0 && ok;
+}
+
 static void run_killed(const char *dev)
 {
 	const char *name = "uffd_4k_killed_while_waiting";
-	char why[160];
-	pid_t pid = fork();
-	int status, i;
+	char why[160], budget[32];
+	int status, i, nobudget;
+	pid_t pid;
 
+	/* No retry budget: only the fatal-signal path ends the ioctl. */
+	nobudget = set_budget(budget, sizeof(budget), "0");
+	printf("# %s: retry budget %s\n", name,
+	       nobudget ? "off (unlocked_timeout_ms=0)" : "parameter absent");
+	fflush(stdout);
+	pid = fork();
 	if (pid == 0)
 		_exit(killed_child(dev));
 	if (pid < 0) {
+		if (nobudget)
+			set_budget(NULL, 0, budget[0] ? budget : "1000");
 		result(0, name, "fork failed");
 		return;
 	}
@@ -349,6 +410,8 @@ static void run_killed(const char *dev)
 			break;
 		usleep(10000);
 	}
+	if (nobudget)
+		set_budget(NULL, 0, budget[0] ? budget : "1000");
 	if (i == 3000) {
 		kill(pid, SIGKILL);
 		waitpid(pid, &status, 0);
