@@ -91,11 +91,12 @@ while IFS= read -r line; do
         n) cfg_args+=(-d "$opt") ;;
         *) hmm_die "bad line in $HMM_CONFIG_FRAGMENT: $line" ;;
     esac
-done < "$HMM_CONFIG_FRAGMENT"
+# shellcheck disable=SC2086  # a list of fragments, applied in order
+done < <(cat $HMM_CONFIG_FRAGMENT)
 
 hmm_log "make tinyconfig"
 "${KMAKE[@]}" tinyconfig > /dev/null
-hmm_log "applying $(basename "$HMM_CONFIG_FRAGMENT") (${#want[@]} options)"
+hmm_log "applying $HMM_CONFIG_FRAGMENT (${#want[@]} options)"
 # Two rounds: options hidden behind a dependency that is enabled in the same
 # fragment become visible only after olddefconfig resolves the first round.
 for round in 1 2; do

@@ -25,7 +25,16 @@ HMM_BINDGEN="${HMM_BINDGEN:-$HMM_TOOLS_DIR/bin/bindgen}"
 HMM_BINDGEN_VERSION="0.71.1"
 HMM_KERNEL_PKG="${HMM_KERNEL_PKG:-linux-source-6.12}"
 HMM_KERNEL_TARBALL="${HMM_KERNEL_TARBALL:-/usr/src/$HMM_KERNEL_PKG.tar.xz}"
-HMM_CONFIG_FRAGMENT="${HMM_CONFIG_FRAGMENT:-$HMM_HARNESS_DIR/kernel.config}"
+# HMM_KERNEL_FLAVOR=debug adds kernel-debug.config (lockdep, KASAN, DEBUG_VM,
+# ...) after kernel.config. HMM_CONFIG_FRAGMENT: space-separated fragments,
+# applied in order (a later line for the same option wins).
+HMM_KERNEL_FLAVOR="${HMM_KERNEL_FLAVOR:-release}"
+case "$HMM_KERNEL_FLAVOR" in
+    release) hmm_default_fragments="$HMM_HARNESS_DIR/kernel.config" ;;
+    debug) hmm_default_fragments="$HMM_HARNESS_DIR/kernel.config $HMM_HARNESS_DIR/kernel-debug.config" ;;
+    *) printf 'HMM_KERNEL_FLAVOR must be release or debug, not %s\n' "$HMM_KERNEL_FLAVOR" >&2; exit 2 ;;
+esac
+HMM_CONFIG_FRAGMENT="${HMM_CONFIG_FRAGMENT:-$hmm_default_fragments}"
 HMM_JOBS="${HMM_JOBS:-$(( $(nproc) + 1 ))}"
 
 hmm_log() { printf '[harness %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -39,7 +48,8 @@ hmm_kernel_key() {
     pkgver="$(dpkg-query -W -f='${Version}' "$HMM_KERNEL_PKG" 2>/dev/null || echo unknown)"
     pkgver="${pkgver//[^A-Za-z0-9.+-]/-}"
     rustcver="$("$HMM_RUSTC" --version 2>/dev/null || echo no-rustc)"
-    hash="$( { cat "$HMM_CONFIG_FRAGMENT"; echo "$rustcver"; } | sha256sum | cut -c1-12)"
+    # shellcheck disable=SC2086  # a list of fragments
+    hash="$( { cat $HMM_CONFIG_FRAGMENT; echo "$rustcver"; } | sha256sum | cut -c1-12)"
     printf 'kernel-%s-%s' "$pkgver" "$hash"
 }
 
@@ -48,5 +58,5 @@ if [ -z "${HMM_KERNEL_CACHE:-}" ]; then
 fi
 HMM_KDIR="$HMM_KERNEL_CACHE/linux"
 HMM_KMAKE=(make -C "$HMM_KDIR" LLVM=1 "RUSTC=$HMM_RUSTC" "BINDGEN=$HMM_BINDGEN")
-export HMM_HARNESS_DIR HMM_CACHE_ROOT HMM_TOOLS_DIR HMM_RUSTC HMM_BINDGEN \
+export HMM_KERNEL_FLAVOR HMM_HARNESS_DIR HMM_CACHE_ROOT HMM_TOOLS_DIR HMM_RUSTC HMM_BINDGEN \
     HMM_KERNEL_TARBALL HMM_CONFIG_FRAGMENT HMM_KERNEL_CACHE HMM_KDIR HMM_JOBS

@@ -12,6 +12,8 @@
 
 pub mod bench;
 pub mod claims;
+pub mod fuzz;
+pub mod klog;
 pub mod log;
 pub mod report;
 pub mod tap;

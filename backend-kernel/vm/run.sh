@@ -2,17 +2,23 @@
 # End-to-end kernel harness for hmm_rs: set up the host, build the kernel
 # (cached), build the hmm_rs module and the in-VM test programs, pack a
 # busybox initramfs, boot it under QEMU and run, in that one VM:
-#   1. hmm-tests, uffd_read and hmm_bench against the kernel's C driver
-#      (lib/test_hmm.ko, the baseline);
+#   1. hmm-tests, uffd_read, the ioctl fuzzer and hmm_bench against the
+#      kernel's C driver (lib/test_hmm.ko, the baseline);
 #   2. the same against hmm_rs.ko.
 # The serial log is the result; `cargo run -p backend-kernel --bin
 # kernel-harness` runs this script and then judges the log (per-test table,
 # claims, timings, "N passed, M failed").
 #
-# usage: run.sh [OUTDIR]        (default $HMM_CACHE_ROOT/runs/kernel-harness)
-# Env: HMM_SKIP_SETUP=1 skips setup.sh; HMM_QEMU_TIMEOUT (default 1500 s);
+# usage: run.sh [OUTDIR]        (default $HMM_CACHE_ROOT/runs/kernel-harness,
+#                               kernel-harness-debug for the debug kernel)
+# Env: HMM_KERNEL_FLAVOR=debug uses the debug kernel (kernel-debug.config:
+#      lockdep, KASAN, DEBUG_VM, ...) and runs no benchmark;
+#      HMM_SKIP_SETUP=1 skips setup.sh; HMM_QEMU_TIMEOUT (default 1500 s,
+#      3000 s on the debug kernel);
 #      HMM_BENCH_MIB (default 64), HMM_BENCH_ROUNDS (default 5) per pass,
-#      HMM_BENCH_PASSES (default 3): the drivers take turns, one pass each.
+#      HMM_BENCH_PASSES (default 3): the drivers take turns, one pass each;
+#      HMM_FUZZ_SEED (default: the current time), HMM_FUZZ_CALLS (default
+#      20000), HMM_FUZZ_SECONDS (default 60): the ioctl fuzzer, per driver.
 # Writes OUTDIR/serial.log, OUTDIR/stages.txt and OUTDIR/module-build.log.
 # Exit status: non-zero if a build failed or the VM run did not complete.
 set -euo pipefail
@@ -21,7 +27,17 @@ crate="$(dirname "$here")"
 harness="$crate/harness"
 . "$harness/env.sh"
 
-out="${1:-$HMM_CACHE_ROOT/runs/kernel-harness}"
+if [ "$HMM_KERNEL_FLAVOR" = debug ]; then
+    out="${1:-$HMM_CACHE_ROOT/runs/kernel-harness-debug}"
+    passes=0
+    qemu_timeout="${HMM_QEMU_TIMEOUT:-3000}"
+else
+    out="${1:-$HMM_CACHE_ROOT/runs/kernel-harness}"
+    passes="${HMM_BENCH_PASSES:-3}"
+    qemu_timeout="${HMM_QEMU_TIMEOUT:-1500}"
+fi
+fuzz_seed="${HMM_FUZZ_SEED:-$(date +%s)}"
+hmm_log "kernel flavor $HMM_KERNEL_FLAVOR; ioctl fuzzer seed $fuzz_seed"
 mkdir -p "$out"
 : > "$out/stages.txt"
 t0=$(date +%s)
@@ -42,6 +58,8 @@ fi
 timed build-kernel "$harness/build-kernel.sh"
 
 build_module() {
+    # The module is built in place for either kernel: start clean.
+    "${HMM_KMAKE[@]}" M="$crate/module" clean > /dev/null 2>&1 || true
     if ! "${HMM_KMAKE[@]}" M="$crate/module" modules > "$out/module-build.log" 2>&1; then
         cat "$out/module-build.log" >&2
         return 1
@@ -54,20 +72,25 @@ build_tests() {
     local cc=(gcc -O2 -Wall -static -I"$HMM_KERNEL_CACHE/headers/include")
     "${cc[@]}" -o "$out/uffd_read" "$crate/tests-vm/uffd_read.c" -lpthread
     "${cc[@]}" -o "$out/hmm_bench" "$crate/tests-vm/hmm_bench.c"
+    "${cc[@]}" -o "$out/ioctl_fuzz" "$crate/tests-vm/ioctl_fuzz.c" -lpthread
+    "${cc[@]}" -o "$out/hostile" "$crate/tests-vm/hostile.c"
 }
 timed tests-vm build_tests
 
 cat > "$out/test.sh" <<EOF
 #!/bin/sh
-BENCH_MIB=${HMM_BENCH_MIB:-64} BENCH_ROUNDS=${HMM_BENCH_ROUNDS:-5} BENCH_PASSES=${HMM_BENCH_PASSES:-3} \\
+FLAVOR=$HMM_KERNEL_FLAVOR \\
+BENCH_MIB=${HMM_BENCH_MIB:-64} BENCH_ROUNDS=${HMM_BENCH_ROUNDS:-5} BENCH_PASSES=$passes \\
+FUZZ_SEED=$fuzz_seed FUZZ_CALLS=${HMM_FUZZ_CALLS:-20000} FUZZ_SECONDS=${HMM_FUZZ_SECONDS:-60} \\
     sh /hmm/guest.sh
 EOF
 timed initramfs "$harness/mkinitramfs.sh" -o "$out/initramfs.cpio.gz" -s "$out/test.sh" \
-    "$crate/module/hmm_rs.ko" "$out/uffd_read" "$out/hmm_bench" "$here/guest.sh"
+    "$crate/module/hmm_rs.ko" "$out/uffd_read" "$out/hmm_bench" "$out/ioctl_fuzz" "$out/hostile" \
+    "$here/guest.sh"
 
 set +e
 timed qemu "$harness/run-qemu.sh" -i "$out/initramfs.cpio.gz" -l "$out/serial.log" \
-    -t "${HMM_QEMU_TIMEOUT:-1500}" > /dev/null
+    -t "$qemu_timeout" > /dev/null
 qrc=$?
 set -e
 hmm_log "stage times:"

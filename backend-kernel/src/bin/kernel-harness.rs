@@ -8,6 +8,8 @@
 //! claimed case or one of our own tests failed, or the run did not finish.
 //!
 //! Options:
+//!   --debug        use the debug kernel (lockdep, KASAN, DEBUG_VM, ...;
+//!                  `harness/kernel-debug.config`); no benchmark
 //!   --log FILE     judge an existing serial log instead of running the VM
 //!   --out DIR      output directory of the run (default: run.sh's)
 //!   --claims FILE  claims file (default: vm/claims.txt)
@@ -24,6 +26,7 @@ fn main() -> ExitCode {
     let mut log_file: Option<PathBuf> = None;
     let mut out_dir: Option<PathBuf> = None;
     let mut claims_file = crate_dir.join("vm/claims.txt");
+    let mut debug = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = |name: &str| match args.next() {
@@ -34,8 +37,14 @@ fn main() -> ExitCode {
             "--log" => value("--log").map(|v| log_file = Some(v)),
             "--out" => value("--out").map(|v| out_dir = Some(v)),
             "--claims" => value("--claims").map(|v| claims_file = v),
+            "--debug" => {
+                debug = true;
+                Ok(())
+            }
             "-h" | "--help" => {
-                println!("usage: kernel-harness [--log FILE] [--out DIR] [--claims FILE]");
+                println!(
+                    "usage: kernel-harness [--debug] [--log FILE] [--out DIR] [--claims FILE]"
+                );
                 return ExitCode::SUCCESS;
             }
             other => Err(format!("unknown argument {other}")),
@@ -52,11 +61,17 @@ fn main() -> ExitCode {
             let out = out_dir.unwrap_or_else(|| {
                 let root = std::env::var("HMM_CACHE_ROOT")
                     .unwrap_or_else(|_| "/var/cache/hmm-rs".to_string());
-                PathBuf::from(root).join("runs/kernel-harness")
+                let name = if debug {
+                    "kernel-harness-debug"
+                } else {
+                    "kernel-harness"
+                };
+                PathBuf::from(root).join("runs").join(name)
             });
             let status = Command::new("bash")
                 .arg(crate_dir.join("vm/run.sh"))
                 .arg(&out)
+                .env("HMM_KERNEL_FLAVOR", if debug { "debug" } else { "release" })
                 .status();
             match status {
                 Ok(s) if s.success() => {}
