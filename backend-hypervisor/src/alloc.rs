@@ -8,6 +8,10 @@
 //! What the engine cannot check is that the physical address it writes into
 //! a table descriptor really is the page it was given: that is the
 //! allocator's promise, which is why [`TableAlloc`] is an `unsafe trait`.
+//!
+//! An Arm stage 2 whose start level concatenates tables needs its root as
+//! up to 16 physically contiguous pages aligned to their total size
+//! ([`TableAlloc::alloc_tables`]); both pools provide that.
 
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
@@ -53,10 +57,27 @@ impl TablePage {
 ///   table it was handed to until it is freed;
 /// * `pa` fits the formats' output-address fields (below 2^48).
 ///
+/// The same holds for every page of a run returned by
+/// [`alloc_tables`](TableAlloc::alloc_tables): page `k` of the run is at
+/// `pa + k * 4096`, is its own table page for
+/// [`table`](TableAlloc::table) and is given back on its own with
+/// [`free_table`](TableAlloc::free_table).
+///
 /// Breaking this lets a guest's second-stage walk reach memory it must not.
 pub unsafe trait TableAlloc {
     /// A zeroed table page, by physical address, or `None` when exhausted.
     fn alloc_table(&self) -> Option<u64>;
+
+    /// `n` zeroed table pages at consecutive physical addresses, the first
+    /// aligned to `n * 4096` (`n` a power of two up to 16), or `None`. The
+    /// default serves `n == 1` only.
+    fn alloc_tables(&self, n: usize) -> Option<u64> {
+        if n == 1 {
+            self.alloc_table()
+        } else {
+            None
+        }
+    }
 
     /// Give back a page obtained from `alloc_table`. The engine calls this
     /// only after the TLB flush that removed every hardware reference to it.
@@ -114,6 +135,49 @@ impl PoolState {
                 pages[i].zero();
                 return Some(self.base(pages) + i as u64 * TABLE_SIZE);
             }
+        }
+        None
+    }
+
+    /// `n` free pages at an index whose physical address is aligned to
+    /// `n` pages, claimed together (a page lost to a racing allocation
+    /// releases the ones already claimed and moves on).
+    fn alloc_run(&self, pages: &[TablePage], used: &[AtomicBool], n: usize) -> Option<u64> {
+        if n == 1 {
+            return self.alloc(pages, used);
+        }
+        let total = pages.len().min(used.len());
+        if !n.is_power_of_two() || n > total {
+            return None;
+        }
+        let align = n as u64 * TABLE_SIZE;
+        let base = self.base(pages);
+        let mut i = 0;
+        while i + n <= total {
+            let pa = base + i as u64 * TABLE_SIZE;
+            if pa % align != 0 {
+                i += 1;
+                continue;
+            }
+            let mut claimed = 0;
+            while claimed < n
+                && used[i + claimed]
+                    .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                claimed += 1;
+            }
+            if claimed == n {
+                self.in_use.fetch_add(n, Ordering::Relaxed);
+                for p in &pages[i..i + n] {
+                    p.zero();
+                }
+                return Some(pa);
+            }
+            for flag in &used[i..i + claimed] {
+                flag.store(false, Ordering::Release);
+            }
+            i += claimed + 1;
         }
         None
     }
@@ -183,6 +247,9 @@ unsafe impl<const N: usize> TableAlloc for StaticPool<N> {
     fn alloc_table(&self) -> Option<u64> {
         self.state.alloc(&self.pages, &self.used)
     }
+    fn alloc_tables(&self, n: usize) -> Option<u64> {
+        self.state.alloc_run(&self.pages, &self.used, n)
+    }
     fn free_table(&self, pa: u64) {
         self.state.free(&self.pages, &self.used, pa)
     }
@@ -231,6 +298,9 @@ unsafe impl TableAlloc for SlicePool<'_> {
     fn alloc_table(&self) -> Option<u64> {
         self.state.alloc(self.pages, self.used)
     }
+    fn alloc_tables(&self, n: usize) -> Option<u64> {
+        self.state.alloc_run(self.pages, self.used, n)
+    }
     fn free_table(&self, pa: u64) {
         self.state.free(self.pages, self.used, pa)
     }
@@ -243,6 +313,9 @@ unsafe impl TableAlloc for SlicePool<'_> {
 unsafe impl<A: TableAlloc + ?Sized> TableAlloc for &A {
     fn alloc_table(&self) -> Option<u64> {
         (**self).alloc_table()
+    }
+    fn alloc_tables(&self, n: usize) -> Option<u64> {
+        (**self).alloc_tables(n)
     }
     fn free_table(&self, pa: u64) {
         (**self).free_table(pa)
@@ -299,6 +372,37 @@ mod tests {
         }
         pool.free_table(got[1]);
         assert_eq!(pool.alloc_table(), Some(got[1]));
+    }
+
+    #[test]
+    fn contiguous_runs_are_aligned_zeroed_and_freed_page_by_page() {
+        let pool: Box<StaticPool<16>> = Box::default();
+        // Dirty every page, then free them all.
+        let all: std::vec::Vec<u64> = (0..16).map(|_| pool.alloc_table().unwrap()).collect();
+        for &pa in &all {
+            pool.table(pa).unwrap().0[7].store(9, Ordering::Relaxed);
+            pool.free_table(pa);
+        }
+        // One page taken at index 1 breaks the first 2-page run.
+        let lone = pool.alloc_table().unwrap();
+        let two = pool.alloc_tables(2).unwrap();
+        assert_eq!(two % 8192, 0);
+        let eight = pool.alloc_tables(8).unwrap();
+        assert_eq!(eight % (8 * 4096), 0);
+        assert_eq!(pool.in_use(), 11);
+        for k in 0..8 {
+            let t = pool.table(eight + k * 4096).unwrap();
+            assert!(t.0.iter().all(|d| d.load(Ordering::Relaxed) == 0));
+            assert!(eight + k * 4096 != lone && !(two..two + 8192).contains(&(eight + k * 4096)));
+        }
+        // 16 contiguous pages are no longer free.
+        assert_eq!(pool.alloc_tables(16), None);
+        assert_eq!(pool.alloc_tables(3), None, "not a power of two");
+        for k in 0..8 {
+            pool.free_table(eight + k * 4096);
+        }
+        assert_eq!(pool.in_use(), 3);
+        assert_eq!(pool.alloc_tables(8), Some(eight));
     }
 
     #[test]

@@ -10,6 +10,10 @@
 //!
 //! A format turns the engine's format-neutral [`Attrs`] into descriptor bits
 //! and back; the engine never looks at a bit itself.
+//!
+//! A table need not use all four levels: an Arm stage 2 may start its walk
+//! at level 1 or 2 (see [`layout`](super::layout)); [`GPA_BITS`] is the
+//! widest input size either format translates with these descriptors.
 
 use bitflags::bitflags;
 
@@ -19,7 +23,8 @@ pub const LEVELS: u8 = 4;
 pub const ENTRIES: usize = 512;
 /// Size of one table page.
 pub const TABLE_SIZE: u64 = 4096;
-/// Width of the guest-physical address space a 4-level table translates.
+/// Width of the widest guest-physical address space a table translates
+/// (a 4-level walk from level 0).
 pub const GPA_BITS: u32 = 48;
 /// One past the highest translatable guest-physical address.
 pub const GPA_LIMIT: u64 = 1 << GPA_BITS;
@@ -174,6 +179,15 @@ pub trait Format {
     /// reserves (and which this crate never writes) decode as
     /// [`Descriptor::Invalid`].
     fn decode(level: u8, desc: u64) -> Descriptor;
+
+    /// Whether the hardware walks tables of this format laid out by `cfg`
+    /// (input size, start level, concatenated root). Every layout
+    /// [`TableConfig`](super::layout::TableConfig) accepts unless the
+    /// format says otherwise.
+    fn supports_layout(cfg: &super::layout::TableConfig) -> bool {
+        let _ = cfg;
+        true
+    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,8 @@
 
 use bitflags::bitflags;
 
-use super::descriptor::{Attrs, Descriptor, Format, MemType, Perm};
+use super::descriptor::{Attrs, Descriptor, Format, MemType, Perm, GPA_BITS};
+use super::layout::TableConfig;
 
 bitflags! {
     /// The flag bits of an EPT entry.
@@ -134,6 +135,12 @@ impl Format for Ept {
             pa: desc & ADDR_MASK & !size_mask,
             attrs: Attrs { perm, mem },
         }
+    }
+
+    /// A 4-level EPT walk translates 48 bits from the PML4 (level 0), one
+    /// table page; 5-level EPT is not used.
+    fn supports_layout(cfg: &TableConfig) -> bool {
+        cfg.start_level() == 0 && u32::from(cfg.ia_bits()) == GPA_BITS
     }
 }
 

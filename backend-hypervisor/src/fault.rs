@@ -19,9 +19,22 @@
 //! 4. Map each page with the largest leaf that the host mapping order
 //!    reported by hmm-core and the GPA / host-address alignment allow: a
 //!    1 GiB block for a 1 GiB host leaf whose whole extent lies in the
-//!    region at matching alignment, else a 2 MiB block likewise, else 4 KiB.
-//!    A leaf is writable only if the region is and the host entry is
-//!    (`HMM_PFN_WRITE`); executable if the region is.
+//!    region at matching alignment, else a 2 MiB block likewise, else 4 KiB,
+//!    using only the leaf sizes the table's
+//!    [`TableConfig`](super::layout::TableConfig) allows (the
+//!    hardware's capabilities and the walk's start level): a 1 GiB host
+//!    leaf becomes 2 MiB blocks where 1 GiB leaves are unsupported, 4 KiB
+//!    pages where 2 MiB ones are too. A leaf is writable only if the region
+//!    is and the host entry is (`HMM_PFN_WRITE`); executable if the region
+//!    is.
+//! 5. If anything was written, [`TlbFlush::publish`] makes it visible to
+//!    the hardware walkers (Arm: `DSB ISHST`) before the vCPU re-enters the
+//!    guest. A leaf that only gained permissions in place was followed by
+//!    [`TlbFlush::flush_upgrade`] (by the engine); if the faulting GPA's leaf
+//!    already allowed the access, the fault came from a stale translation
+//!    cached by the faulting CPU and [`TlbFlush::flush_upgrade`] drops it
+//!    (as KVM's `kvm_pgtable_stage2_relax_perms` flushes even when it
+//!    finds nothing to change).
 //!
 //! Mapping a 1 GiB host leaf beyond the faulted window is sound: the
 //! window's entries show the host mapped the whole leaf when it was walked,
@@ -39,7 +52,7 @@ use super::alloc::TableAlloc;
 use super::descriptor::{Attrs, Format, PageSize, Perm};
 use super::guest::{bump, GuestMemory};
 use super::host::Host;
-use super::pagetable::{MapError, PageTable};
+use super::pagetable::{Installed, MapError, PageTable};
 use super::region::{Region, RegionId, Regions};
 use super::tlb::TlbFlush;
 
@@ -216,7 +229,9 @@ where
 
     /// Map the faulted entries `pfns` (window starting at `ws`) with the
     /// largest leaves allowed. Called under the region lock and the table
-    /// lock.
+    /// lock. New descriptors are published before returning; a faulting
+    /// leaf found already as wanted gets the faulting CPU's stale
+    /// translation flushed (step 5 of the module docs).
     fn install(
         &self,
         table: &mut PageTable<F>,
@@ -227,7 +242,9 @@ where
     ) -> GuestFault {
         let spec = region.spec;
         let mut leaves = 0u32;
+        let mut wrote = false;
         let mut at_gpa = None;
+        let mut failed = None;
         let mut i = 0usize;
         while i < pfns.len() {
             let g = ws + i as u64 * PAGE_SIZE;
@@ -246,30 +263,64 @@ where
             let pa = first_pfn << 12;
             if pa
                 .checked_add(size.bytes())
-                .map_or(true, |end| end > 1 << F::OA_BITS)
+                .map_or(true, |end| end > self.oa_limit())
             {
-                return GuestFault::Error(FaultError::AddressTooWide);
+                failed = Some(FaultError::AddressTooWide);
+                break;
             }
-            match table.map(&self.alloc, &self.tlb, base, pa, size, Attrs::ram(perm)) {
-                Ok(()) => {}
-                Err(MapError::NoMemory) => return GuestFault::Error(FaultError::NoTableMemory),
-                Err(e) => return GuestFault::Error(FaultError::Table(e)),
+            let done = match table.map(&self.alloc, &self.tlb, base, pa, size, Attrs::ram(perm)) {
+                Ok(done) => done,
+                Err(MapError::NoMemory) => {
+                    failed = Some(FaultError::NoTableMemory);
+                    break;
+                }
+                Err(e) => {
+                    failed = Some(FaultError::Table(e));
+                    break;
+                }
+            };
+            wrote |= done.wrote();
+            if done == Installed::Upgraded {
+                bump(&self.counters.upgrades, 1);
             }
             leaves += 1;
             bump(self.leaf_counter(size), 1);
             if base <= gpa && gpa < base + size.bytes() {
-                at_gpa = Some(size);
+                at_gpa = Some((base, size, done));
             }
             // Skip the entries this leaf covered.
             let next = base + size.bytes();
             i = usize::try_from((next - ws) / PAGE_SIZE).unwrap_or(usize::MAX);
         }
+        if wrote {
+            // Whatever was written reaches the walkers before the vCPU
+            // re-enters the guest (also when a later leaf failed).
+            self.tlb.publish();
+            bump(&self.counters.published, 1);
+        }
+        if let Some(e) = failed {
+            return GuestFault::Error(e);
+        }
         match at_gpa {
-            Some(size) => GuestFault::Mapped { size, leaves },
+            Some((base, size, done)) => {
+                if done == Installed::Unchanged {
+                    // The guest faulted on a leaf that already allows the
+                    // access: this CPU holds a stale translation (the
+                    // architectures may cache one that faulted).
+                    self.tlb.flush_upgrade(base, size);
+                    bump(&self.counters.stale_flushes, 1);
+                }
+                GuestFault::Mapped { size, leaves }
+            }
             // The faulting page itself was not valid: cannot happen with
             // REQ_FAULT on every page, but never report it mapped.
             None => GuestFault::Retry,
         }
+    }
+
+    /// One past the highest output address the table may point at.
+    fn oa_limit(&self) -> u64 {
+        1 << u32::from(self.config.table.oa_bits()).min(F::OA_BITS)
     }
 
     fn leaf_counter(&self, size: PageSize) -> &AtomicU64 {
@@ -286,7 +337,7 @@ where
         let g = ws + i as u64 * PAGE_SIZE;
         let e = HmmPfn(pfns[i]);
         for size in [PageSize::Size1G, PageSize::Size2M] {
-            if e.order() < size.order() {
+            if e.order() < size.order() || !self.config.table.allows_size(size) {
                 continue;
             }
             let bytes = size.bytes();
@@ -449,6 +500,123 @@ mod tests {
         assert_ne!(m.pa, 0x777 << 12);
         assert_eq!(m.attrs.perm, Perm::R | Perm::W);
         assert_eq!(vm.audit(), Ok(2));
+    }
+
+    /// The host makes a read-only page writable in place (Linux reuses an
+    /// exclusive anonymous page on a write fault, with no invalidation):
+    /// the guest's write fault widens the stage-2 leaf in place, flushes
+    /// that leaf, and publishes it. A repeated fault on the now-writable
+    /// leaf writes nothing but flushes the faulting CPU's stale entry.
+    #[test]
+    fn in_place_upgrade_is_flushed_and_a_stale_fault_flushes_again() {
+        let mm = TestMm::new();
+        mm.add_vma(HVA, HVA + 0x1000, RW, 0, FaultMode::Populate);
+        let ro = hmm_core::Present {
+            pfn: 0x777,
+            ..Default::default()
+        };
+        mm.map(HVA, 1, hmm_core::Leaf::Present(ro));
+        let (pool, tlb) = (pool(), CountTlb::default());
+        let vm: Vm<'_, Stage2, TestMm> = vm(&mm, &pool, &tlb, Config::default());
+        vm.add_region(spec(0x4000, 0x1000, HVA, Perm::R | Perm::W), &mm)
+            .unwrap();
+        assert!(matches!(
+            vm.handle_fault(0x4000, Perm::R),
+            GuestFault::Mapped { .. }
+        ));
+        assert_eq!(vm.translate(0x4000).unwrap().attrs.perm, Perm::R);
+        assert_eq!((tlb.publishes(), tlb.upgrades().len()), (1, 0));
+        let flushes = tlb.0.get();
+        // The host entry becomes writable, same frame.
+        let rw = hmm_core::Present { write: true, ..ro };
+        mm.unmap(HVA, HVA + 0x1000);
+        mm.map(HVA, 1, hmm_core::Leaf::Present(rw));
+        assert!(matches!(
+            vm.handle_fault(0x4000, Perm::W),
+            GuestFault::Mapped { .. }
+        ));
+        let m = vm.translate(0x4000).unwrap();
+        assert_eq!((m.pa, m.attrs.perm), (0x777 << 12, Perm::R | Perm::W));
+        assert_eq!(tlb.upgrades(), [(0x4000, PageSize::Size4K)]);
+        assert_eq!(tlb.0.get(), flushes, "an upgrade needs no broadcast flush");
+        assert_eq!(tlb.publishes(), 2);
+        let st = vm.stats();
+        assert_eq!((st.upgrades, st.stale_flushes, st.published), (1, 0, 2));
+        // The guest faults again although the leaf allows the write.
+        assert!(matches!(
+            vm.handle_fault(0x4000, Perm::W),
+            GuestFault::Mapped { .. }
+        ));
+        assert_eq!(tlb.upgrades().len(), 2, "the stale translation is flushed");
+        assert_eq!(tlb.publishes(), 2, "nothing new to publish");
+        let st = vm.stats();
+        assert_eq!((st.upgrades, st.stale_flushes, st.published), (1, 1, 2));
+        assert_eq!(vm.audit(), Ok(1));
+    }
+
+    /// A 1 GiB host leaf is mapped with the largest leaf the table allows.
+    #[test]
+    fn leaf_sizes_fall_back_to_what_the_hardware_has() {
+        use crate::layout::{LeafSizes, TableConfig};
+        let h1 = 0x7e00_0000_0000;
+        let cases = [
+            (LeafSizes::all(), PageSize::Size1G, 1),
+            (LeafSizes::SIZE_2M, PageSize::Size2M, 1),
+            (LeafSizes::empty(), PageSize::Size4K, 512),
+        ];
+        for (sizes, want, leaves_n) in cases {
+            let mm = TestMm::new();
+            mm.add_vma(h1, h1 + G1, RW | VmFlags::HUGETLB, 18, FaultMode::Populate);
+            let (pool, tlb) = (pool(), CountTlb::default());
+            let config = Config {
+                table: TableConfig::FULL.with_leaf_sizes(sizes),
+                ..Config::default()
+            };
+            let vm: Vm<'_, Ept, TestMm> = vm(&mm, &pool, &tlb, config);
+            vm.add_region(spec(G1, G1, h1, Perm::R | Perm::W), &mm)
+                .unwrap();
+            assert_eq!(
+                vm.handle_fault(G1 + 0x1234_5000, Perm::R),
+                GuestFault::Mapped {
+                    size: want,
+                    leaves: leaves_n
+                },
+                "{sizes:?}"
+            );
+            let all = leaves(&vm);
+            assert!(all.iter().all(|m| m.size == want), "{sizes:?}");
+            assert_eq!(vm.audit(), Ok(all.len() as u64 * (want.bytes() >> 12)));
+        }
+    }
+
+    /// A stage 2 starting at level 2 (32-bit IPA) has no 1 GiB blocks, and
+    /// regions must lie below its input size.
+    #[test]
+    fn small_ipa_layouts_limit_regions_and_blocks() {
+        use crate::layout::TableConfig;
+        let h1 = 0x7e00_0000_0000;
+        let mm = TestMm::new();
+        mm.add_vma(h1, h1 + G1, RW | VmFlags::HUGETLB, 18, FaultMode::Populate);
+        let (pool, tlb) = (pool(), CountTlb::default());
+        let config = Config {
+            table: TableConfig::new(32, 2).unwrap(),
+            ..Config::default()
+        };
+        let vm: Vm<'_, Stage2, TestMm> = vm(&mm, &pool, &tlb, config);
+        assert_eq!(
+            vm.add_region(spec(4 * G1 - M2, 2 * M2, h1, Perm::R), &mm),
+            Err(crate::RegionError::OutOfRange)
+        );
+        vm.add_region(spec(G1, G1, h1, Perm::R | Perm::W), &mm)
+            .unwrap();
+        assert_eq!(
+            vm.handle_fault(2 * G1 - 8, Perm::W),
+            GuestFault::Mapped {
+                size: PageSize::Size2M,
+                leaves: 1
+            }
+        );
+        assert_eq!(vm.audit(), Ok(512));
     }
 
     #[test]

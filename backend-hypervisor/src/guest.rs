@@ -28,11 +28,12 @@ use super::alloc::TableAlloc;
 use super::async_pf::AsyncSlot;
 use super::descriptor::Format;
 use super::host::Host;
+use super::layout::TableConfig;
 use super::pagetable::{MapError, Mapping, PageTable};
 use super::region::{RegionError, RegionId, RegionSpec, Regions};
 use super::tlb::TlbFlush;
 
-/// Tunables of the fault path.
+/// Tunables of the fault path and the layout of the second-stage table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Config {
     /// Retry budget of one host range fault in the host clock's
@@ -41,6 +42,12 @@ pub struct Config {
     pub fault_timeout_ns: u64,
     /// What hmm-core does after a host fault dropped the mmap lock.
     pub policy: Policy,
+    /// The table's layout and the leaf sizes / execute-only leaves the
+    /// hardware supports: from [`Stage2Vtcr::table`](super::vtcr::Stage2Vtcr::table)
+    /// on Arm, [`EptCaps::table_config`](super::vmx::EptCaps::table_config)
+    /// on x86. The default ([`TableConfig::FULL`]) suits EPT only on a CPU
+    /// with every EPT capability, and an Arm stage 2 only with 48 PA bits.
+    pub table: TableConfig,
 }
 
 /// Monotonic counters (a snapshot from [`GuestMemory::stats`]).
@@ -83,6 +90,16 @@ pub struct GuestStats {
     pub splits: u64,
     /// Blocks unmapped whole because no table page was free for a split.
     pub split_fallbacks: u64,
+    /// Leaves whose permissions a fault widened in place (each followed by
+    /// [`TlbFlush::flush_upgrade`]).
+    pub upgrades: u64,
+    /// Faults that found their leaf already allowing the access and
+    /// flushed the faulting CPU's stale translation of it
+    /// ([`TlbFlush::flush_upgrade`]).
+    pub stale_flushes: u64,
+    /// Faults that wrote descriptors and published them
+    /// ([`TlbFlush::publish`]) before returning.
+    pub published: u64,
 }
 
 #[derive(Debug, Default)]
@@ -105,6 +122,9 @@ pub(crate) struct Counters {
     pub invalidations: AtomicU64,
     pub splits: AtomicU64,
     pub split_fallbacks: AtomicU64,
+    pub upgrades: AtomicU64,
+    pub stale_flushes: AtomicU64,
+    pub published: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64, n: u64) {
@@ -147,9 +167,10 @@ where
     H: Host,
     N: IntervalNotifier + ?Sized,
 {
-    /// A manager with an empty table (its root page comes from `alloc`).
+    /// A manager with an empty table laid out by `config.table` (its root
+    /// pages come from `alloc`).
     pub fn new(host: H, alloc: A, tlb: T, config: Config) -> Result<Self, MapError> {
-        let table = PageTable::new(&alloc)?;
+        let table = PageTable::with_config(&alloc, config.table)?;
         Ok(GuestMemory {
             host,
             alloc,
@@ -162,11 +183,18 @@ where
         })
     }
 
-    /// Physical address of the root table: the EPTP address field (with
-    /// memory type WB and a 4-level walk) or the VTTBR_EL2 BADDR (with
-    /// VTCR_EL2.T0SZ = 16, SL0 for a level-0 start, TG0 = 4 KiB).
+    /// Physical address of the root table: the EPTP address field (see
+    /// [`EptCaps::eptp`](super::vmx::EptCaps::eptp)), or the VTTBR_EL2 base
+    /// address, aligned to the concatenated root's size, for the VTCR_EL2
+    /// that chose `config.table` (T0SZ = 64 - IPA bits, SL0 for the start
+    /// level, TG0 = 4 KiB: see [`Stage2Vtcr`](super::vtcr::Stage2Vtcr)).
     pub fn root(&self) -> u64 {
         self.table.lock().root()
+    }
+
+    /// The table's layout (`config.table`).
+    pub fn table_config(&self) -> TableConfig {
+        self.config.table
     }
 
     /// The host address space.
@@ -184,7 +212,17 @@ where
     /// that subscription's invalidations to
     /// [`invalidate`](GuestMemory::invalidate). Nothing is mapped until the
     /// guest faults.
+    ///
+    /// The guest range must lie below the table's input-address limit
+    /// ([`RegionError::OutOfRange`] otherwise).
     pub fn add_region(&self, spec: RegionSpec, notifier: &'h N) -> Result<RegionId, RegionError> {
+        let fits = spec
+            .gpa
+            .checked_add(spec.size)
+            .is_some_and(|e| e <= self.config.table.ia_limit());
+        if !fits {
+            return Err(RegionError::OutOfRange);
+        }
         self.regions.insert(spec, notifier)
     }
 
@@ -247,6 +285,9 @@ where
             invalidations: l(&c.invalidations),
             splits: l(&c.splits),
             split_fallbacks: l(&c.split_fallbacks),
+            upgrades: l(&c.upgrades),
+            stale_flushes: l(&c.stale_flushes),
+            published: l(&c.published),
         }
     }
 

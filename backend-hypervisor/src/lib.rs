@@ -74,10 +74,12 @@ pub mod fault;
 pub mod guest;
 pub mod host;
 pub mod invalidate;
+pub mod layout;
 pub mod pagetable;
 pub mod region;
 pub mod stage2;
 pub mod tlb;
+pub mod vtcr;
 
 pub use alloc::{SlicePool, StaticPool, TableAlloc, TablePage};
 pub use async_pf::{AsyncStatus, AsyncToken, Completion};
@@ -87,10 +89,12 @@ pub use ept::Ept;
 pub use fault::{Access, FaultError, GuestFault, WINDOW};
 pub use guest::{Config, GuestMemory, GuestStats};
 pub use host::{Host, HostRefs};
-pub use pagetable::{MapError, Mapping, PageTable, UnmapStats};
+pub use layout::{LayoutError, LeafSizes, TableConfig};
+pub use pagetable::{Installed, MapError, Mapping, PageTable, UnmapStats};
 pub use region::{RegionError, RegionId, RegionSpec};
 pub use stage2::Stage2;
 pub use tlb::TlbFlush;
+pub use vtcr::Stage2Vtcr;
 
 #[cfg(test)]
 mod testutil;

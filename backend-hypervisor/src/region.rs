@@ -108,8 +108,10 @@ pub enum RegionError {
     Empty,
     /// An address or the size is not 4 KiB aligned.
     Unaligned,
-    /// The guest range passes the 48-bit guest-physical limit, or the host
-    /// range wraps.
+    /// The guest range passes the 48-bit guest-physical limit (or the
+    /// table's smaller input size, see
+    /// [`GuestMemory::add_region`](super::GuestMemory::add_region)), or the
+    /// host range wraps.
     OutOfRange,
     /// The permissions lack read access (required by both formats and by
     /// the host fault path).
@@ -137,7 +139,7 @@ impl fmt::Display for RegionError {
             RegionError::Empty => f.write_str("region size is zero"),
             RegionError::Unaligned => f.write_str("region address or size is not 4 KiB aligned"),
             RegionError::OutOfRange => {
-                f.write_str("guest range exceeds 48 bits or host range wraps")
+                f.write_str("guest range exceeds the table's input size or host range wraps")
             }
             RegionError::NoRead => f.write_str("region permissions lack read access"),
             RegionError::Full => f.write_str("no free region slot"),

@@ -9,17 +9,38 @@ use std::vec::Vec;
 use hmm_core::doubles::TestMm;
 use hmm_core::IntervalNotifier;
 
-use crate::{Config, GuestMemory, HostRefs, Mapping, StaticPool, TlbFlush};
+use crate::{Config, GuestMemory, HostRefs, Mapping, PageSize, StaticPool, TlbFlush};
 
 pub const M2: u64 = 2 << 20;
 pub const G1: u64 = 1 << 30;
 
-/// A TLB hook that counts flushes.
+/// A TLB hook that counts range flushes (`.0`) and logs upgrade flushes
+/// and publications apart.
 #[derive(Default)]
-pub struct CountTlb(pub Cell<u32>);
+pub struct CountTlb(
+    pub Cell<u32>,
+    pub std::cell::RefCell<Vec<(u64, PageSize)>>,
+    pub Cell<u32>,
+);
+impl CountTlb {
+    /// Upgrade flushes so far.
+    pub fn upgrades(&self) -> Vec<(u64, PageSize)> {
+        self.1.borrow().clone()
+    }
+    /// Publications so far.
+    pub fn publishes(&self) -> u32 {
+        self.2.get()
+    }
+}
 impl TlbFlush for CountTlb {
     fn flush_range(&self, _: u64, _: u64) {
         self.0.set(self.0.get() + 1);
+    }
+    fn flush_upgrade(&self, gpa: u64, size: PageSize) {
+        self.1.borrow_mut().push((gpa, size));
+    }
+    fn publish(&self) {
+        self.2.set(self.2.get() + 1);
     }
 }
 

@@ -7,7 +7,9 @@
 //! the image's text and read-only data: it must not touch firmware statics.
 
 use crate::hostmm::uffd::source_word;
-use crate::vm::{ANON_GPA, HUGE1G_GPA, HUGE1G_SIZE, HUGE2M_GPA, UFFD_ASYNC_GPA, UFFD_GPA};
+use crate::vm::{
+    ANON_GPA, HUGE1G_GPA, HUGE1G_SIZE, HUGE2M_GPA, TOP_SIZE, UFFD_ASYNC_GPA, UFFD_GPA,
+};
 
 /// Hypercall numbers (x0), arguments in x1..x3, result in x0.
 pub mod hc {
@@ -31,12 +33,14 @@ pub mod hc {
     /// Report a failed check: x1 = test id, x2 = the address, x3 = the
     /// value read, x4 = the value expected.
     pub const REPORT_MISMATCH: u64 = 6;
+    /// x0 = the GPA of the region at the top of the IPA space.
+    pub const TOP_GPA: u64 = 8;
     /// The guest is done.
     pub const DONE: u64 = 0xff;
 }
 
 /// Names of the guest's checks, by id.
-pub const TESTS: [&str; 12] = [
+pub const TESTS: [&str; 13] = [
     "anon_zero_page_read",
     "anon_cow_write_4k",
     "hugetlb_2m_rw",
@@ -49,6 +53,7 @@ pub const TESTS: [&str; 12] = [
     "hugetlb_2m_zap_refault",
     "uffd_nowait_async",
     "concurrent_migrate",
+    "top_of_ipa_space",
 ];
 
 /// Failure codes (x2 of `REPORT`).
@@ -316,6 +321,17 @@ pub extern "C" fn guest_main() -> ! {
                 }
             }
         }
+    }
+
+    // 12: the last 2 MiB below the IPA limit (the last root entry; on a
+    // 40-bit CPU in the second concatenated root table).
+    let top = hvc(hc::TOP_GPA, 0, 0, 0);
+    let tops = [top, top + PAGE + 8, top + (1 << 20), top + TOP_SIZE - 8];
+    for a in tops {
+        wr(a, tag(a));
+    }
+    if check(12, tops.into_iter(), tag) {
+        pass(12);
     }
 
     hvc(hc::DONE, 0, 0, 0);

@@ -145,6 +145,46 @@ fn firmware_checks(tally: &mut Tally) {
     );
     let waits = HOST_MM.counters.migration_waits.load(Ordering::Relaxed);
     tally.check("guest_fault_waited_on_migration_entry", waits >= 1, waits);
+    stage2_layout_checks(tally);
+}
+
+/// The stage-2 configuration the hardware runs with is the one chosen for
+/// its PA range, and the table is laid out for it.
+fn stage2_layout_checks(tally: &mut Tally) {
+    let vm = vm::vm();
+    let Some(l) = vm::layout() else {
+        tally.check("stage2_vtcr_for_pa_range", false, 0);
+        return;
+    };
+    let vtcr = read_sysreg!("vtcr_el2");
+    let pa_bits = backend_hypervisor::vtcr::parange_bits(read_sysreg!("id_aa64mmfr0_el1"));
+    let vttbr = read_sysreg!("vttbr_el2");
+    let root_bytes = l.root_tables() as u64 * 4096;
+    // The architecture's own constraints, from the registers: a level-0
+    // start needs a PA range of 44 bits or more, the IPA may not exceed the
+    // PA range, and the root must be aligned to its concatenated size.
+    let start = backend_hypervisor::Stage2Vtcr::start_level_of(vtcr);
+    let ipa = 64 - (vtcr & 0x3f);
+    let legal = start.is_some_and(|s| s > 0 || pa_bits >= 44)
+        && ipa <= u64::from(pa_bits)
+        && (vttbr & 0x0000_ffff_ffff_fffe) % root_bytes == 0;
+    tally.check(
+        "stage2_vtcr_for_pa_range",
+        vtcr == l.vtcr() && legal && l.pa_bits() == pa_bits && start == Some(l.start_level()),
+        vtcr,
+    );
+    tally.check(
+        "stage2_hw_access_dirty_off",
+        !backend_hypervisor::Stage2Vtcr::hw_ad_enabled(vtcr),
+        vtcr,
+    );
+    let top = vm::top_gpa();
+    tally.check(
+        "stage2_top_of_ipa_mapped",
+        top + vm::TOP_SIZE == l.table().ia_limit()
+            && vm.translate(top + vm::TOP_SIZE - 8).is_some(),
+        top,
+    );
 }
 
 fn print_counters() {

@@ -226,6 +226,7 @@ fn hypercall(ctx: &mut VcpuContext, tally: &mut Tally) -> Option<Stop> {
             None => 1,
         },
         hc::JOB_STATUS => pager::job_status(),
+        hc::TOP_GPA => vm::top_gpa(),
         hc::DONE => return Some(Stop::Done),
         _ => {
             crate::println!("vcpu: unknown hypercall {nr:#x} ({a1:#x}, {a2:#x}, {a3:#x})");

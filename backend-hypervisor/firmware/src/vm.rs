@@ -14,11 +14,19 @@
 //! | huge1g | `0x1_0000_0000` | 1 GiB | hugetlb 1 GiB |
 //! | uffd | `0x3000_0000` | 1 MiB | userfaultfd, pager on CPU 1 |
 //! | uffd_async | `0x3800_0000` | 1 MiB | userfaultfd, faulted in no-wait mode |
+//! | top | the last 2 MiB below the IPA limit | 2 MiB | anonymous, demand-zero |
+//!
+//! The IPA limit is the CPU's (see [`layout`]): the top region lies in the
+//! last entry of the stage-2 root, in the second concatenated root table
+//! when the walk starts at level 1 with two of them (40-bit PA), so the
+//! guest's accesses there prove the hardware walks the root the way the
+//! engine lays it out.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use backend_hypervisor::{
-    Config, GuestMemory, HostRefs, Perm, RegionId, RegionSpec, Stage2, StaticPool, TlbFlush,
+    Config, GuestMemory, HostRefs, Perm, RegionId, RegionSpec, Stage2, Stage2Vtcr, StaticPool,
+    TlbFlush,
 };
 use hmm_core::{Clock, NoSignals, VmFlags};
 
@@ -203,12 +211,19 @@ pub const HUGE2M_SIZE: u64 = 4 << 20;
 pub const HUGE1G_SIZE: u64 = 1 << 30;
 /// Size of each userfault region.
 pub const UFFD_SIZE: u64 = 1 << 20;
+/// Size of the region at the top of the IPA space.
+pub const TOP_SIZE: u64 = 2 << 20;
+
+/// GPA of the region at the top of the IPA space (0 before [`init`]).
+pub fn top_gpa() -> u64 {
+    layout().map_or(0, |l| l.table().ia_limit() - TOP_SIZE)
+}
 
 /// Host address of the image region.
 const IMAGE_HVA: u64 = 0x100_0000_0000;
 
 /// Number of regions.
-pub const NREGIONS: usize = 7;
+pub const NREGIONS: usize = 8;
 
 /// The regions; index 0 (the image) gets its addresses at run time.
 pub fn regions() -> [RegionDef; NREGIONS] {
@@ -284,6 +299,16 @@ pub fn regions() -> [RegionDef; NREGIONS] {
             flags: RW,
             nowait: true,
         },
+        RegionDef {
+            name: "top",
+            gpa: top_gpa(),
+            size: TOP_SIZE,
+            hva: 0x700_0000_0000,
+            perm: Perm::R | Perm::W,
+            kind: VmaKind::Anon,
+            flags: RW,
+            nowait: false,
+        },
     ]
 }
 
@@ -327,14 +352,28 @@ pub fn hva_of(gpa: u64) -> Option<u64> {
     region_of(gpa).map(|(_, r)| r.hva + (gpa - r.gpa))
 }
 
+/// The stage-2 configuration chosen for this CPU (after [`init`]).
+static LAYOUT: spin::Once<Stage2Vtcr> = spin::Once::new();
+
+/// The stage-2 configuration chosen for this CPU's PA range.
+pub fn layout() -> Option<&'static Stage2Vtcr> {
+    LAYOUT.get()
+}
+
 /// Build the host address space and the VM, and program stage 2.
 pub fn init() -> Result<(), &'static str> {
     HOST_MM.init().map_err(|_| "host page-table root")?;
     let host = HostRefs::new(&HOST_MM, &HOST_MM)
         .with_signals(&NoSignals)
         .with_clock(&CLOCK);
-    let vm = GuestMemory::new(host, &STAGE2_TABLES, &TLB, Config::default())
-        .map_err(|_| "stage-2 root")?;
+    // T0SZ, the start level and the concatenated root from the PA range,
+    // as KVM's kvm_get_vtcr chooses them.
+    let layout = *LAYOUT.call_once(|| Stage2Vtcr::for_parange(read_sysreg!("id_aa64mmfr0_el1")));
+    let config = Config {
+        table: layout.table(),
+        ..Config::default()
+    };
+    let vm = GuestMemory::new(host, &STAGE2_TABLES, &TLB, config).map_err(|_| "stage-2 root")?;
     let vm = VM.call_once(|| vm);
     for (i, r) in regions().iter().enumerate() {
         HOST_MM
@@ -361,43 +400,26 @@ pub fn init() -> Result<(), &'static str> {
             return Err("notifier insert");
         }
     }
-    enable_stage2(vm.root());
-    Ok(())
+    enable_stage2(vm.root(), &layout)
 }
 
-/// VTCR_EL2 / VTTBR_EL2 / HCR_EL2 for a 4-level stage 2 starting at level 0
-/// with the 4 KiB granule, sized to the implemented PA range.
-fn enable_stage2(root: u64) {
-    let parange = read_sysreg!("id_aa64mmfr0_el1") & 0xf;
-    let (pa_bits, ps) = match parange {
-        0 => (32, 0),
-        1 => (36, 1),
-        2 => (40, 2),
-        3 => (42, 3),
-        4 => (44, 4),
-        _ => (48, 5),
-    };
-    // Start level 0 (SL0 = 0b10) needs an IPA of at least 40 bits; the
-    // engine's level-0 root covers up to 48.
-    let ipa_bits: u64 = pa_bits.clamp(40, 48);
-    let t0sz = 64 - ipa_bits;
-    let vtcr: u64 = t0sz
-        | (0b10 << 6)   // SL0: start at level 0
-        | (0b01 << 8)   // IRGN0: write-back
-        | (0b01 << 10)  // ORGN0: write-back
-        | (0b11 << 12)  // SH0: inner shareable
-        | (ps << 16)    // PS
-        | (1 << 31); // RES1
-    let vttbr = root | (1 << 48); // VMID 1
+/// VTCR_EL2 / VTTBR_EL2 / HCR_EL2 for the stage 2 `layout` describes (4 KiB
+/// granule; the start level and concatenation the PA range allows; HA and
+/// HD off, checked by reading VTCR_EL2 back).
+fn enable_stage2(root: u64, layout: &Stage2Vtcr) -> Result<(), &'static str> {
+    let vtcr = layout.vtcr();
+    let vttbr = Stage2Vtcr::vttbr(root, 1); // VMID 1
     TLB.vtcr.store(vtcr, Ordering::Release);
     TLB.vttbr.store(vttbr, Ordering::Release);
     // HCR_EL2: VM (stage 2 on), SWIO, DC (guest MMU off = Normal WB, as
     // EL2 sees RAM), TSC (guest SMC traps), RW (EL1 is AArch64).
     let hcr: u64 = (1 << 0) | (1 << 1) | (1 << 12) | (1 << 19) | (1 << 31);
-    // SAFETY: the stage-2 root is a zeroed table page of STAGE2_TABLES
-    // (identity mapped, so its address is its PA); nothing runs at EL1 yet,
-    // so switching its translation regime cannot affect live code. The TLB
-    // is invalidated for the VMID before first use.
+    // SAFETY: the stage-2 root is `root_tables()` zeroed, contiguous table
+    // pages of STAGE2_TABLES aligned to their total size (identity mapped,
+    // so the address is the PA), as VTTBR_EL2 requires for this VTCR_EL2;
+    // nothing runs at EL1 yet, so switching its translation regime cannot
+    // affect live code. The TLB is invalidated for the VMID before first
+    // use.
     unsafe {
         write_sysreg!("vtcr_el2", vtcr);
         write_sysreg!("vttbr_el2", vttbr);
@@ -410,7 +432,19 @@ fn enable_stage2(root: u64) {
         write_sysreg!("sctlr_el1", 0x30d0_0800);
     }
     isb();
+    let readback = read_sysreg!("vtcr_el2");
     crate::println!(
-        "stage 2: root {root:#x}, VTCR_EL2 {vtcr:#x} (IPA {ipa_bits} bits, PA {pa_bits} bits), HCR_EL2 {hcr:#x}"
+        "stage 2: root {root:#x}, VTCR_EL2 {readback:#x} (PA {} bits, IPA {} bits, T0SZ {}, start level {}, {} root table(s)), HCR_EL2 {hcr:#x}",
+        layout.pa_bits(),
+        layout.ipa_bits(),
+        layout.t0sz(),
+        layout.start_level(),
+        layout.root_tables(),
     );
+    // The engine's plain-store descriptor updates rely on the walker never
+    // writing descriptors.
+    if Stage2Vtcr::hw_ad_enabled(readback) {
+        return Err("VTCR_EL2 has hardware access/dirty updates on");
+    }
+    Ok(())
 }

@@ -1,13 +1,14 @@
 //! Host-side entry point of the firmware test: `cargo run` runs
 //! `backend-hypervisor/firmware/run.sh`, which builds the bare-metal image
 //! with Debian's toolchain and build-std, boots it under
-//! `qemu-system-aarch64` with a timeout, parses the UART log and reports
-//! "N passed, M failed". The exit status is run.sh's: non-zero on a build
-//! failure, a timeout, a bad QEMU exit status or any failed check.
+//! `qemu-system-aarch64` on each CPU model of its matrix with a timeout,
+//! parses the UART logs and reports "N passed, M failed" per model. The
+//! exit status is run.sh's: non-zero on a build failure, or a timeout, a
+//! bad QEMU exit status or any failed check on any model.
 //!
 //! Arguments are not used; the environment variables of run.sh
-//! (`FW_TIMEOUT`, `FW_PROFILE`, `FW_LOG`, `CARGO_TARGET_DIR`) pass through,
-//! except that cargo's own `RUSTC`/`RUSTFLAGS`-style variables set for this
+//! (`FW_CPUS`, `FW_TIMEOUT`, `FW_PROFILE`, `FW_LOG_DIR`, `CARGO_TARGET_DIR`)
+//! pass through, except that cargo's own `RUSTC`/`RUSTFLAGS`-style variables set for this
 //! host build are removed so that the bare-metal build gets Debian's rustc.
 
 use std::path::PathBuf;
