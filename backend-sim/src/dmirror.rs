@@ -366,6 +366,13 @@ fn cmd_range(cmd: &Cmd) -> Result<(u64, u64), Errno> {
     Ok((cmd.addr, end))
 }
 
+/// The end of the driver's next fixed-size chunk from `a`: `min(a +
+/// chunk_bytes, end)` in the driver's 64-bit arithmetic, so near the top
+/// of the address space it wraps below `a`.
+fn chunk_end(a: u64, chunk_bytes: u64, end: u64) -> u64 {
+    a.wrapping_add(chunk_bytes).min(end)
+}
+
 /// Stop of a device read or write: the first page without a usable entry.
 struct Missing(u64);
 
@@ -723,27 +730,47 @@ impl Mirror {
         perm
     }
 
-    fn check_readable(&self, start: u64, end: u64) -> Result<(), Errno> {
-        let mut a = start;
-        for v in self.inner.mm.vma_list() {
-            if v.end <= a || v.start >= end {
-                continue;
-            }
-            if v.start > a || !v.flags.contains(VmFlags::READ) {
-                return Err(Errno::EINVAL);
-            }
-            a = v.end;
-        }
-        if a < end {
+    /// test_hmm's per-chunk VMA check of the migrate commands: the VMA
+    /// containing `a` (`vma_lookup`) must exist and be readable (else
+    /// `-EINVAL`); the chunk ends 64 pages on, at `end` or at the VMA's
+    /// end, whichever comes first.
+    fn migrate_chunk(&self, a: u64, end: u64) -> Result<u64, Errno> {
+        let vmas = self.inner.mm.vmas();
+        let v = vmas.lookup(a).ok_or(Errno::EINVAL)?;
+        if !v.flags.contains(VmFlags::READ) {
             return Err(Errno::EINVAL);
         }
-        Ok(())
+        Ok(chunk_end(a, FAULT_CHUNK * PAGE_SIZE, end).min(v.end))
+    }
+
+    /// Map in the device every page of `[start, end)` that the CPU maps in
+    /// this device's memory: the ones just migrated and the ones already
+    /// there. A page a CPU fault has meanwhile moved back is not mapped.
+    fn map_device_pages(&self, start: u64, end: u64) {
+        let mm = &self.inner.mm;
+        let owner = self.owner();
+        let mut pt = self.inner.pt();
+        let mut a = start;
+        while a < end {
+            if let Pte::DevicePrivate { pfn, write } = mm.pte_at(a).0 {
+                if self.frames().kind(pfn) == FrameKind::DevicePrivate(owner) {
+                    pt.set(a, DEV_VALID | pfn | if write { DEV_WRITE } else { 0 });
+                }
+            }
+            a += PAGE_SIZE;
+        }
     }
 
     /// `HMM_DMIRROR_MIGRATE_TO_DEV`: migrate the range into this device's
-    /// private memory, map it in the device, and read it back into
-    /// `cmd.buf`. `-EINVAL` if part of the range is unmapped or unreadable;
-    /// `-ENOENT` if some page could not migrate (e.g. shared memory).
+    /// private memory chunk by chunk (64 pages, within one VMA:
+    /// [`Mm::migrate_to_device`] says which pages move), map the chunk in
+    /// the device, then read the range back into `cmd.buf`. `-EINVAL` at
+    /// the first chunk that is unmapped, unreadable, hugetlb or special
+    /// (the chunks before it have moved); `-ENOENT` if some page did not
+    /// move (page cache, shared memory, a userfaultfd hole, another
+    /// device's page).
+    ///
+    /// [`Mm::migrate_to_device`]: crate::mm::Mm::migrate_to_device
     pub fn migrate_to_dev(&self, task: &Task, cmd: &mut Cmd) -> Result<(), Errno> {
         let (start, end) = cmd_range(cmd)?;
         let mm = &self.inner.mm;
@@ -751,50 +778,41 @@ impl Mirror {
         let machine = self.inner.device.machine.clone();
         {
             let g = mm.read(task);
-            self.check_readable(start, end)?;
             let mut alloc = || machine.alloc(0, FrameKind::DevicePrivate(owner));
             let mut a = start;
             while a < end {
-                let b = (a + FAULT_CHUNK * PAGE_SIZE).min(end);
-                mm.migrate_to_device(&g, a, b, owner, &mut alloc);
+                let b = self.migrate_chunk(a, end)?;
+                mm.migrate_to_device(&g, a, b, owner, &mut alloc)?;
+                self.map_device_pages(a, b);
                 a = b;
-            }
-        }
-        {
-            // Map every page of the range that the CPU maps in this device's
-            // memory: the ones just migrated and the ones already there. A
-            // page a CPU fault has meanwhile moved back is not mapped.
-            let mut pt = self.inner.pt();
-            let mut a = start;
-            while a < end {
-                if let Pte::DevicePrivate { pfn, write } = mm.pte_at(a).0 {
-                    if self.frames().kind(pfn) == FrameKind::DevicePrivate(owner) {
-                        pt.set(a, DEV_VALID | pfn | if write { DEV_WRITE } else { 0 });
-                    }
-                }
-                a += PAGE_SIZE;
             }
         }
         self.read_into(cmd, start, end, Errno::ENOENT)
     }
 
     /// `HMM_DMIRROR_MIGRATE_TO_SYS`: migrate this device's pages in the
-    /// range back to system memory. `cmd.cpages` = pages migrated.
+    /// range back to system memory, chunk by chunk as MIGRATE_TO_DEV
+    /// (`-EINVAL` at the first chunk without a readable, migratable VMA).
+    /// `cmd.cpages` = pages migrated.
     pub fn migrate_to_sys(&self, task: &Task, cmd: &mut Cmd) -> Result<(), Errno> {
         let (start, end) = cmd_range(cmd)?;
         let mm = &self.inner.mm;
-        let moved = {
-            let g = mm.read(task);
-            self.check_readable(start, end)?;
-            mm.migrate_from_device(&g, start, end, self.owner())?
-        };
-        let mut pt = self.inner.pt();
-        for &(a, dev) in &moved {
-            if pt.get(a) & DEV_PFN == dev {
-                pt.set(a, 0);
+        let mut cpages = 0;
+        let g = mm.read(task);
+        let mut a = start;
+        while a < end {
+            let b = self.migrate_chunk(a, end)?;
+            let moved = mm.migrate_from_device(&g, a, b, self.owner())?;
+            let mut pt = self.inner.pt();
+            for &(p, dev) in &moved {
+                if pt.get(p) & DEV_PFN == dev {
+                    pt.set(p, 0);
+                }
             }
+            cpages += moved.len() as u64;
+            a = b;
         }
-        cmd.cpages = moved.len() as u64;
+        cmd.cpages = cpages;
         Ok(())
     }
 

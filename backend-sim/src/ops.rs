@@ -892,12 +892,51 @@ impl Mm {
 
     // ----------------------------------------------------- device memory
 
-    /// `migrate_vma_*` to device-private memory: under the mmap read lock,
-    /// move the private anonymous pages of `[start, end)` (present pages
-    /// mapped only here, the zero page, and holes) into device pages from
-    /// `alloc_dev`, replacing their entries with device-private entries.
-    /// Returns `(addr, device pfn, writable)` per migrated page. The
-    /// invalidation carries `owner`, so the owner's own mirror may ignore it.
+    /// The VMA a device migration of `[start, end)` works in, with
+    /// `migrate_vma_setup`'s checks: the range lies inside one VMA, which is
+    /// neither hugetlb nor `VM_PFNMAP` / `VM_IO` / `VM_MIXEDMAP`
+    /// (`VM_SPECIAL`); otherwise `-EINVAL`.
+    fn migrate_vma(&self, start: u64, end: u64) -> Result<VmaInfo, Errno> {
+        let v = self
+            .vmas()
+            .lookup(start)
+            .filter(|v| start < end && end <= v.end)
+            .cloned()
+            .ok_or(Errno::EINVAL)?;
+        let special = VmFlags::PFNMAP | VmFlags::IO | VmFlags::MIXEDMAP;
+        if v.is_hugetlb() || v.flags.intersects(special) {
+            return Err(Errno::EINVAL);
+        }
+        Ok(v)
+    }
+
+    /// One round of `migrate_vma_setup` (`MIGRATE_VMA_SELECT_SYSTEM`),
+    /// `migrate_vma_pages` and `migrate_vma_finalize` into device-private
+    /// memory, over `[start, end)` inside one VMA, holding the mmap read
+    /// lock `g`. `-EINVAL` where `migrate_vma_setup` refuses: the range is
+    /// not inside one VMA, or the VMA is hugetlb or `VM_PFNMAP` / `VM_IO` /
+    /// `VM_MIXEDMAP`.
+    ///
+    /// Which pages move, as in `mm/migrate_device.c`:
+    /// * an anonymous page mapped only here, in any VMA: so the
+    ///   copy-on-write copies inside a private file mapping move, while
+    ///   page-cache pages never do (`migrate_vma_pages` refuses a folio
+    ///   with a mapping). The simulator has no reverse map, so a page
+    ///   still shared with a forked process stays where Linux would move it
+    ///   for both;
+    /// * in an anonymous VMA, a hole or the zero page becomes a zero-filled
+    ///   device page, unless the VMA is registered for userfaultfd missing
+    ///   faults: there `migrate_vma_insert_page` backs off, so the page is
+    ///   still missing and the next fault reaches the handler. In a file
+    ///   VMA holes and the zero page stay;
+    /// * nothing else: device-private, swap, migration, device-exclusive,
+    ///   hwpoison and marker entries, special mappings.
+    ///
+    /// A page whose device page `alloc_dev` cannot provide stays, and the
+    /// next one is still tried. Returns `(addr, device pfn, writable)` per
+    /// migrated page: a moved page keeps its PTE's write permission, a
+    /// filled hole gets the VMA's. The invalidation carries `owner`, so the
+    /// owner's own mirror may ignore it.
     pub fn migrate_to_device(
         &self,
         g: &MmReadGuard<'_>,
@@ -905,60 +944,72 @@ impl Mm {
         end: u64,
         owner: u64,
         alloc_dev: &mut dyn FnMut() -> Option<u64>,
-    ) -> Vec<(u64, u64, bool)> {
+    ) -> Result<Vec<(u64, u64, bool)>, Errno> {
         debug_assert!(std::ptr::eq(g.mm(), self));
+        let v = self.migrate_vma(start, end)?;
         let frames = &self.machine.frames;
-        let vmas = self.vmas().overlapping(start, end);
+        // migrate_vma_insert_page: only anonymous memory is populated, and
+        // not under a userfaultfd MISSING registration.
+        let fill = v.is_anon() && !v.uffd_missing();
+        let vm_write = v.flags.contains(VmFlags::WRITE);
         self.split_all(start, end);
         let _inv = self.notifiers.invalidate_range_start(
             &InvalidateRange::new(start, end, Event::Migrate).with_owner(owner),
         );
         let mut out = Vec::new();
         let _ptl = self.ptl();
-        for v in vmas.iter().filter(|v| v.is_anon() && !v.is_hugetlb()) {
-            let vm_write = v.flags.contains(VmFlags::WRITE);
-            let mut a = start.max(v.start);
-            while a < end.min(v.end) {
-                let Slot::At(e) = self.tables.slot(self.root, a, PTE_SHIFT, true) else {
-                    a += PAGE_SIZE;
-                    continue;
-                };
-                let w = e.load(Ordering::Acquire);
-                let (src, write) = match Pte::decode(w, false) {
-                    Pte::None => (None, vm_write),
-                    Pte::Present { pfn, .. } if pfn == ZERO_PFN => (None, vm_write),
-                    Pte::Present {
-                        pfn,
-                        write,
-                        special: false,
-                        ..
-                    } if frames.kind(pfn) == FrameKind::System
-                        && frames.refcount(pfn) == 1
-                        && frames.order(pfn) == 0 =>
-                    {
-                        (Some(pfn), write)
-                    }
-                    _ => {
-                        a += PAGE_SIZE;
-                        continue;
-                    }
-                };
-                let Some(dev) = alloc_dev() else { break };
-                if let Some(s) = src {
-                    frames.copy_page(s, dev);
-                    frames.put(s);
+        let mut a = start;
+        while a < end {
+            let here = a;
+            a += PAGE_SIZE;
+            let cur = match self.tables.slot(self.root, here, PTE_SHIFT, false) {
+                Slot::At(e) => Pte::decode(e.load(Ordering::Acquire), false),
+                Slot::Missing(_) => Pte::None,
+                // A huge leaf that did not split is skipped.
+                Slot::Huge(..) => continue,
+            };
+            let (src, write) = match cur {
+                Pte::None => (None, vm_write),
+                Pte::Present { pfn, .. } if pfn == ZERO_PFN => (None, vm_write),
+                Pte::Present {
+                    pfn,
+                    write,
+                    special: false,
+                    ..
+                } if frames.kind(pfn) == FrameKind::System
+                    && frames.order(pfn) == 0
+                    && frames.refcount(pfn) == 1
+                    && !v.maps_page_cache(here, pfn) =>
+                {
+                    (Some(pfn), write)
                 }
-                store(e, Pte::DevicePrivate { pfn: dev, write });
-                out.push((a, dev, write));
-                a += PAGE_SIZE;
+                _ => continue,
+            };
+            if src.is_none() && !fill {
+                continue;
             }
+            let Some(dev) = alloc_dev() else { continue };
+            let Slot::At(e) = self.tables.slot(self.root, here, PTE_SHIFT, true) else {
+                frames.put(dev);
+                continue;
+            };
+            if let Some(s) = src {
+                frames.copy_page(s, dev);
+                frames.put(s);
+            }
+            store(e, Pte::DevicePrivate { pfn: dev, write });
+            out.push((here, dev, write));
         }
-        out
+        Ok(out)
     }
 
-    /// `migrate_vma_*` back to system memory: every device-private entry of
-    /// `owner` in `[start, end)` gets a new system page with the device
-    /// page's contents. Returns `(addr, device pfn)` per page moved.
+    /// One round of `migrate_vma_*` with `MIGRATE_VMA_SELECT_DEVICE_PRIVATE`
+    /// back to system memory, over `[start, end)` inside one VMA (the same
+    /// `-EINVAL` checks as [`Mm::migrate_to_device`]): every device-private
+    /// entry of `owner` gets a new system page with the device page's
+    /// contents. A page whose system page cannot be allocated stays on the
+    /// device (as in Linux, no error). Returns `(addr, device pfn)` per page
+    /// moved.
     pub fn migrate_from_device(
         &self,
         g: &MmReadGuard<'_>,
@@ -967,16 +1018,16 @@ impl Mm {
         owner: u64,
     ) -> Result<Vec<(u64, u64)>, Errno> {
         debug_assert!(std::ptr::eq(g.mm(), self));
+        self.migrate_vma(start, end)?;
         let frames = &self.machine.frames;
         let _inv = self.notifiers.invalidate_range_start(
             &InvalidateRange::new(start, end, Event::Migrate).with_owner(owner),
         );
         let mut out = Vec::new();
-        let mut oom = false;
         let _ptl = self.ptl();
         self.tables
             .for_each_leaf(self.root, start, end, &mut |a, shift, e| {
-                if shift != PTE_SHIFT || oom {
+                if shift != PTE_SHIFT {
                     return;
                 }
                 if let Pte::DevicePrivate { pfn, write } =
@@ -986,7 +1037,6 @@ impl Mm {
                         return;
                     }
                     let Some(n) = self.machine.alloc(0, FrameKind::System) else {
-                        oom = true;
                         return;
                     };
                     frames.copy_page(pfn, n);
@@ -995,9 +1045,6 @@ impl Mm {
                     out.push((a, pfn));
                 }
             });
-        if oom && out.is_empty() {
-            return Err(Errno::ENOMEM);
-        }
         Ok(out)
     }
 

@@ -187,6 +187,20 @@ impl VmaInfo {
         matches!(self.backing, Backing::Anon)
     }
 
+    /// `userfaultfd_missing(vma)`: registered for missing faults.
+    pub fn uffd_missing(&self) -> bool {
+        self.uffd.as_ref().is_some_and(|r| r.missing)
+    }
+
+    /// Whether `pfn`, mapped at `addr`, is the backing file's page-cache
+    /// page there (not an anonymous copy-on-write copy of it).
+    pub fn maps_page_cache(&self, addr: u64, pfn: u64) -> bool {
+        match &self.backing {
+            Backing::File { file, .. } => file.lookup(self.file_offset(addr)) == Some(pfn),
+            _ => false,
+        }
+    }
+
     /// Whether a PMD-sized THP can back the 2 MiB block at `addr`.
     pub fn thp_eligible(&self, addr: u64) -> bool {
         let base = addr & !(crate::pagetable::PMD_SIZE - 1);

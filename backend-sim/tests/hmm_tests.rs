@@ -258,6 +258,27 @@ fn migrate() {
 }
 
 #[test]
+fn migrate_file_private() {
+    let h = Hmm::new();
+    // hmm_create_file: a temporary file ftruncate()d to the buffer size.
+    let file = File::new(h.machine.frames.clone(), HMM_BUFFER_SIZE, 0);
+    let p =
+        h.mm.mmap_file(None, HMM_BUFFER_SIZE, RW, false, &file, 0)
+            .unwrap();
+    // Initialize buffer in system memory (copy-on-write from the file).
+    h.fill(p, N, |i| i);
+    let cmd = migrate_all(&h.fd, &h.task, p, NPAGES);
+    assert_eq!(cmd.i32s(), iota(N, |i| i));
+    // Beyond the kernel test: every page is on the device, the private
+    // writes never reached the file, and the CPU reads them back.
+    assert_eq!(h.fd.entries_in(p, p + HMM_BUFFER_SIZE).len() as u64, NPAGES);
+    let mut back = vec![0xffu8; HMM_BUFFER_SIZE as usize];
+    file.pread(0, &mut back);
+    assert!(back.iter().all(|&b| b == 0));
+    assert_eq!(h.ints(p, N), iota(N, |i| i));
+}
+
+#[test]
 fn migrate_fault() {
     let h = Hmm::new();
     let p = anon_filled(&h, HMM_BUFFER_SIZE, |i| i);
@@ -274,6 +295,48 @@ fn migrate_shared() {
     let h = Hmm::new();
     let p = h.mm.mmap_shared_anon(None, HMM_BUFFER_SIZE, RW).unwrap();
     let mut cmd = Cmd::new(p, NPAGES);
+    assert_eq!(h.fd.migrate_to_dev(&h.task, &mut cmd), Err(Errno::ENOENT));
+}
+
+#[test]
+fn migrate_mixed() {
+    let h2 = Hmm2::new();
+    let h = &h2.h;
+    let npages = 6;
+    let p =
+        h.mm.mmap_anon(None, npages * PAGE_SIZE, VmFlags::empty())
+            .unwrap();
+    let pg = |i: u64| p + i * PAGE_SIZE;
+    // Migrating a protected area should be an error.
+    let mut cmd = Cmd::new(p, npages);
+    assert_eq!(h2.fd1.migrate_to_dev(&h.task, &mut cmd), Err(Errno::EINVAL));
+    // Punch a hole after the first page address.
+    h.mm.munmap(&h.task, pg(1), PAGE_SIZE).unwrap();
+    // We expect an error if the vma doesn't cover the range.
+    let mut cmd = Cmd::new(p, 3);
+    assert_eq!(h2.fd1.migrate_to_dev(&h.task, &mut cmd), Err(Errno::EINVAL));
+    // Page 2 will be a read-only zero page.
+    h.mm.mprotect(pg(2), PAGE_SIZE, RO).unwrap();
+    let val = h.ints(pg(2), 1)[0] + 3;
+    assert_eq!(val, 3);
+    // Page 3 will be read-only.
+    h.mm.mprotect(pg(3), PAGE_SIZE, RW).unwrap();
+    h.mm.write_i32s(&h.task, pg(3), &[val]).unwrap();
+    h.mm.mprotect(pg(3), PAGE_SIZE, RO).unwrap();
+    // Pages 4-5 will be read-write.
+    h.mm.mprotect(pg(4), 2 * PAGE_SIZE, RW).unwrap();
+    h.mm.write_i32s(&h.task, pg(4), &[val]).unwrap();
+    h.mm.write_i32s(&h.task, pg(5), &[val]).unwrap();
+    // Now try to migrate pages 2-5 to device 1.
+    let cmd = migrate_all(&h2.fd1, &h.task, pg(2), 4);
+    // Beyond the kernel test: what device 1 read, and how it maps it.
+    let m = cmd.i32s();
+    let per = (PAGE_SIZE / 4) as usize;
+    assert_eq!([m[0], m[per], m[2 * per], m[3 * per]], [0, 3, 3, 3]);
+    let writable: Vec<bool> = (2..6).map(|i| h2.fd1.entry(pg(i)).unwrap().write).collect();
+    assert_eq!(writable, [false, false, true, true]);
+    // Page 5 won't be migrated to device 0 because it's on device 1.
+    let mut cmd = Cmd::new(pg(5), 1);
     assert_eq!(h.fd.migrate_to_dev(&h.task, &mut cmd), Err(Errno::ENOENT));
 }
 

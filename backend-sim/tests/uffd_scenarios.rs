@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backend_sim::dmirror::{self, Cmd};
+use backend_sim::frame::ZERO_PFN;
 use backend_sim::pagetable::Pte;
 use backend_sim::task::Task;
 use backend_sim::userfaultfd::{CopyMode, Features, UffdMsg};
@@ -594,4 +595,75 @@ fn pfnmap_and_io_vmas_are_errors() {
         assert_eq!(snap.buf, [dmirror::PROT_ERROR, dmirror::PROT_ERROR]);
         assert_eq!(h.fd.read(&h.task, &mut Cmd::new(p, 2)), Err(Errno::EFAULT));
     }
+}
+
+/// Post-copy with a device: MIGRATE_TO_DEV over a range registered for
+/// missing faults moves only the pages that are there. Linux's
+/// `migrate_vma_insert_page` backs off in a VMA with missing-mode
+/// userfaultfd, so the zero page and the holes stay as they are, the
+/// read-back answers -ENOENT, and a later lock-dropping READ asks the
+/// handler for exactly the missing pages and returns its data (a device
+/// page of zeroes there would be data loss, and the handler's late
+/// UFFDIO_COPY would meet -EEXIST).
+#[test]
+fn migrate_to_dev_leaves_uffd_holes_to_the_handler() {
+    let h = Hmm::new();
+    let n = 8u64;
+    let p = h.mm.mmap_anon(None, n * PAGE_SIZE, RW).unwrap();
+    let pg = |i: u64| p + i * PAGE_SIZE;
+    let uffd = h.mm.userfaultfd(Features::default());
+    uffd.register(p, n * PAGE_SIZE, true, false).unwrap();
+    // Pages 0-2 have arrived, page 3 is known to be zero, 4-7 are missing.
+    let arrived: Vec<u8> = (0..3).flat_map(|i| pattern_page(pg(i), 5)).collect();
+    uffd.copy(&h.task, p, &arrived, CopyMode::default())
+        .unwrap();
+    uffd.zeropage(&h.task, pg(3), PAGE_SIZE, CopyMode::default())
+        .unwrap();
+
+    let mut cmd = Cmd::new(p, n);
+    assert_eq!(h.fd.migrate_to_dev(&h.task, &mut cmd), Err(Errno::ENOENT));
+    assert_eq!(uffd.faults(), 0, "migration delivers no userfault");
+    for i in 0..3 {
+        let (pte, _) = h.mm.pte_at(pg(i));
+        assert!(
+            matches!(pte, Pte::DevicePrivate { write: true, .. }),
+            "page {i} moved: {pte:?}"
+        );
+        assert!(h.fd.entry(pg(i)).is_some_and(|e| e.write));
+    }
+    assert!(matches!(
+        h.mm.pte_at(pg(3)),
+        (Pte::Present { .. }, Some(ZERO_PFN))
+    ));
+    for i in 3..n {
+        assert_eq!(h.fd.entry(pg(i)), None, "page {i} is not on the device");
+    }
+    for i in 4..n {
+        assert_eq!(h.mm.pte_at(pg(i)).0, Pte::None, "page {i} is still missing");
+    }
+
+    // The handler now supplies what is missing.
+    let handler = Handler::spawn(&uffd, PAGE_SIZE, |a| pattern_page(a, 5));
+    let mut cmd = Cmd::new(p, n);
+    h.fd.read_unlocked(&h.task, &mut cmd, &opts(), &mut Stats::default())
+        .unwrap();
+    assert_eq!(cmd.cpages, n);
+    let page = PAGE_SIZE as usize;
+    expect_pattern(&cmd.buf[..3 * page], p, 5);
+    assert!(cmd.buf[3 * page..4 * page].iter().all(|&b| b == 0));
+    expect_pattern(&cmd.buf[4 * page..], pg(4), 5);
+    let asked: Vec<u64> = handler
+        .stop(&uffd)
+        .iter()
+        .filter_map(|m| match m {
+            UffdMsg::Pagefault { addr, .. } => Some(*addr),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked, (4..n).map(pg).collect::<Vec<_>>());
+    // The migrated pages stayed on the device; the CPU sees every byte.
+    assert!(matches!(h.mm.pte_at(pg(0)).0, Pte::DevicePrivate { .. }));
+    let mut cpu = vec![0u8; cmd.buf.len()];
+    h.mm.read_bytes(&h.task, p, &mut cpu).unwrap();
+    assert_eq!(cpu, cmd.buf);
 }
