@@ -35,12 +35,21 @@ pub mod hc {
     pub const REPORT_MISMATCH: u64 = 6;
     /// x0 = the GPA of the region at the top of the IPA space.
     pub const TOP_GPA: u64 = 8;
+    /// Write-protect the host pages backing `[x1, x1 + x2)` in place
+    /// (userfaultfd write-protect); x0 = the leaves protected.
+    pub const WRPROTECT: u64 = 9;
+    /// x0 = the firmware counter x1 (see [`super::ctr`]).
+    pub const COUNTER: u64 = 10;
+    /// x0 = the stage-2 leaf mapping x1: its output address with the
+    /// permissions in bits 2:0 (R 1, W 2, X 4) and the level in bits 5:4,
+    /// or `u64::MAX` if unmapped.
+    pub const S2_LEAF: u64 = 11;
     /// The guest is done.
     pub const DONE: u64 = 0xff;
 }
 
 /// Names of the guest's checks, by id.
-pub const TESTS: [&str; 13] = [
+pub const TESTS: [&str; 15] = [
     "anon_zero_page_read",
     "anon_cow_write_4k",
     "hugetlb_2m_rw",
@@ -54,7 +63,23 @@ pub const TESTS: [&str; 13] = [
     "uffd_nowait_async",
     "concurrent_migrate",
     "top_of_ipa_space",
+    "perm_upgrade_4k_in_place",
+    "perm_upgrade_2m_block_in_place",
 ];
+
+/// Firmware counters the guest can read (x1 of `COUNTER`).
+pub mod ctr {
+    /// Stage-2 permission faults taken.
+    pub const PERMISSION_FAULTS: u64 = 0;
+    /// Local TLB flushes after permission upgrades.
+    pub const UPGRADE_FLUSHES: u64 = 1;
+    /// `TLBI IPAS2E1` issued by them.
+    pub const TLBI_IPAS2E1: u64 = 2;
+    /// `TLBI VMALLE1` issued by them.
+    pub const TLBI_VMALLE1: u64 = 3;
+    /// Stage-2 aborts taken.
+    pub const STAGE2_ABORTS: u64 = 4;
+}
 
 /// Failure codes (x2 of `REPORT`).
 pub mod fail {
@@ -109,6 +134,61 @@ fn check(id: usize, words: impl Iterator<Item = u64>, expect: impl Fn(u64) -> u6
         let (got, want) = (rd(gpa), expect(gpa));
         if got != want {
             report_mismatch(id, gpa, got, want);
+            return false;
+        }
+    }
+    true
+}
+
+/// The counters of one upgrade: permission faults, upgrade flushes, TLBI
+/// IPAS2E1, TLBI VMALLE1.
+fn upgrade_counters() -> [u64; 4] {
+    [
+        ctr::PERMISSION_FAULTS,
+        ctr::UPGRADE_FLUSHES,
+        ctr::TLBI_IPAS2E1,
+        ctr::TLBI_VMALLE1,
+    ]
+    .map(|c| hvc(hc::COUNTER, c, 0, 0))
+}
+
+/// Upgrade a leaf's permissions in place and touch it again: `a` is mapped
+/// writable; the host write-protects the `len`-byte page (or huge page)
+/// behind it in place, the guest reads it (stage 2 maps it read-only, same frame), then
+/// writes it: one permission fault, whose handler widens the leaf in place
+/// and issues one local `TLBI IPAS2E1` and one `TLBI VMALLE1`; the write
+/// and a read back then go through without another fault. A mismatch is
+/// reported with the address, or 1 / 2 for the leaf before / after, or
+/// 10..=13 for the counter deltas.
+fn upgrade_in_place(id: usize, a: u64, len: u64, level: u64) -> bool {
+    wr(a, tag(a));
+    if hvc(hc::WRPROTECT, a & !(len - 1), len, 0) != 1 {
+        report(id, fail::HOST_OP, a);
+        return false;
+    }
+    if !check(id, [a].into_iter(), tag) {
+        return false;
+    }
+    let before = hvc(hc::S2_LEAF, a, 0, 0);
+    let c0 = upgrade_counters();
+    wr(a, !tag(a));
+    let v = rd(a);
+    let c1 = upgrade_counters();
+    let after = hvc(hc::S2_LEAF, a, 0, 0);
+    let leaf = |pa: u64, perm: u64| pa | perm | (level << 4);
+    let base = before & !0xfff;
+    let expected = [
+        (a, v, !tag(a)),
+        (1, before, leaf(base, 1)),
+        (2, after, leaf(base, 3)),
+        (10, c1[0] - c0[0], 1),
+        (11, c1[1] - c0[1], 1),
+        (12, c1[2] - c0[2], 1),
+        (13, c1[3] - c0[3], 1),
+    ];
+    for (what, got, want) in expected {
+        if got != want {
+            report_mismatch(id, what, got, want);
             return false;
         }
     }
@@ -332,6 +412,19 @@ pub extern "C" fn guest_main() -> ! {
     }
     if check(12, tops.into_iter(), tag) {
         pass(12);
+    }
+
+    // 13: a 4 KiB page's permission upgraded in place (see
+    // `upgrade_in_place`); the top region is all populated by now, so the
+    // write fault's window faults nothing else.
+    if upgrade_in_place(13, top + 2 * PAGE, PAGE, 3) {
+        pass(13);
+    }
+
+    // 14: the same for a 2 MiB block (one TLBI for the whole block).
+    let hp = HUGE2M_GPA + (2 << 20);
+    if upgrade_in_place(14, hp + 0x40, 2 << 20, 2) {
+        pass(14);
     }
 
     hvc(hc::DONE, 0, 0, 0);

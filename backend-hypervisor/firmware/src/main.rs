@@ -146,6 +146,44 @@ fn firmware_checks(tally: &mut Tally) {
     let waits = HOST_MM.counters.migration_waits.load(Ordering::Relaxed);
     tally.check("guest_fault_waited_on_migration_entry", waits >= 1, waits);
     stage2_layout_checks(tally);
+    tlb_checks(tally);
+}
+
+/// Flushes and barriers the hardware needs, counted where the firmware
+/// issues them.
+fn tlb_checks(tally: &mut Tally) {
+    let vm = vm::vm();
+    // A fault on a leaf that already allows the access (a stale TLB entry
+    // on real hardware): nothing is written, this CPU's translation of the
+    // leaf is flushed (one TLBI IPAS2E1, one TLBI VMALLE1).
+    let a = vm::top_gpa() + 2 * 4096;
+    let before = (vm.translate(a), vm::TLB.upgrade_counts(), vm.stats());
+    let out = vm.handle_fault(a, backend_hypervisor::Perm::W);
+    let after = (vm.translate(a), vm::TLB.upgrade_counts(), vm.stats());
+    let (u0, u1) = (before.1, after.1);
+    tally.check(
+        "stale_translation_fault_flushes_locally",
+        matches!(out, backend_hypervisor::GuestFault::Mapped { .. })
+            && before.0.is_some()
+            && before.0 == after.0
+            && (u1.0 - u0.0, u1.1 - u0.1, u1.2 - u0.2) == (1, 1, 1)
+            && after.2.stale_flushes == before.2.stale_flushes + 1
+            && after.2.published == before.2.published,
+        u1.0 - u0.0,
+    );
+    // Every fault that wrote descriptors issued a DSB ISHST before the
+    // vCPU went back to the guest, and the upgrades were flushed.
+    let st = vm.stats();
+    tally.check(
+        "new_descriptors_published",
+        st.published >= 1 && vm::TLB.publishes() == st.published,
+        vm::TLB.publishes(),
+    );
+    tally.check(
+        "permission_upgrades_flushed",
+        st.upgrades >= 2 && vm::TLB.upgrade_counts().0 == st.upgrades + st.stale_flushes,
+        st.upgrades,
+    );
 }
 
 /// The stage-2 configuration the hardware runs with is the one chosen for
@@ -214,6 +252,15 @@ fn print_counters() {
     counter("tlbi_ipas2e1is", by_ipa);
     counter("tlbi_vmalls12e1is", all);
     counter("tlb_flushes_from_other_cpu", vm::TLB.context_switches());
+    let (upgrades, ipa_local, vmalle1_local) = vm::TLB.upgrade_counts();
+    counter("tlb_upgrade_flushes", upgrades);
+    counter("tlbi_ipas2e1", ipa_local);
+    counter("tlbi_vmalle1", vmalle1_local);
+    counter("dsb_ishst_publish", vm::TLB.publishes());
+    counter("stage2_upgrades_in_place", st.upgrades);
+    counter("stage2_stale_fault_flushes", st.stale_flushes);
+    counter("host_wrprotected", l(&h.wrprotected));
+    counter("host_wp_reuses", l(&h.wp_reuses));
     counter("host_zero_page_maps", l(&h.zero_maps));
     counter("host_cow_breaks", l(&h.cow));
     counter("host_anon_pages", l(&h.anon_pages));

@@ -38,6 +38,13 @@ pub fn dsb_ish() {
     unsafe { core::arch::asm!("dsb ish", options(nostack, preserves_flags)) };
 }
 
+/// `DSB NSH`: completes this CPU's non-broadcast TLB maintenance.
+#[inline(always)]
+pub fn dsb_nsh() {
+    // SAFETY: a barrier has no memory-safety effect.
+    unsafe { core::arch::asm!("dsb nsh", options(nostack, preserves_flags)) };
+}
+
 /// `DSB ISHST`.
 #[inline(always)]
 pub fn dsb_ishst() {

@@ -109,9 +109,27 @@ pub fn run(entry: u64, sp: u64, tally: &mut Tally) -> Stop {
     }
 }
 
+/// Consecutive faults on one IPA after which the guest is deemed stuck (a
+/// mapping the hardware does not walk the way the engine wrote it).
+const STUCK_FAULTS: u64 = 10_000;
+
+static LAST_FAULT: AtomicU64 = AtomicU64::new(u64::MAX);
+static SAME_FAULTS: AtomicU64 = AtomicU64::new(0);
+
 fn stage2_abort(ctx: &VcpuContext, ec: u64) -> bool {
     EXITS.stage2_aborts.fetch_add(1, Ordering::Relaxed);
     let ipa = fault_ipa(ctx);
+    if LAST_FAULT.swap(ipa, Ordering::Relaxed) == ipa {
+        if SAME_FAULTS.fetch_add(1, Ordering::Relaxed) + 1 >= STUCK_FAULTS {
+            crate::println!(
+                "vcpu: {STUCK_FAULTS} consecutive stage-2 faults at IPA {ipa:#x} (ESR {:#x}): the guest makes no progress",
+                ctx.esr
+            );
+            return false;
+        }
+    } else {
+        SAME_FAULTS.store(0, Ordering::Relaxed);
+    }
     let dfsc = ctx.esr & 0x3f;
     if dfsc & 0x3c == 0x0c {
         EXITS.permission_faults.fetch_add(1, Ordering::Relaxed);
@@ -177,10 +195,17 @@ fn hypercall(ctx: &mut VcpuContext, tally: &mut Tally) -> Option<Stop> {
         }
         hc::REPORT_MISMATCH => {
             let name = guest::TESTS.get(a1 as usize).copied().unwrap_or("?");
-            crate::println!(
-                "guest: {name}: IPA {a2:#x} holds {a3:#x}, expected {:#x}",
-                ctx.x[4]
-            );
+            if a2 < 0x1000 {
+                crate::println!(
+                    "guest: {name}: item {a2} is {a3:#x}, expected {:#x}",
+                    ctx.x[4]
+                );
+            } else {
+                crate::println!(
+                    "guest: {name}: IPA {a2:#x} holds {a3:#x}, expected {:#x}",
+                    ctx.x[4]
+                );
+            }
             tally.record(name, false, guest::fail::MISMATCH, a2);
             0
         }
@@ -227,6 +252,35 @@ fn hypercall(ctx: &mut VcpuContext, tally: &mut Tally) -> Option<Stop> {
         },
         hc::JOB_STATUS => pager::job_status(),
         hc::TOP_GPA => vm::top_gpa(),
+        hc::WRPROTECT => match vm::hva_of(a1) {
+            Some(hva) => {
+                let n = HOST_MM.wrprotect(hva, hva + a2);
+                crate::println!("host: write-protected {n} leaves at GPA {a1:#x}+{a2:#x}");
+                n
+            }
+            None => 0,
+        },
+        hc::COUNTER => {
+            let (_, ipa, vmalle1) = vm::TLB.upgrade_counts();
+            match a1 {
+                guest::ctr::PERMISSION_FAULTS => EXITS.permission_faults.load(Ordering::Relaxed),
+                guest::ctr::UPGRADE_FLUSHES => vm::TLB.upgrade_counts().0,
+                guest::ctr::TLBI_IPAS2E1 => ipa,
+                guest::ctr::TLBI_VMALLE1 => vmalle1,
+                guest::ctr::STAGE2_ABORTS => EXITS.stage2_aborts.load(Ordering::Relaxed),
+                _ => u64::MAX,
+            }
+        }
+        hc::S2_LEAF => match vm::vm().translate(a1) {
+            Some(m) => {
+                let perm = [(Perm::R, 1), (Perm::W, 2), (Perm::X, 4)]
+                    .iter()
+                    .filter(|(p, _)| m.attrs.perm.contains(*p))
+                    .fold(0, |acc, (_, b)| acc | b);
+                m.pa | perm | (u64::from(m.size.level()) << 4)
+            }
+            None => u64::MAX,
+        },
         hc::DONE => return Some(Stop::Done),
         _ => {
             crate::println!("vcpu: unknown hypercall {nr:#x} ({a1:#x}, {a2:#x}, {a3:#x})");

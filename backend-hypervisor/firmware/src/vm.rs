@@ -25,15 +25,15 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use backend_hypervisor::{
-    Config, GuestMemory, HostRefs, Perm, RegionId, RegionSpec, Stage2, Stage2Vtcr, StaticPool,
-    TlbFlush,
+    Config, GuestMemory, HostRefs, PageSize, Perm, RegionId, RegionSpec, Stage2, Stage2Vtcr,
+    StaticPool, TlbFlush,
 };
 use hmm_core::{Clock, NoSignals, VmFlags};
 
 use crate::hostmm::notifier::{IntervalOps, MmSeq, Subscription};
 use crate::hostmm::pgtable::HostTablePool;
 use crate::hostmm::{HostMm, VmaKind};
-use crate::sysreg::{dsb_ish, dsb_ishst, isb, read_sysreg, write_sysreg};
+use crate::sysreg::{dsb_ish, dsb_ishst, dsb_nsh, isb, read_sysreg, write_sysreg};
 
 /// The generic timer as hmm-core's clock.
 pub struct CounterClock;
@@ -48,8 +48,22 @@ impl Clock for CounterClock {
     }
 }
 
-/// TLB maintenance for stage 2 of VMID 1: by IPA for small ranges, the
-/// whole VMID otherwise, then the combined stage-1+2 entries (tagged by VA).
+/// TLB maintenance for stage 2 of VMID 1, and the barrier that publishes
+/// new descriptors.
+///
+/// * [`flush_range`](TlbFlush::flush_range) (removal, downgrade): by IPA
+///   for small ranges, the whole VMID otherwise, then the combined
+///   stage-1+2 entries (tagged by VA), all broadcast to the inner-shareable
+///   domain.
+/// * [`flush_upgrade`](TlbFlush::flush_upgrade) (a leaf gained
+///   permissions, or a fault found it already wide): as KVM's
+///   `__kvm_tlb_flush_vmid_ipa_nsh`, for this CPU only: `DSB ISHST` (the
+///   descriptor store reaches the walkers), `TLBI IPAS2E1` at the leaf's
+///   IPA (one TLBI removes a block's entry too), `DSB NSH`, `TLBI
+///   VMALLE1`, `DSB NSH`, `ISB`. A CPU that still holds the narrower
+///   translation faults and flushes for itself.
+/// * [`publish`](TlbFlush::publish): `DSB ISHST` after a fault wrote new
+///   descriptors, before the vCPU re-enters the guest.
 ///
 /// TLBI by IPA or by VMID acts on the VMID in the *issuing* CPU's
 /// VTTBR_EL2, so a CPU that is not running this guest (the pager CPU
@@ -62,15 +76,20 @@ pub struct ArmTlb {
     flushes: AtomicU64,
     tlbi_ipa: AtomicU64,
     tlbi_all: AtomicU64,
+    upgrades: AtomicU64,
+    tlbi_ipa_local: AtomicU64,
+    tlbi_vmalle1_local: AtomicU64,
+    publishes: AtomicU64,
 }
 
 /// Ranges up to this many pages are flushed page by page.
 const TLBI_BY_IPA_MAX: u64 = 32;
 
-impl TlbFlush for ArmTlb {
-    fn flush_range(&self, start: u64, end: u64) {
-        self.flushes.fetch_add(1, Ordering::Relaxed);
-        let pages = (end.saturating_sub(start) + 0xfff) >> 12;
+impl ArmTlb {
+    /// Run `f` with the guest's VMID loaded on this CPU (switching and
+    /// restoring VTCR_EL2/VTTBR_EL2 if this CPU holds another context),
+    /// ending with an `ISB`.
+    fn in_guest_vmid(&self, f: impl FnOnce()) {
         let (vtcr, vttbr) = (
             self.vtcr.load(Ordering::Acquire),
             self.vttbr.load(Ordering::Acquire),
@@ -88,26 +107,7 @@ impl TlbFlush for ArmTlb {
             }
             isb();
         }
-        dsb_ishst();
-        if pages <= TLBI_BY_IPA_MAX {
-            for p in 0..pages {
-                let ipa = (start >> 12) + p;
-                // SAFETY: TLB invalidation by IPA for the current VMID only
-                // removes cached translations; it cannot break memory
-                // safety.
-                unsafe { core::arch::asm!("tlbi ipas2e1is, {}", in(reg) ipa, options(nostack)) };
-            }
-            self.tlbi_ipa.fetch_add(pages, Ordering::Relaxed);
-        } else {
-            // SAFETY: as above, for every stage-1 and stage-2 entry of the
-            // current VMID.
-            unsafe { core::arch::asm!("tlbi vmalls12e1is", options(nostack)) };
-            self.tlbi_all.fetch_add(1, Ordering::Relaxed);
-        }
-        dsb_ish();
-        // SAFETY: as above; combined stage-1+2 entries are tagged by VA.
-        unsafe { core::arch::asm!("tlbi vmalle1is", options(nostack)) };
-        dsb_ish();
+        f();
         if switch {
             // SAFETY: restores this CPU's own stage-2 context.
             unsafe {
@@ -116,6 +116,60 @@ impl TlbFlush for ArmTlb {
             }
         }
         isb();
+    }
+}
+
+impl TlbFlush for ArmTlb {
+    fn flush_range(&self, start: u64, end: u64) {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        let pages = (end.saturating_sub(start) + 0xfff) >> 12;
+        self.in_guest_vmid(|| {
+            dsb_ishst();
+            if pages <= TLBI_BY_IPA_MAX {
+                for p in 0..pages {
+                    let ipa = (start >> 12) + p;
+                    // SAFETY: TLB invalidation by IPA for the current VMID
+                    // only removes cached translations; it cannot break
+                    // memory safety.
+                    unsafe {
+                        core::arch::asm!("tlbi ipas2e1is, {}", in(reg) ipa, options(nostack))
+                    };
+                }
+                self.tlbi_ipa.fetch_add(pages, Ordering::Relaxed);
+            } else {
+                // SAFETY: as above, for every stage-1 and stage-2 entry of
+                // the current VMID.
+                unsafe { core::arch::asm!("tlbi vmalls12e1is", options(nostack)) };
+                self.tlbi_all.fetch_add(1, Ordering::Relaxed);
+            }
+            dsb_ish();
+            // SAFETY: as above; combined stage-1+2 entries are tagged by VA.
+            unsafe { core::arch::asm!("tlbi vmalle1is", options(nostack)) };
+            dsb_ish();
+        });
+    }
+
+    fn flush_upgrade(&self, gpa: u64, _size: PageSize) {
+        self.upgrades.fetch_add(1, Ordering::Relaxed);
+        self.in_guest_vmid(|| {
+            dsb_ishst();
+            let ipa = gpa >> 12;
+            // SAFETY: non-broadcast TLB invalidation by IPA for the current
+            // VMID only removes this CPU's cached translations.
+            unsafe { core::arch::asm!("tlbi ipas2e1, {}", in(reg) ipa, options(nostack)) };
+            dsb_nsh();
+            // SAFETY: as above, for this CPU's stage-1 (and combined)
+            // entries of the current VMID, tagged by VA.
+            unsafe { core::arch::asm!("tlbi vmalle1", options(nostack)) };
+            dsb_nsh();
+        });
+        self.tlbi_ipa_local.fetch_add(1, Ordering::Relaxed);
+        self.tlbi_vmalle1_local.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn publish(&self) {
+        dsb_ishst();
+        self.publishes.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -132,6 +186,21 @@ impl ArmTlb {
             self.tlbi_ipa.load(Ordering::Relaxed),
             self.tlbi_all.load(Ordering::Relaxed),
         )
+    }
+
+    /// (upgrade flushes, TLBI IPAS2E1 issued, TLBI VMALLE1 issued): the
+    /// local invalidations after permission upgrades.
+    pub fn upgrade_counts(&self) -> (u64, u64, u64) {
+        (
+            self.upgrades.load(Ordering::Relaxed),
+            self.tlbi_ipa_local.load(Ordering::Relaxed),
+            self.tlbi_vmalle1_local.load(Ordering::Relaxed),
+        )
+    }
+
+    /// `DSB ISHST` barriers issued to publish new descriptors.
+    pub fn publishes(&self) -> u64 {
+        self.publishes.load(Ordering::Relaxed)
     }
 }
 
@@ -158,6 +227,10 @@ pub static TLB: ArmTlb = ArmTlb {
     flushes: AtomicU64::new(0),
     tlbi_ipa: AtomicU64::new(0),
     tlbi_all: AtomicU64::new(0),
+    upgrades: AtomicU64::new(0),
+    tlbi_ipa_local: AtomicU64::new(0),
+    tlbi_vmalle1_local: AtomicU64::new(0),
+    publishes: AtomicU64::new(0),
 };
 
 static VM: spin::Once<Vm> = spin::Once::new();

@@ -2,8 +2,8 @@
 //!
 //! | VMA | read fault on none | write fault |
 //! |---|---|---|
-//! | anonymous | map the shared zero page read-only | new zeroed page (breaking COW of the zero page: notifiers first) |
-//! | hugetlb | new zeroed huge page, writable if the VMA is | same |
+//! | anonymous | map the shared zero page read-only | new zeroed page (breaking COW of the zero page: notifiers first); a write-protected page of its own is made writable in place (no notifier, as Linux reuses an exclusive page) |
+//! | hugetlb | new zeroed huge page, writable if the VMA is | same; a write-protected huge page is made writable in place |
 //! | userfault | queue a message, drop the lock, wait, `Retry` | same |
 //!
 //! Userfault faults honour the flags like `handle_userfault()`: without
@@ -20,12 +20,33 @@ use crate::frames::{self, FrameSize, FRAMES};
 use crate::sysreg::wfe;
 
 impl HostMm {
+    /// A write fault on a read-only leaf of a frame the address space owns
+    /// alone (write-protected by [`HostMm::wrprotect`]): make it writable
+    /// in place. Gaining permission needs no invalidation (Linux's
+    /// `wp_page_reuse`); the guest's second stage widens its own leaf on
+    /// its next write fault.
+    fn wp_reuse(&self, addr: u64, level: u8, pa: u64) {
+        let _ptl = self.ptl.lock();
+        if let Some(slot) = self.pt.slot(addr, level, false) {
+            if slot.load(Ordering::Acquire) == pgtable::leaf(level, pa, false) {
+                slot.store(pgtable::leaf(level, pa, true), Ordering::Release);
+                self.counters.wp_reuses.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     fn fault_anon(&self, addr: u64, write: bool) -> Result<(), VmFaultError> {
         let page = addr & !0xfff;
         let (level, cur) = self.pt.lookup(page);
         match (cur, write) {
             (Entry::Leaf { .. }, false) => return Ok(()),
             (Entry::Leaf { write: true, .. }, true) => return Ok(()),
+            (Entry::Leaf { pa, write: false }, true)
+                if level == 3 && pa != frames::zero_page_pa() && frames::is_pool_frame(pa) =>
+            {
+                self.wp_reuse(page, 3, pa);
+                return Ok(());
+            }
             _ => {}
         }
         if level != 3 && !matches!(cur, Entry::None) {
@@ -76,15 +97,26 @@ impl HostMm {
         Ok(())
     }
 
-    fn fault_huge(&self, addr: u64, order: u8, writable: bool) -> Result<(), VmFaultError> {
+    fn fault_huge(
+        &self,
+        addr: u64,
+        order: u8,
+        writable: bool,
+        write: bool,
+    ) -> Result<(), VmFaultError> {
         let (level, size) = match order {
             9 => (2u8, FrameSize::Huge2M),
             18 => (1u8, FrameSize::Huge1G),
             _ => return Err(VmFaultError::Sigbus),
         };
         let base = addr & !(size.bytes() - 1);
-        if let (_, Entry::Leaf { .. }) = self.pt.lookup(base) {
-            return Ok(());
+        match self.pt.lookup(base) {
+            (l, Entry::Leaf { pa, write: false }) if l == level && writable && write => {
+                self.wp_reuse(base, level, pa);
+                return Ok(());
+            }
+            (_, Entry::Leaf { .. }) => return Ok(()),
+            _ => {}
         }
         let pa = FRAMES.alloc(size).ok_or(VmFaultError::Oom)?;
         let installed = {
@@ -131,7 +163,7 @@ impl FaultHandler<HostMm> for HostMm {
                 _ => Err(VmFaultError::Sigbus),
             },
             VmaKind::Hugetlb(order) => {
-                self.fault_huge(addr, order, vma.flags.contains(VmFlags::WRITE))
+                self.fault_huge(addr, order, vma.flags.contains(VmFlags::WRITE), write)
             }
             VmaKind::Userfault => {
                 if let (_, Entry::Leaf { .. }) = self.pt.lookup(addr) {

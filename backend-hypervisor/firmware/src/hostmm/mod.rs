@@ -100,6 +100,11 @@ pub struct HostCounters {
     pub migrations: AtomicU64,
     /// Pages zapped.
     pub zapped: AtomicU64,
+    /// Leaves write-protected in place.
+    pub wrprotected: AtomicU64,
+    /// Write faults that made a write-protected leaf writable again in
+    /// place (same frame).
+    pub wp_reuses: AtomicU64,
 }
 
 /// The host address space.
@@ -203,6 +208,8 @@ impl HostMm {
                 migration_waits: AtomicU64::new(0),
                 migrations: AtomicU64::new(0),
                 zapped: AtomicU64::new(0),
+                wrprotected: AtomicU64::new(0),
+                wp_reuses: AtomicU64::new(0),
             },
         }
     }
@@ -317,6 +324,40 @@ impl HostMm {
         drop(guard);
         self.counters.zapped.fetch_add(zapped, Ordering::Relaxed);
         zapped
+    }
+
+    /// Write-protect the leaves of `[start, end)` in place, as
+    /// userfaultfd write-protect or soft-dirty tracking do: the notifiers
+    /// run first (so second-stage mappings of the range go), then every
+    /// writable leaf of a pool frame becomes read-only with the same frame.
+    /// The next write fault makes it writable again in place
+    /// ([`fault`](mod@fault)), without an invalidation. Returns the leaves
+    /// protected.
+    pub fn wrprotect(&self, start: u64, end: u64) -> u64 {
+        let guard = self.read();
+        self.notifiers.start(start, end);
+        let mut n = 0u64;
+        let mut a = start;
+        while a < end {
+            let (level, e) = self.pt.lookup(a);
+            let size = pgtable::level_size(level);
+            if let Entry::Leaf { pa, write: true } = e {
+                if frames::is_pool_frame(pa) {
+                    let _ptl = self.ptl.lock();
+                    if let Some(slot) = self.pt.slot(a, level, false) {
+                        if slot.load(Ordering::Acquire) == pgtable::leaf(level, pa, true) {
+                            slot.store(pgtable::leaf(level, pa, false), Ordering::Release);
+                            n += 1;
+                        }
+                    }
+                }
+            }
+            a = (a & !(size - 1)) + size;
+        }
+        self.notifiers.end();
+        drop(guard);
+        self.counters.wrprotected.fetch_add(n, Ordering::Relaxed);
+        n
     }
 
     /// Poison and free frames no mapping refers to any more.
