@@ -18,6 +18,14 @@
 //! `-EBUSY` start over; take the driver lock; `read_retry`; program the
 //! device page table; all within `HMM_RANGE_DEFAULT_TIMEOUT`.
 //!
+//! Arguments are taken as test_hmm.c takes them, hostile ones included: the
+//! ioctl's range check in 64-bit arithmetic, `-ENOMEM` for a bounce buffer
+//! beyond the machine's RAM, 64-page chunks whose end may wrap near 2^64,
+//! `-EFAULT` for a user buffer ([`Cmd::buf`]) too short for the copy. No
+//! command allocates more than the caller's buffer for its data, and none
+//! visits more pages than the mapped ones it works on, the caller's buffer
+//! holds, or the device maps.
+//!
 //! One deliberate difference from test_hmm.c: the invalidate callback does
 //! not skip migrations started by the device itself; it bumps the sequence
 //! for them too, which closes a window where a concurrent device fault
@@ -74,8 +82,15 @@ const DEV_PFN: u64 = (1 << 53) - 1;
 
 static NEXT_OWNER: AtomicU64 = AtomicU64::new(0x0d3_0000);
 
-/// `struct hmm_dmirror_cmd`: the ioctl argument. `buf` is the user buffer
-/// `ptr` points at (READ output, WRITE input, SNAPSHOT output bytes).
+/// `struct hmm_dmirror_cmd`: the ioctl argument. `buf` is the user memory
+/// `ptr` points at (READ, MIGRATE_TO_DEV and EXCLUSIVE output, WRITE input,
+/// SNAPSHOT output bytes): the device copies to and from it as
+/// `copy_to_user` / `copy_from_user` would, and whatever lies beyond its
+/// end is unmapped, so an empty `buf` is a bad `ptr` (`-EFAULT` where the
+/// command touches it). The device never resizes it.
+///
+/// As with the ioctl, `cpages` and `faults` are written back only when the
+/// command succeeds; a failing command leaves them as they were.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cmd {
     /// Start address (page aligned).
@@ -91,11 +106,27 @@ pub struct Cmd {
 }
 
 impl Cmd {
-    /// A command over `npages` pages at `addr` with a zeroed buffer.
+    /// A command over `npages` pages at `addr` with a zeroed buffer of
+    /// `npages` pages.
+    ///
+    /// # Panics
+    ///
+    /// If the buffer cannot be allocated; build a command with a buffer of
+    /// your choice with [`Cmd::with_buf`].
     pub fn new(addr: u64, npages: u64) -> Self {
+        let len = npages
+            .checked_mul(PAGE_SIZE)
+            .and_then(|l| usize::try_from(l).ok())
+            .expect("buffer size fits in memory");
+        Cmd::with_buf(addr, npages, vec![0; len])
+    }
+
+    /// A command over `npages` pages at `addr` whose user buffer is `buf`
+    /// (for a SNAPSHOT, one byte per page as `hmm-tests.c` allocates it).
+    pub fn with_buf(addr: u64, npages: u64, buf: Vec<u8>) -> Self {
         Cmd {
             addr,
-            buf: vec![0; (npages * PAGE_SIZE) as usize],
+            buf,
             npages,
             cpages: 0,
             faults: 0,
@@ -169,6 +200,21 @@ impl DevPt {
             }
         }
     }
+    /// Whether an entry of `[start, end)` is tagged ATOMIC, looking at the
+    /// existing entries only.
+    fn any_atomic(&self, start: u64, end: u64) -> bool {
+        let (ps, pe) = (start >> PAGE_SHIFT, end.div_ceil(PAGE_SIZE));
+        if ps >= pe {
+            return false;
+        }
+        self.blocks.range(ps >> 9..=(pe - 1) >> 9).any(|(k, b)| {
+            b.iter().enumerate().any(|(i, e)| {
+                let p = (k << 9) | i as u64;
+                p >= ps && p < pe && e & DEV_ATOMIC != 0
+            })
+        })
+    }
+
     fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.blocks.iter().flat_map(|(k, b)| {
             b.iter()
@@ -357,10 +403,15 @@ impl Drop for Mirror {
     }
 }
 
+/// The range of a command, checked as `dmirror_fops_unlocked_ioctl` does:
+/// `-EINVAL` for an unaligned address or when `addr + (npages <<
+/// PAGE_SHIFT)` is not above `addr` (no pages, or the end wraps). The
+/// shift is the driver's 64-bit one, so the high bits of a huge count are
+/// lost: `npages` 2^52 is 0 pages (`-EINVAL`), and 2^52 + 1 is one page.
 fn cmd_range(cmd: &Cmd) -> Result<(u64, u64), Errno> {
-    let size = cmd.npages.checked_mul(PAGE_SIZE).ok_or(Errno::EINVAL)?;
-    let end = cmd.addr.checked_add(size).ok_or(Errno::EINVAL)?;
-    if cmd.addr % PAGE_SIZE != 0 || size == 0 {
+    let size = cmd.npages << PAGE_SHIFT;
+    let end = cmd.addr.wrapping_add(size);
+    if cmd.addr % PAGE_SIZE != 0 || cmd.addr >= end {
         return Err(Errno::EINVAL);
     }
     Ok((cmd.addr, end))
@@ -372,6 +423,22 @@ fn cmd_range(cmd: &Cmd) -> Result<(u64, u64), Errno> {
 fn chunk_end(a: u64, chunk_bytes: u64, end: u64) -> u64 {
     a.wrapping_add(chunk_bytes).min(end)
 }
+
+/// `copy_to_user(ptr + off, src)` into the user memory `buf`: what fits is
+/// copied, and `-EFAULT` if not everything did.
+fn copy_to_user(buf: &mut [u8], off: u64, src: &[u8]) -> Result<(), Errno> {
+    let off = usize::try_from(off).map_or(buf.len(), |o| o.min(buf.len()));
+    let n = src.len().min(buf.len() - off);
+    buf[off..off + n].copy_from_slice(&src[..n]);
+    if n < src.len() {
+        return Err(Errno::EFAULT);
+    }
+    Ok(())
+}
+
+/// Largest window of [`Mirror::fault_unlocked`] (a 1 GiB span): larger
+/// chunks are split, so the PFN array stays bounded.
+pub const MAX_UNLOCKED_CHUNK: u64 = 1 << 18;
 
 /// Stop of a device read or write: the first page without a usable entry.
 struct Missing(u64);
@@ -423,7 +490,12 @@ impl Mirror {
     fn fault(&self, task: &Task, start: u64, end: u64, write: bool) -> Result<(), Errno> {
         let mut a = start;
         while a < end {
-            let b = (a + FAULT_CHUNK * PAGE_SIZE).min(end);
+            let b = chunk_end(a, FAULT_CHUNK * PAGE_SIZE, end);
+            if b <= a {
+                // The chunk end wrapped: hmm_range_fault on an inverted
+                // range (walk_page_range: start >= end).
+                return Err(Errno::EINVAL);
+            }
             self.range_fault_chunk(task, a, b, write)?;
             a = b;
         }
@@ -477,7 +549,9 @@ impl Mirror {
     /// lock-dropping entry point ([`hmm_core::range_fault_unlocked`]) in
     /// `chunk`-page pieces, then validate under the driver lock and program
     /// the device. `opts.timeout_ns` also bounds the validation retries.
-    /// Statistics accumulate in `stats`.
+    /// Statistics accumulate in `stats`. `chunk` is at least 1 and at most
+    /// [`MAX_UNLOCKED_CHUNK`]; a chunk whose end wraps past 2^64 is
+    /// `-EINVAL`, as an inverted range is.
     #[allow(clippy::too_many_arguments)]
     pub fn fault_unlocked(
         &self,
@@ -496,15 +570,23 @@ impl Mirror {
         let env = Env::new(&h, &h, &**notifier)
             .with_signals(task)
             .with_clock(&clock);
-        let chunk = chunk.max(1);
-        let mut pfns = vec![0u64; chunk as usize];
+        let chunk = chunk.clamp(1, MAX_UNLOCKED_CHUNK);
+        let pages = if end > start {
+            (end - start) >> PAGE_SHIFT
+        } else {
+            0
+        };
+        let mut pfns = vec![0u64; chunk.min(pages.max(1)) as usize];
         let mut flags = PfnFlags::REQ_FAULT;
         if write {
             flags |= PfnFlags::REQ_WRITE;
         }
         let mut a = start;
         while a < end {
-            let b = (a + chunk * PAGE_SIZE).min(end);
+            let b = chunk_end(a, chunk * PAGE_SIZE, end);
+            if b <= a {
+                return Err(Errno::EINVAL);
+            }
             let n = ((b - a) >> PAGE_SHIFT) as usize;
             let deadline = (opts.timeout_ns != 0)
                 .then(|| Instant::now() + Duration::from_nanos(opts.timeout_ns));
@@ -528,39 +610,70 @@ impl Mirror {
         Ok(())
     }
 
-    fn do_read(&self, start: u64, end: u64, bounce: &mut [u8]) -> Result<(), Missing> {
+    /// `dmirror_do_read`: copy the device's pages of `[from, end)` into
+    /// the bounce buffer of a transfer starting at `base` (the part of it
+    /// that is kept: see [`Mirror::bounce_init`]), stopping at the first
+    /// page the device does not map.
+    fn do_read(&self, from: u64, end: u64, base: u64, bounce: &mut [u8]) -> Result<(), Missing> {
         let pt = self.inner.pt();
-        let mut a = start;
+        let mut a = from;
         while a < end {
             let e = pt.get(a);
             if e == 0 {
                 return Err(Missing(a));
             }
-            let off = (a - start) as usize;
-            self.frames()
-                .read(e & DEV_PFN, 0, &mut bounce[off..off + PAGE_SIZE as usize]);
+            let off = usize::try_from(a - base).unwrap_or(usize::MAX);
+            if off < bounce.len() {
+                let n = (bounce.len() - off).min(PAGE_SIZE as usize);
+                self.frames()
+                    .read(e & DEV_PFN, 0, &mut bounce[off..off + n]);
+            }
             a += PAGE_SIZE;
         }
         Ok(())
     }
 
-    /// Copy the device's pages of `[start, end)` into `cmd.buf`, all
-    /// pages counted in `cmd.cpages`; at the first page the device does not
-    /// map, `cmd.cpages` counts the pages before it and the result is
-    /// `missing`.
-    fn read_into(&self, cmd: &mut Cmd, start: u64, end: u64, missing: Errno) -> Result<(), Errno> {
-        let mut bounce = vec![0u8; (end - start) as usize];
-        match self.do_read(start, end, &mut bounce) {
-            Ok(()) => {
-                cmd.cpages = cmd.npages;
-                cmd.buf = bounce;
-                Ok(())
-            }
-            Err(Missing(a)) => {
-                cmd.cpages = (a - start) >> PAGE_SHIFT;
-                Err(missing)
-            }
+    /// `dmirror_bounce_init` for a transfer of `[start, end)`: test_hmm
+    /// `vmalloc`s the whole transfer, which fails with `-ENOMEM` beyond the
+    /// machine's RAM. The returned buffer holds only the part that can
+    /// reach the user's buffer `user_len` bytes long: the rest would be
+    /// dropped by the failing `copy_to_user`, so it is not kept.
+    fn bounce_init(&self, start: u64, end: u64, user_len: usize) -> Result<Vec<u8>, Errno> {
+        let size = end - start;
+        if size >> PAGE_SHIFT > self.frames().total_pages() {
+            return Err(Errno::ENOMEM);
         }
+        let keep = usize::try_from(size).map_or(user_len, |s| s.min(user_len));
+        Ok(vec![0; keep])
+    }
+
+    /// The end of a successful READ-like command: copy the bounce buffer
+    /// of the `[start, end)` transfer to the user (`-EFAULT` if the user's
+    /// buffer is shorter) and write back the counts.
+    fn finish_read(
+        cmd: &mut Cmd,
+        start: u64,
+        end: u64,
+        bounce: &[u8],
+        faults: u64,
+    ) -> Result<(), Errno> {
+        copy_to_user(&mut cmd.buf, 0, bounce)?;
+        if (bounce.len() as u64) < end - start {
+            return Err(Errno::EFAULT);
+        }
+        cmd.cpages = (end - start) >> PAGE_SHIFT;
+        cmd.faults = faults;
+        Ok(())
+    }
+
+    /// The read-back of MIGRATE_TO_DEV and EXCLUSIVE: bounce buffer
+    /// (`-ENOMEM`), `dmirror_do_read` (`-ENOENT` at the first page the
+    /// device does not map), copy to the user (`-EFAULT`).
+    fn read_back(&self, cmd: &mut Cmd, start: u64, end: u64) -> Result<(), Errno> {
+        let mut bounce = self.bounce_init(start, end, cmd.buf.len())?;
+        self.do_read(start, end, start, &mut bounce)
+            .map_err(|_| Errno::ENOENT)?;
+        Self::finish_read(cmd, start, end, &bounce, 0)
     }
 
     fn do_write(&self, start: u64, end: u64, bounce: &[u8]) -> Result<(), Missing> {
@@ -606,63 +719,71 @@ impl Mirror {
         mut fault: impl FnMut(&Self, u64, u64) -> Result<(), Errno>,
     ) -> Result<(), Errno> {
         let (start, end) = cmd_range(cmd)?;
-        let mut bounce = vec![0u8; (end - start) as usize];
-        cmd.faults = 0;
-        cmd.cpages = 0;
+        let mut bounce = self.bounce_init(start, end, cmd.buf.len())?;
+        let mut faults = 0;
         let mut from = start;
         loop {
-            match self.do_read(from, end, &mut bounce[(from - start) as usize..]) {
+            match self.do_read(from, end, start, &mut bounce) {
                 Ok(()) => break,
                 Err(Missing(a)) => {
-                    cmd.cpages = (a - start) >> PAGE_SHIFT;
                     from = a;
                     fault(self, a, end)?;
-                    cmd.faults += 1;
+                    faults += 1;
                 }
             }
         }
-        cmd.cpages = cmd.npages;
-        cmd.buf = bounce;
-        Ok(())
+        Self::finish_read(cmd, start, end, &bounce, faults)
     }
 
     /// `HMM_DMIRROR_WRITE`: write `cmd.buf` through the device, faulting
     /// with write access.
     pub fn write(&self, task: &Task, cmd: &mut Cmd) -> Result<(), Errno> {
         let (start, end) = cmd_range(cmd)?;
+        // The bounce buffer, then copy_from_user of the whole transfer.
+        self.bounce_init(start, end, 0)?;
         if (cmd.buf.len() as u64) < end - start {
-            return Err(Errno::EINVAL);
+            return Err(Errno::EFAULT);
         }
-        cmd.faults = 0;
-        cmd.cpages = 0;
+        let mut faults = 0;
         let mut from = start;
         loop {
             match self.do_write(from, end, &cmd.buf[(from - start) as usize..]) {
                 Ok(()) => break,
                 Err(Missing(a)) => {
-                    cmd.cpages = (a - start) >> PAGE_SHIFT;
                     from = a;
                     self.fault(task, a, end, true)?;
-                    cmd.faults += 1;
+                    faults += 1;
                 }
             }
         }
-        cmd.cpages = cmd.npages;
+        cmd.cpages = (end - start) >> PAGE_SHIFT;
+        cmd.faults = faults;
         Ok(())
     }
 
-    /// `HMM_DMIRROR_SNAPSHOT`: one `HMM_DMIRROR_PROT_*` byte per page in
-    /// `cmd.buf`, from a no-fault `hmm_range_fault` under a temporary
-    /// interval notifier per 64 pages.
+    /// `HMM_DMIRROR_SNAPSHOT`: one `HMM_DMIRROR_PROT_*` byte per page,
+    /// from a no-fault `hmm_range_fault` under a temporary interval notifier
+    /// per 64 pages, each chunk copied to `cmd.buf` as it is done (so a
+    /// short buffer is `-EFAULT` after the chunks that fit). A chunk whose
+    /// end wraps past 2^64 is `-EOVERFLOW` from the notifier insertion, or
+    /// `-EINVAL` from `hmm_range_fault` when it ends exactly at 2^64.
     pub fn snapshot(&self, task: &Task, cmd: &mut Cmd) -> Result<(), Errno> {
         let (start, end) = cmd_range(cmd)?;
         let mm = &self.inner.mm;
         let h = mm.handle(task);
-        cmd.buf = vec![0; cmd.npages as usize];
-        cmd.cpages = 0;
+        let mut cpages = 0u64;
         let mut a = start;
         while a < end {
-            let b = (a + FAULT_CHUNK * PAGE_SIZE).min(end);
+            let b = chunk_end(a, FAULT_CHUNK * PAGE_SIZE, end);
+            // mmu_interval_notifier_insert(a, b - a): the interval's last
+            // byte must not wrap.
+            let len = b.wrapping_sub(a);
+            if len == 0 || a.checked_add(len - 1).is_none() {
+                return Err(Errno::EOVERFLOW);
+            }
+            if b <= a {
+                return Err(Errno::EINVAL);
+            }
             let n = ((b - a) >> PAGE_SHIFT) as usize;
             let sub =
                 mm.notifiers()
@@ -688,17 +809,19 @@ impl Mirror {
                 if sub.read_retry(range.notifier_seq) {
                     continue;
                 }
-                let off = ((a - start) >> PAGE_SHIFT) as usize;
-                for (i, &p) in range.pfns.iter().enumerate() {
-                    cmd.buf[off + i] = self.mkentry(p);
+                let mut perm = [0u8; FAULT_CHUNK as usize];
+                for (m, &p) in perm.iter_mut().zip(range.pfns.iter()) {
+                    *m = self.mkentry(p);
                 }
-                break Ok(());
+                break Ok(perm);
             };
             sub.remove();
-            r?;
-            cmd.cpages += n as u64;
+            copy_to_user(&mut cmd.buf, cpages, &r?[..n])?;
+            cpages += n as u64;
             a = b;
         }
+        cmd.cpages = cpages;
+        cmd.faults = 0;
         Ok(())
     }
 
@@ -787,7 +910,7 @@ impl Mirror {
                 a = b;
             }
         }
-        self.read_into(cmd, start, end, Errno::ENOENT)
+        self.read_back(cmd, start, end)
     }
 
     /// `HMM_DMIRROR_MIGRATE_TO_SYS`: migrate this device's pages in the
@@ -813,12 +936,14 @@ impl Mirror {
             a = b;
         }
         cmd.cpages = cpages;
+        cmd.faults = 0;
         Ok(())
     }
 
     /// `HMM_DMIRROR_EXCLUSIVE`: take device-exclusive access to every page
     /// (`make_device_exclusive`), map them ATOMIC, and read them back.
-    /// `-EBUSY` if some page could not be made exclusive.
+    /// `-EBUSY` if some page could not be made exclusive; then the
+    /// read-back's errors (`-ENOMEM`, `-ENOENT`, `-EFAULT`).
     pub fn exclusive(&self, task: &Task, cmd: &mut Cmd) -> Result<(), Errno> {
         let (start, end) = cmd_range(cmd)?;
         let mm = &self.inner.mm;
@@ -863,21 +988,19 @@ impl Mirror {
             }
             break;
         }
-        self.read_into(cmd, start, end, Errno::EBUSY)
+        self.read_back(cmd, start, end)
     }
 
     /// `HMM_DMIRROR_CHECK_EXCLUSIVE`: `-EPERM` if a page of the range is
-    /// still mapped ATOMIC (CPU access did not revoke exclusivity).
+    /// still mapped ATOMIC (CPU access did not revoke exclusivity). Only
+    /// the existing device entries are looked at, so any range is quick.
     pub fn check_exclusive(&self, _task: &Task, cmd: &mut Cmd) -> Result<(), Errno> {
         let (start, end) = cmd_range(cmd)?;
-        let pt = self.inner.pt();
-        let mut a = start;
-        while a < end {
-            if pt.get(a) & DEV_ATOMIC != 0 {
-                return Err(Errno::EPERM);
-            }
-            a += PAGE_SIZE;
+        if self.inner.pt().any_atomic(start, end) {
+            return Err(Errno::EPERM);
         }
+        cmd.cpages = 0;
+        cmd.faults = 0;
         Ok(())
     }
 
@@ -941,6 +1064,47 @@ fn program(pt: &mut DevPt, start: u64, pfns: &[u64]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn atomic_entries_are_found_without_visiting_every_page() {
+        let mut pt = DevPt::default();
+        let a = 0x10_0000_0000u64;
+        pt.set(a, DEV_VALID | DEV_ATOMIC | 7);
+        pt.set(a + PAGE_SIZE, DEV_VALID | 8);
+        assert!(pt.any_atomic(0, !(PAGE_SIZE - 1)));
+        assert!(pt.any_atomic(a, a + PAGE_SIZE));
+        assert!(!pt.any_atomic(a + PAGE_SIZE, !(PAGE_SIZE - 1)));
+        assert!(!pt.any_atomic(0, a));
+        assert!(!pt.any_atomic(a, a));
+    }
+
+    #[test]
+    fn command_ranges_follow_the_driver_arithmetic() {
+        let r = |addr, npages| cmd_range(&Cmd::with_buf(addr, npages, Vec::new()));
+        assert_eq!(r(0x1000, 1), Ok((0x1000, 0x2000)));
+        assert_eq!(r(0x1001, 1), Err(Errno::EINVAL));
+        assert_eq!(r(0x1000, 0), Err(Errno::EINVAL));
+        // The shift drops the count's high bits.
+        assert_eq!(r(0x1000, 1 << 52), Err(Errno::EINVAL));
+        assert_eq!(r(0x1000, (1 << 52) + 2), Ok((0x1000, 0x3000)));
+        assert_eq!(r(0x1000, u64::MAX), Err(Errno::EINVAL));
+        assert_eq!(r(0, u64::MAX), Ok((0, 0u64.wrapping_sub(PAGE_SIZE))));
+        assert_eq!(r(0u64.wrapping_sub(PAGE_SIZE), 1), Err(Errno::EINVAL));
+        assert_eq!(
+            chunk_end(0xffff_ffff_ffff_0000, 64 * PAGE_SIZE, u64::MAX),
+            0x3_0000
+        );
+    }
+
+    #[test]
+    fn copy_to_user_copies_what_fits() {
+        let mut buf = vec![0u8; 6];
+        assert_eq!(copy_to_user(&mut buf, 2, &[1, 2, 3]), Ok(()));
+        assert_eq!(copy_to_user(&mut buf, 4, &[4, 5, 6]), Err(Errno::EFAULT));
+        assert_eq!(buf, [0, 0, 1, 2, 4, 5]);
+        assert_eq!(copy_to_user(&mut buf, u64::MAX, &[9]), Err(Errno::EFAULT));
+        assert_eq!(copy_to_user(&mut [], 0, &[]), Ok(()));
+    }
 
     #[test]
     fn device_page_table_set_erase_iter() {

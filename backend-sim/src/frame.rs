@@ -127,6 +127,14 @@ impl Frames {
         self.limit.store(frames, Ordering::Relaxed);
     }
 
+    /// The size of simulated RAM in pages (`totalram_pages()`): the limit
+    /// if one is set, else every frame the allocator can hand out.
+    pub fn total_pages(&self) -> u64 {
+        self.limit
+            .load(Ordering::Relaxed)
+            .min(MAX_CHUNKS as u64 * CHUNK_FRAMES)
+    }
+
     /// Frames currently allocated.
     pub fn in_use(&self) -> u64 {
         self.free.lock().unwrap_or_else(|e| e.into_inner()).in_use

@@ -88,6 +88,9 @@ impl Errno {
     pub const EEXIST: Errno = Errno(17);
     /// Invalid argument.
     pub const EINVAL: Errno = Errno(22);
+    /// Value too large (an interval that wraps past the top of the address
+    /// space, from `mmu_interval_notifier_insert`).
+    pub const EOVERFLOW: Errno = Errno(75);
     /// Hardware poison.
     pub const EHWPOISON: Errno = Errno(133);
 
@@ -116,6 +119,7 @@ impl std::fmt::Display for Errno {
             Errno::EBUSY => "EBUSY",
             Errno::EEXIST => "EEXIST",
             Errno::EINVAL => "EINVAL",
+            Errno::EOVERFLOW => "EOVERFLOW",
             Errno::EHWPOISON => "EHWPOISON",
             _ => "E?",
         };

@@ -316,6 +316,14 @@ impl MmapLock for MmHandle<'_> {
     fn read_killable(&self) -> Result<MmReadGuard<'_>, Error> {
         self.mm.read_killable(self.task)
     }
+
+    /// No limit, as in Linux: `hmm_range_fault` takes any range, and the
+    /// part beyond the last VMA is a hole (`HMM_PFN_ERROR` for a snapshot,
+    /// `-EFAULT` where a fault is required). The kernel backend answers the
+    /// same way.
+    fn address_limit(&self) -> u64 {
+        u64::MAX
+    }
 }
 
 impl Signals for MmHandle<'_> {

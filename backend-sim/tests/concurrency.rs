@@ -196,7 +196,12 @@ fn kernel_entry_point_under_invalidation_storm() {
                     assert_eq!(cmd.i32s(), want);
                 }
                 // The kernel path gives up after its 1000 ms budget.
-                Err(e) => assert_eq!(e, backend_sim::Errno::EBUSY),
+                // -EBUSY: a page could not be taken; -ENOENT: the CPU revoked
+                // exclusivity before the read-back (test_hmm's do_read).
+                Err(e) => assert!(
+                    matches!(e, backend_sim::Errno::EBUSY | backend_sim::Errno::ENOENT),
+                    "{e}"
+                ),
             }
         }
     });
@@ -240,7 +245,12 @@ fn exclusive_vs_cpu_writes() {
                 ok += 1;
                 h.fd.check_coherent(&t).unwrap_or_else(|e| panic!("{e}"));
             }
-            Err(e) => assert_eq!(e, backend_sim::Errno::EBUSY),
+            // -EBUSY: a page could not be taken; -ENOENT: the CPU revoked
+            // exclusivity before the read-back (test_hmm's do_read).
+            Err(e) => assert!(
+                matches!(e, backend_sim::Errno::EBUSY | backend_sim::Errno::ENOENT),
+                "{e}"
+            ),
         }
     }
     cpu.join().unwrap();

@@ -50,9 +50,10 @@ fn migrate_all(fd: &Mirror, task: &Task, p: u64, npages: u64) -> Cmd {
     cmd
 }
 
-/// SNAPSHOT `npages` at `p`: every page is reported.
+/// SNAPSHOT `npages` at `p` into a buffer of one byte per page (the
+/// selftests' `malloc(npages)`): every page is reported.
 fn snapshot_all(h: &Hmm, p: u64, npages: u64) -> Cmd {
-    let mut cmd = Cmd::new(p, npages);
+    let mut cmd = snap_cmd(p, npages);
     h.fd.snapshot(&h.task, &mut cmd).unwrap();
     assert_eq!(cmd.cpages, npages);
     cmd
@@ -202,8 +203,7 @@ fn anon_write_huge() {
     h.mm.madvise_hugepage(p, TWOMEG).unwrap();
     write_all(&h, p, npages, &iota(n, |i| i));
     // Beyond the kernel test: the device fault really made a THP.
-    let mut snap = Cmd::new(p, npages);
-    h.fd.snapshot(&h.task, &mut snap).unwrap();
+    let snap = snapshot_all(&h, p, npages);
     assert!(snap
         .buf
         .iter()
@@ -404,10 +404,8 @@ fn anon_teardown() {
 fn mixedmap() {
     let h = Hmm::new();
     let p = h.mm.mmap_mixedmap(None, PAGE_SIZE, RO).unwrap();
-    let mut cmd = Cmd::new(p, 1);
-    h.fd.snapshot(&h.task, &mut cmd).unwrap();
-    assert_eq!(cmd.cpages, 1);
-    assert_eq!(cmd.buf[0], dmirror::PROT_READ);
+    let cmd = snapshot_all(&h, p, 1);
+    assert_eq!(cmd.buf, [dmirror::PROT_READ]);
 }
 
 #[test]

@@ -106,7 +106,7 @@ fn uffd_hugetlb_on_the_lock_dropping_path() {
         .unwrap();
     assert_eq!(stats.lock_drops, 2);
     assert_eq!(h.fd.check_coherent(&h.task), Ok(size / PAGE_SIZE));
-    let mut snap = Cmd::new(p, size / PAGE_SIZE);
+    let mut snap = snap_cmd(p, size / PAGE_SIZE);
     h.fd.snapshot(&h.task, &mut snap).unwrap();
     // UFFDIO_COPY into a private writable hugetlb VMA maps it writable.
     assert!(snap
@@ -345,7 +345,7 @@ fn write_protect_fault_is_resolved_by_the_handler() {
     };
     uffd.copy(&t, p, &src, wp).unwrap();
     // Readable but write-protected: the snapshot says READ.
-    let mut snap = Cmd::new(p, 2);
+    let mut snap = snap_cmd(p, 2);
     h.fd.snapshot(&h.task, &mut snap).unwrap();
     assert_eq!(snap.buf, [dmirror::PROT_READ, dmirror::PROT_READ]);
     let resolver = {
@@ -450,7 +450,7 @@ fn hwpoison_is_efault_when_requested_and_none_in_snapshot() {
     let p = h.mm.mmap_anon(None, 4 * PAGE_SIZE, RW).unwrap();
     h.fill(p, (4 * PAGE_SIZE / 4) as usize, |i| i);
     h.mm.hwpoison(&h.task, p + PAGE_SIZE).unwrap();
-    let mut snap = Cmd::new(p, 4);
+    let mut snap = snap_cmd(p, 4);
     h.fd.snapshot(&h.task, &mut snap).unwrap();
     assert_eq!(
         snap.buf,
@@ -477,7 +477,7 @@ fn swapped_out_pages_are_faulted_back_with_their_data() {
     let ints = (n * PAGE_SIZE / 4) as usize;
     h.fill(p, ints, |i| 7 * i);
     assert_eq!(h.mm.swap_out(&h.task, p, n * PAGE_SIZE), Ok(n));
-    let mut snap = Cmd::new(p, n);
+    let mut snap = snap_cmd(p, n);
     h.fd.snapshot(&h.task, &mut snap).unwrap();
     assert!(snap.buf.iter().all(|&m| m == dmirror::PROT_NONE));
     let mut cmd = Cmd::new(p, n);
@@ -548,14 +548,14 @@ fn compound_pud_hugetlb_reports_pud_order() {
     // A read fault maps the 1 GiB page read-only (private hugetlb).
     assert_eq!(h.ints(p, 1), [0]);
     let npages = 1024;
-    let mut snap = Cmd::new(p, npages);
+    let mut snap = snap_cmd(p, npages);
     h.fd.snapshot(&h.task, &mut snap).unwrap();
     assert!(snap
         .buf
         .iter()
         .all(|&m| m == dmirror::PROT_READ | dmirror::PROT_PUD));
     h.mm.write_i32s(&h.task, p, &[42]).unwrap();
-    let mut snap = Cmd::new(p + size - npages * PAGE_SIZE, npages);
+    let mut snap = snap_cmd(p + size - npages * PAGE_SIZE, npages);
     h.fd.snapshot(&h.task, &mut snap).unwrap();
     assert!(snap
         .buf
@@ -590,7 +590,7 @@ fn pfnmap_and_io_vmas_are_errors() {
         let p =
             h.mm.mmap_pfnmap(None, 2 * PAGE_SIZE, RW, 0x9_0000, io)
                 .unwrap();
-        let mut snap = Cmd::new(p, 2);
+        let mut snap = snap_cmd(p, 2);
         h.fd.snapshot(&h.task, &mut snap).unwrap();
         assert_eq!(snap.buf, [dmirror::PROT_ERROR, dmirror::PROT_ERROR]);
         assert_eq!(h.fd.read(&h.task, &mut Cmd::new(p, 2)), Err(Errno::EFAULT));

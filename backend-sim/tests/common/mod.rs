@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use backend_sim::dmirror::{Device, Mirror};
+use backend_sim::dmirror::{Cmd, Device, Mirror};
 use backend_sim::mm::Mm;
 use backend_sim::task::Task;
 use backend_sim::userfaultfd::{UffdCtx, UffdMsg};
@@ -73,6 +73,12 @@ impl Hmm2 {
         let fd1 = dev1.open(&h.mm);
         Hmm2 { h, dev1, fd1 }
     }
+}
+
+/// A SNAPSHOT command over `npages` at `addr` with one byte of buffer per
+/// page, as the selftests allocate it.
+pub fn snap_cmd(addr: u64, npages: u64) -> Cmd {
+    Cmd::with_buf(addr, npages, vec![0; npages as usize])
 }
 
 /// `i` for every int of the buffer, as the selftests check.
