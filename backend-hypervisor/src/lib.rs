@@ -8,9 +8,15 @@
 //!
 //! * [`descriptor`], [`ept`], [`stage2`]: the format trait and Intel EPT /
 //!   Arm VMSAv8-64 stage-2 descriptors.
-//! * [`pagetable`]: one 4-level engine for both formats (4 KiB, 2 MiB and
-//!   1 GiB leaves, block split, break-before-make), over a table-page
-//!   allocator ([`alloc`]) and a caller-implemented TLB-flush hook ([`tlb`]).
+//! * [`pagetable`]: one engine for both formats (4 KiB, 2 MiB and 1 GiB
+//!   leaves, block split, break-before-make, flushed permission upgrades),
+//!   laid out by a [`TableConfig`] ([`layout`]: input size, start level,
+//!   concatenated root tables, what the hardware supports), over a
+//!   table-page allocator ([`alloc`]) and a caller-implemented TLB and
+//!   barrier hook ([`tlb`]).
+//! * [`vtcr`]: the Arm VTCR_EL2 and stage-2 layout for a CPU's PA range;
+//!   [`vmx`]: Intel EPT capabilities (`IA32_VMX_EPT_VPID_CAP`), the EPTP
+//!   and the `INVEPT` flush.
 //! * [`region`]: guest regions (GPA range -> host VA range, permissions).
 //! * [`guest`]: [`GuestMemory`], the manager.
 //! * [`fault`]: the guest-fault path (2 MiB windows through hmm-core's
@@ -79,6 +85,7 @@ pub mod pagetable;
 pub mod region;
 pub mod stage2;
 pub mod tlb;
+pub mod vmx;
 pub mod vtcr;
 
 pub use alloc::{SlicePool, StaticPool, TableAlloc, TablePage};
@@ -94,6 +101,7 @@ pub use pagetable::{Installed, MapError, Mapping, PageTable, UnmapStats};
 pub use region::{RegionError, RegionId, RegionSpec};
 pub use stage2::Stage2;
 pub use tlb::TlbFlush;
+pub use vmx::{EptCaps, Invept};
 pub use vtcr::Stage2Vtcr;
 
 #[cfg(test)]
