@@ -1,8 +1,12 @@
 //! The fault driver: the entry points, the retry loop and its policies.
 //!
 //! The driver alternates [`walk`] (inspect only, under the read lock) and
-//! [`FaultHandler::fault`] (outside the walk, GUP style) until the range is
-//! filled. Three entry points share one loop:
+//! [`FaultHandler::fault`] (outside the walk) until the range is filled.
+//! As in GUP, each fault is followed by a walk from the faulted page: the
+//! walk sees the leaf the fault installed, so a fault that mapped a huge page
+//! fills all of it and the next fault is at the next page still missing (one
+//! fault per 2 MiB leaf where `mm/hmm.c` faults every 4 KiB page of the
+//! span). Three entry points share one loop:
 //!
 //! * [`range_fault`]: Linux's `hmm_range_fault()`. The caller holds the lock;
 //!   faults never drop it (no `ALLOW_RETRY`, so a userfaultfd range fails
@@ -40,10 +44,10 @@
 //!
 //! # Why resuming is sound
 //!
-//! The walk stopped at `addr` for a fault over `[addr, end)`; the page whose
-//! fault dropped the lock lies in that span. Entries below `addr` were
-//! filled while the lock was held and the sequence was `seq`; entries from
-//! `addr` on still hold their input, so the resumed walk starts at `addr`. For one of them to be stale now, its mapping must
+//! The walk stopped at `addr` for a fault there, and that fault dropped the
+//! lock. Entries below `addr` were filled while the lock was held and the
+//! sequence was `seq`; entries from `addr` on still hold their input, so the
+//! resumed walk starts at `addr`. For one of them to be stale now, its mapping must
 //! have changed, and every such change invalidates the interval and moves
 //! the sequence. So if `check_retry(seq)` is false after re-taking the lock,
 //! they are as good as if they had just been walked; if it is true, the
@@ -65,7 +69,7 @@ use super::error::Error;
 use super::fault::{FaultFlags, FaultHandler, FaultOutcome};
 use super::mm::MmapLock;
 use super::notifier::IntervalNotifier;
-use super::pfn::{PfnFlags, PAGE_SIZE};
+use super::pfn::PfnFlags;
 use super::range::Range;
 use super::signal::{NoSignals, Signals};
 use super::walk::{walk, WalkCounters, WalkStop};
@@ -408,7 +412,7 @@ where
         }
         stats.walks = stats.walks.saturating_add(1);
         let stop = walk(&g, range, cursor, &mut counters);
-        let (addr, end, write) = match stop {
+        let (addr, write) = match stop {
             Err(e) => break finish(mode, Err(e), g),
             Ok(WalkStop::Done) => break finish(mode, Ok(()), g),
             Ok(WalkStop::WaitMigration { addr }) => {
@@ -424,89 +428,68 @@ where
                 guard = Some(g);
                 continue;
             }
-            Ok(WalkStop::NeedFault { addr, end, write }) => (addr, end, write),
+            Ok(WalkStop::NeedFault { addr, write, .. }) => (addr, write),
         };
         if drop_mark.is_some_and(|d| addr > d) {
             budget.reset();
             drop_mark = None;
         }
-        let flags = if write {
+        if unlockable && env.signals.fatal_signal_pending() {
+            break finish(mode, Err(Error::Intr), g);
+        }
+        let mut f = if write {
             base | FaultFlags::WRITE
         } else {
             base
         };
-        let mut held = Some(g);
-        let mut page = addr;
-        let mut dropped = false;
-        let mut failed: Option<Locked<L::Guard<'a>>> = None;
-        while page < end {
-            let Some(g) = held.take() else { break };
-            if unlockable && env.signals.fatal_signal_pending() {
-                failed = Some(finish(mode, Err(Error::Intr), g));
-                break;
-            }
-            let f = if tried == Some(page) {
-                stats.tried_faults = stats.tried_faults.saturating_add(1);
-                flags | FaultFlags::TRIED
-            } else {
-                flags
-            };
-            stats.faults = stats.faults.saturating_add(1);
-            match env.handler.fault(g, page, f) {
-                FaultOutcome::Done(g) => {
-                    held = Some(g);
-                    tried = None;
-                    page = page.saturating_add(PAGE_SIZE);
-                }
-                FaultOutcome::Error(g, e) => {
-                    let e = if unlockable {
-                        e.to_error()
-                    } else {
-                        Error::Fault
-                    };
-                    failed = Some(finish(mode, Err(e), g));
-                    break;
-                }
-                FaultOutcome::WouldBlock(g) => {
-                    let e = if f.contains(FaultFlags::RETRY_NOWAIT) {
-                        Error::Again
-                    } else {
-                        Error::Fault
-                    };
-                    failed = Some(finish(mode, Err(e), g));
-                    break;
-                }
-                FaultOutcome::Retry | FaultOutcome::Completed
-                    if !f.contains(FaultFlags::ALLOW_RETRY)
-                        || f.contains(FaultFlags::RETRY_NOWAIT) =>
-                {
-                    // The handler dropped a lock it was not allowed to drop.
-                    failed = Some(unlocked(Err(Error::Fault)));
-                    break;
-                }
-                FaultOutcome::Retry => {
-                    tried = Some(page);
-                    drop_mark = Some(page);
-                    dropped = true;
-                    break;
-                }
-                FaultOutcome::Completed => {
-                    tried = None;
-                    drop_mark = None;
-                    budget.reset();
-                    dropped = true;
-                    break;
-                }
-            }
+        if tried == Some(addr) {
+            stats.tried_faults = stats.tried_faults.saturating_add(1);
+            f |= FaultFlags::TRIED;
         }
-        if let Some(f) = failed {
-            break f;
-        }
-        if !dropped {
-            // All of [addr, end) faulted with the lock held: walk it again.
-            cursor = addr;
-            guard = held;
-            continue;
+        stats.faults = stats.faults.saturating_add(1);
+        match env.handler.fault(g, addr, f) {
+            FaultOutcome::Done(g) => {
+                // GUP's pattern: one fault, then walk again from the faulted
+                // page. The walk sees the leaf the fault installed (a whole
+                // huge page when the fault mapped one) and stops at the next
+                // page that still needs a fault, so a huge leaf costs one
+                // fault, not one per 4 KiB page of the span.
+                tried = None;
+                cursor = addr;
+                guard = Some(g);
+                continue;
+            }
+            FaultOutcome::Error(g, e) => {
+                let e = if unlockable {
+                    e.to_error()
+                } else {
+                    Error::Fault
+                };
+                break finish(mode, Err(e), g);
+            }
+            FaultOutcome::WouldBlock(g) => {
+                let e = if f.contains(FaultFlags::RETRY_NOWAIT) {
+                    Error::Again
+                } else {
+                    Error::Fault
+                };
+                break finish(mode, Err(e), g);
+            }
+            FaultOutcome::Retry | FaultOutcome::Completed
+                if !f.contains(FaultFlags::ALLOW_RETRY) || f.contains(FaultFlags::RETRY_NOWAIT) =>
+            {
+                // The handler dropped a lock it was not allowed to drop.
+                break unlocked(Err(Error::Fault));
+            }
+            FaultOutcome::Retry => {
+                tried = Some(addr);
+                drop_mark = Some(addr);
+            }
+            FaultOutcome::Completed => {
+                tried = None;
+                drop_mark = None;
+                budget.reset();
+            }
         }
         stats.lock_drops = stats.lock_drops.saturating_add(1);
         if env.signals.fatal_signal_pending() {
@@ -514,12 +497,9 @@ where
         }
         match opts.policy {
             Policy::Resume => {
-                // Resume at the walk's stop address, not at the page that
-                // dropped the lock: entries from `addr` on still hold their
-                // input (the partial-output contract), including the pages
-                // of `[addr, page)` faulted before the drop. Re-walking them
-                // costs only the pages faulted since the last stop, so the
-                // total stays linear.
+                // Resume at the page whose fault dropped the lock: it is
+                // where the last walk stopped, and entries from there on
+                // still hold their input (the partial-output contract).
                 cursor = addr;
                 resuming = true;
             }

@@ -515,3 +515,41 @@ fn caller_stats_saturate_instead_of_overflowing() {
     );
     assert!(all_writable(&pfns));
 }
+
+#[test]
+fn one_fault_per_huge_leaf_and_one_per_small_page() {
+    // Two 2 MiB hugetlb pages: two faults, on every entry point.
+    let huge = || mm_with(1024, RW | VmFlags::HUGETLB, PMD_ORDER, FaultMode::Populate);
+    let mm = huge();
+    let mut pfns = vec![0u64; 1024];
+    let (r, stats, _) = unlocked(&mm, &mut pfns, REQ_RW, Options::default());
+    assert_eq!(r, Ok(()));
+    assert_eq!(stats.faults, 2, "one handler call per 2 MiB leaf");
+    assert!(pfns.iter().all(|&p| HmmPfn(p).order() == 9));
+    let (log, n) = mm.faults();
+    let addrs: Vec<u64> = log[..n].iter().map(|f| f.addr).collect();
+    assert_eq!(
+        addrs,
+        [BASE, BASE + (2 << 20)],
+        "faults at each leaf's first page"
+    );
+
+    let mm = huge();
+    let mut pfns = vec![0u64; 1024];
+    let mut range = Range::new(BASE, BASE + (4 << 20), &mut pfns).with_default_flags(REQ_RW);
+    range.notifier_seq = mm.read_begin();
+    let env = Env::new(&mm, &mm, &mm);
+    let mut stats = Stats::default();
+    let out = range_fault(&env, &mut range, mm.read(), &mut stats);
+    assert_eq!(out.result, Ok(()));
+    drop(out);
+    assert_eq!(stats.faults, 2);
+
+    // 4 KiB pages: a fault per page, and no page faulted twice.
+    let mm = mm_with(8, RW, 0, FaultMode::Populate);
+    let mut pfns = [0u64; 8];
+    let (r, stats, _) = unlocked(&mm, &mut pfns, REQ_RW, Options::default());
+    assert_eq!(r, Ok(()));
+    assert_eq!(stats.faults, 8);
+    assert!(all_writable(&pfns));
+}
