@@ -263,6 +263,32 @@ mod tests {
         assert_eq!(Stage2::decode(3, 0), Descriptor::Invalid);
     }
 
+    /// Hardware access-flag and dirty-state updates (VTCR_EL2.HA / HD) are
+    /// kept off (see [`vtcr`](crate::vtcr)); in addition no leaf this
+    /// format writes gives the walker anything to update: AF is always set
+    /// (no access-flag update) and DBM (bit 51) always clear (no dirty-state
+    /// update).
+    #[test]
+    fn leaves_leave_nothing_for_hardware_to_update() {
+        let perms = [
+            Perm::empty(),
+            Perm::R,
+            Perm::R | Perm::W,
+            Perm::R | Perm::X,
+            Perm::X,
+            Perm::R | Perm::W | Perm::X,
+        ];
+        for level in 1..=3 {
+            for perm in perms {
+                for mem in [MemType::WriteBack, MemType::Device] {
+                    let d = Stage2::leaf(level, 0x4000_0000, Attrs { perm, mem });
+                    assert_ne!(d & S2Flags::AF.bits(), 0, "AF at level {level}");
+                    assert_eq!(d & (1 << 51), 0, "DBM at level {level}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn output_address_is_bits_47_to_12() {
         let d = Stage2::leaf(3, !0xfff, Attrs::ram(Perm::R));
