@@ -26,10 +26,12 @@
 //! visits more pages than the mapped ones it works on, the caller's buffer
 //! holds, or the device maps.
 //!
-//! One deliberate difference from test_hmm.c: the invalidate callback does
-//! not skip migrations started by the device itself; it bumps the sequence
-//! for them too, which closes a window where a concurrent device fault
-//! could map a page that is being migrated.
+//! As in test_hmm.c, the invalidate callback keeps the device's entries
+//! through a migration the device itself started (the migration maps the
+//! pages it moves, and the pages it does not move stay mapped). One
+//! deliberate difference: it still bumps the sequence for such a
+//! migration, which closes a window where a concurrent device fault could
+//! map a page that is being migrated.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,7 +46,8 @@ use hmm_core::{
 use crate::frame::{FrameKind, ZERO_PFN};
 use crate::machine::{Machine, Pagemap};
 use crate::mm::Mm;
-use crate::notifier::{IntervalOps, IntervalSub, InvalidateRange};
+use crate::notifier::{Event, IntervalOps, IntervalSub, InvalidateRange};
+use crate::ops::MovedPage;
 use crate::pagetable::Pte;
 use crate::task::{MonoClock, Task};
 use crate::Errno;
@@ -357,7 +360,10 @@ impl IntervalOps for MirrorOps {
             }
         };
         sub.set_seq(cur_seq);
-        pt.erase(range.start, range.end);
+        // test_hmm ignores its own migrations: they map what they move.
+        if !(range.event == Event::Migrate && range.owner == m.device.owner) {
+            pt.erase(range.start, range.end);
+        }
         true
     }
 }
@@ -866,28 +872,27 @@ impl Mirror {
         Ok(chunk_end(a, FAULT_CHUNK * PAGE_SIZE, end).min(v.end))
     }
 
-    /// Map in the device every page of `[start, end)` that the CPU maps in
-    /// this device's memory: the ones just migrated and the ones already
-    /// there. A page a CPU fault has meanwhile moved back is not mapped.
-    fn map_device_pages(&self, start: u64, end: u64) {
+    /// `dmirror_migrate_finalize_and_map`: map the pages a migration has
+    /// just moved into this device, `(addr, device pfn, writable)`. A page
+    /// a CPU fault has meanwhile moved back is not mapped, and the device
+    /// entry it had before the migration (now stale) is dropped.
+    fn map_migrated(&self, moved: &[MovedPage]) {
         let mm = &self.inner.mm;
-        let owner = self.owner();
         let mut pt = self.inner.pt();
-        let mut a = start;
-        while a < end {
-            if let Pte::DevicePrivate { pfn, write } = mm.pte_at(a).0 {
-                if self.frames().kind(pfn) == FrameKind::DevicePrivate(owner) {
-                    pt.set(a, DEV_VALID | pfn | if write { DEV_WRITE } else { 0 });
-                }
+        for &(a, dev, write) in moved {
+            if matches!(mm.pte_at(a).0, Pte::DevicePrivate { pfn, .. } if pfn == dev) {
+                pt.set(a, DEV_VALID | dev | if write { DEV_WRITE } else { 0 });
+            } else {
+                pt.set(a, 0);
             }
-            a += PAGE_SIZE;
         }
     }
 
     /// `HMM_DMIRROR_MIGRATE_TO_DEV`: migrate the range into this device's
     /// private memory chunk by chunk (64 pages, within one VMA:
-    /// [`Mm::migrate_to_device`] says which pages move), map the chunk in
-    /// the device, then read the range back into `cmd.buf`. `-EINVAL` at
+    /// [`Mm::migrate_to_device`] says which pages move), map what moved in
+    /// the device, then read the range back into `cmd.buf` (pages the
+    /// device already mapped count too). `-EINVAL` at
     /// the first chunk that is unmapped, unreadable, hugetlb or special
     /// (the chunks before it have moved); `-ENOENT` if some page did not
     /// move (page cache, shared memory, a userfaultfd hole, another
@@ -905,8 +910,9 @@ impl Mirror {
             let mut a = start;
             while a < end {
                 let b = self.migrate_chunk(a, end)?;
-                mm.migrate_to_device(&g, a, b, owner, &mut alloc)?;
-                self.map_device_pages(a, b);
+                mm.migrate_to_device(&g, a, b, owner, &mut alloc, &mut |moved| {
+                    self.map_migrated(moved)
+                })?;
                 a = b;
             }
         }
@@ -925,14 +931,9 @@ impl Mirror {
         let mut a = start;
         while a < end {
             let b = self.migrate_chunk(a, end)?;
-            let moved = mm.migrate_from_device(&g, a, b, self.owner())?;
-            let mut pt = self.inner.pt();
-            for &(p, dev) in &moved {
-                if pt.get(p) & DEV_PFN == dev {
-                    pt.set(p, 0);
-                }
-            }
-            cpages += moved.len() as u64;
+            // The pagemap callback drops this device's entries of the
+            // pages that move.
+            cpages += mm.migrate_from_device(&g, a, b, self.owner())?.len() as u64;
             a = b;
         }
         cmd.cpages = cpages;

@@ -22,6 +22,10 @@ use crate::userfaultfd::{contexts, UffdMsg};
 use crate::vma::{Backing, File, VmaInfo};
 use crate::Errno;
 
+/// A page a migration to device memory moved: `(addr, device pfn,
+/// writable)`.
+pub type MovedPage = (u64, u64, bool);
+
 /// Lowest address the simulated mmap hands out by default.
 pub const MMAP_BASE: u64 = 0x10_0000_0000;
 /// Permission bits of `vm_flags` that mprotect changes.
@@ -933,10 +937,13 @@ impl Mm {
     ///   hwpoison and marker entries, special mappings.
     ///
     /// A page whose device page `alloc_dev` cannot provide stays, and the
-    /// next one is still tried. Returns `(addr, device pfn, writable)` per
-    /// migrated page: a moved page keeps its PTE's write permission, a
-    /// filled hole gets the VMA's. The invalidation carries `owner`, so the
-    /// owner's own mirror may ignore it.
+    /// next one is still tried. The migrated pages, `(addr, device pfn,
+    /// writable)` (a moved page keeps its PTE's write permission, a filled
+    /// hole gets the VMA's), go to `map` once their entries are in place,
+    /// before the old pages are released, as a driver maps them between
+    /// `migrate_vma_pages` and `migrate_vma_finalize`; they are also
+    /// returned. The invalidation carries `owner`, so the owner's own
+    /// mirror may keep its entries.
     pub fn migrate_to_device(
         &self,
         g: &MmReadGuard<'_>,
@@ -944,7 +951,8 @@ impl Mm {
         end: u64,
         owner: u64,
         alloc_dev: &mut dyn FnMut() -> Option<u64>,
-    ) -> Result<Vec<(u64, u64, bool)>, Errno> {
+        map: &mut dyn FnMut(&[MovedPage]),
+    ) -> Result<Vec<MovedPage>, Errno> {
         debug_assert!(std::ptr::eq(g.mm(), self));
         let v = self.migrate_vma(start, end)?;
         let frames = &self.machine.frames;
@@ -953,11 +961,12 @@ impl Mm {
         let fill = v.is_anon() && !v.uffd_missing();
         let vm_write = v.flags.contains(VmFlags::WRITE);
         self.split_all(start, end);
-        let _inv = self.notifiers.invalidate_range_start(
+        let inv = self.notifiers.invalidate_range_start(
             &InvalidateRange::new(start, end, Event::Migrate).with_owner(owner),
         );
         let mut out = Vec::new();
-        let _ptl = self.ptl();
+        let mut old = Vec::new();
+        let ptl = self.ptl();
         let mut a = start;
         while a < end {
             let here = a;
@@ -995,10 +1004,16 @@ impl Mm {
             };
             if let Some(s) = src {
                 frames.copy_page(s, dev);
-                frames.put(s);
+                old.push(s);
             }
             store(e, Pte::DevicePrivate { pfn: dev, write });
             out.push((here, dev, write));
+        }
+        drop(ptl);
+        drop(inv);
+        map(&out);
+        for s in old {
+            frames.put(s);
         }
         Ok(out)
     }
@@ -1007,9 +1022,10 @@ impl Mm {
     /// back to system memory, over `[start, end)` inside one VMA (the same
     /// `-EINVAL` checks as [`Mm::migrate_to_device`]): every device-private
     /// entry of `owner` gets a new system page with the device page's
-    /// contents. A page whose system page cannot be allocated stays on the
-    /// device (as in Linux, no error). Returns `(addr, device pfn)` per page
-    /// moved.
+    /// contents, and the owner's pagemap is told (its mirrors drop their
+    /// entries) before the device page is released. A page whose system
+    /// page cannot be allocated stays on the device (as in Linux, no
+    /// error). Returns `(addr, device pfn)` per page moved.
     pub fn migrate_from_device(
         &self,
         g: &MmReadGuard<'_>,
@@ -1020,11 +1036,11 @@ impl Mm {
         debug_assert!(std::ptr::eq(g.mm(), self));
         self.migrate_vma(start, end)?;
         let frames = &self.machine.frames;
-        let _inv = self.notifiers.invalidate_range_start(
+        let inv = self.notifiers.invalidate_range_start(
             &InvalidateRange::new(start, end, Event::Migrate).with_owner(owner),
         );
         let mut out = Vec::new();
-        let _ptl = self.ptl();
+        let ptl = self.ptl();
         self.tables
             .for_each_leaf(self.root, start, end, &mut |a, shift, e| {
                 if shift != PTE_SHIFT {
@@ -1041,10 +1057,18 @@ impl Mm {
                     };
                     frames.copy_page(pfn, n);
                     store(e, Pte::present(n, write, false));
-                    frames.put(pfn);
                     out.push((a, pfn));
                 }
             });
+        drop(ptl);
+        drop(inv);
+        let pagemap = self.machine.pagemap(owner);
+        for &(a, dev) in &out {
+            if let Some(pm) = &pagemap {
+                pm.migrated_to_ram(self.id(), a, dev);
+            }
+            frames.put(dev);
+        }
         Ok(out)
     }
 

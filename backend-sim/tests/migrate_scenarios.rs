@@ -135,3 +135,63 @@ fn failed_allocations_leave_single_pages_behind() {
     assert_eq!(moved, [true, false, false, false]);
     assert_eq!(h.ints(p, ints), iota(ints, |i| 3 * i));
 }
+
+/// test_hmm's mirror ignores the invalidations of its own migrations: what
+/// the device mapped before stays mapped through MIGRATE_TO_DEV and
+/// MIGRATE_TO_SYS when those pages do not move. Shared memory never moves,
+/// so after a READ the migration's read-back finds every page, and a
+/// second READ needs no device fault.
+#[test]
+fn own_migrations_keep_the_devices_other_entries() {
+    let h = Hmm::new();
+    let n = 8u64;
+    let ints = (n * PAGE_SIZE / 4) as usize;
+    let p = h.mm.mmap_shared_anon(None, n * PAGE_SIZE, RW).unwrap();
+    h.fill(p, ints, |i| i ^ 0x33);
+    let mut cmd = Cmd::new(p, n);
+    h.fd.read(&h.task, &mut cmd).unwrap();
+    assert_eq!(cmd.faults, 1);
+
+    let mut cmd = Cmd::new(p, n);
+    h.fd.migrate_to_dev(&h.task, &mut cmd).unwrap();
+    assert_eq!(cmd.cpages, n);
+    assert_eq!(cmd.i32s(), iota(ints, |i| i ^ 0x33));
+    assert!((0..n).all(|i| !on_device(&h, p + i * PAGE_SIZE)));
+    let mut cmd = Cmd::new(p, n);
+    h.fd.migrate_to_sys(&h.task, &mut cmd).unwrap();
+    assert_eq!(cmd.cpages, 0);
+    let mut cmd = Cmd::new(p, n);
+    h.fd.read(&h.task, &mut cmd).unwrap();
+    assert_eq!((cmd.cpages, cmd.faults), (n, 0));
+    assert_eq!(h.fd.check_coherent(&h.task), Ok(n));
+
+    // Another device's migration is not ours: our entries go.
+    let dev1 = backend_sim::dmirror::Device::new(&h.machine);
+    let fd1 = dev1.open(&h.mm);
+    let q = h.mm.mmap_anon(None, n * PAGE_SIZE, RW).unwrap();
+    h.fill(q, ints, |i| i);
+    h.fd.read(&h.task, &mut Cmd::new(q, n)).unwrap();
+    fd1.migrate_to_dev(&h.task, &mut Cmd::new(q, n)).unwrap();
+    assert!(h.fd.entries_in(q, q + n * PAGE_SIZE).is_empty());
+}
+
+/// A page already on the device but no longer mapped by it (fork
+/// invalidated the device's entries) is not collected again by
+/// MIGRATE_TO_DEV (it selects system memory only), so the read-back
+/// answers -ENOENT, as on Linux; the CPU still reads the data.
+#[test]
+fn device_pages_the_device_no_longer_maps_are_not_mapped_again() {
+    let h = Hmm::new();
+    let n = 4u64;
+    let ints = (n * PAGE_SIZE / 4) as usize;
+    let p = h.mm.mmap_anon(None, n * PAGE_SIZE, RW).unwrap();
+    h.fill(p, ints, |i| i + 5);
+    h.fd.migrate_to_dev(&h.task, &mut Cmd::new(p, n)).unwrap();
+    let child = h.mm.fork(&h.task);
+    assert!(h.fd.entries_in(p, p + n * PAGE_SIZE).is_empty());
+    assert!(on_device(&h, p));
+    let mut cmd = Cmd::new(p, n);
+    assert_eq!(h.fd.migrate_to_dev(&h.task, &mut cmd), Err(Errno::ENOENT));
+    assert_eq!(h.ints(p, ints), iota(ints, |i| i + 5));
+    drop(child);
+}
