@@ -60,12 +60,21 @@ impl Mm {
         if len == 0 || len % align != 0 {
             return Err(Errno::EINVAL);
         }
+        // get_unmapped_area: the mapping must end within the user address
+        // space.
+        let limit = hmm_core::TASK_SIZE;
+        if len > limit {
+            return Err(Errno::ENOMEM);
+        }
         let _w = self.write();
         let mut vmas = self.vmas_mut();
         let start = match hint {
             Some(a) => {
                 if a % align != 0 {
                     return Err(Errno::EINVAL);
+                }
+                if a > limit - len {
+                    return Err(Errno::ENOMEM);
                 }
                 if vmas.overlaps(a, a + len) {
                     return Err(Errno::EEXIST);
@@ -74,6 +83,9 @@ impl Mm {
             }
             None => vmas.free_area(MMAP_BASE, len, align.max(PMD_SIZE)),
         };
+        if start > limit - len {
+            return Err(Errno::ENOMEM);
+        }
         v.start = start;
         v.end = start + len;
         let backing = v.backing.clone();
@@ -1312,6 +1324,29 @@ mod tests {
         assert!(matches!(p, Pte::Present { write: true, .. }));
         assert_ne!(pfn, Some(ZERO_PFN));
         assert_eq!(mm.read_i32s(&t, a, 1).unwrap(), [5]);
+    }
+
+    #[test]
+    fn mappings_end_within_the_user_address_space() {
+        let (_m, mm, _t) = setup();
+        let top = hmm_core::TASK_SIZE;
+        assert_eq!(
+            mm.mmap_anon(Some(top - PAGE_SIZE), PAGE_SIZE, RW),
+            Ok(top - PAGE_SIZE)
+        );
+        assert_eq!(mm.mmap_anon(Some(top), PAGE_SIZE, RW), Err(Errno::ENOMEM));
+        assert_eq!(
+            mm.mmap_anon(Some(1 << 47), PAGE_SIZE, RW),
+            Err(Errno::ENOMEM)
+        );
+        let last = 0u64.wrapping_sub(PAGE_SIZE);
+        assert_eq!(mm.mmap_anon(Some(last), PAGE_SIZE, RW), Err(Errno::ENOMEM));
+        assert_eq!(mm.mmap_anon(None, 1 << 48, RW), Err(Errno::ENOMEM));
+        assert_eq!(
+            mm.mmap_anon(None, (1 << 47) - MMAP_BASE, RW),
+            Err(Errno::ENOMEM)
+        );
+        assert_eq!(mm.vma_list().len(), 1);
     }
 
     #[test]

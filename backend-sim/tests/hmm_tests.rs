@@ -525,6 +525,27 @@ fn exclusive_cow() {
     }
 }
 
+#[test]
+fn hmm_cow_in_device() {
+    let h = Hmm::new();
+    let npages = 4;
+    let n = (npages * PAGE_SIZE / 4) as usize;
+    let p = h.mm.mmap_anon(None, npages * PAGE_SIZE, RW).unwrap();
+    h.fill(p, n, |i| i);
+    migrate_all(&h.fd, &h.task, p, npages);
+    // The child waits to be killed; it shares the device pages read-only.
+    let child = h.mm.fork(&h.task);
+    // The parent writes to the COW pages: each is migrated to system
+    // memory first, then written.
+    h.fill(p, n, |i| i);
+    // Terminate the child.
+    drop(child);
+    let cmd = snapshot_all(&h, p, npages);
+    assert!(cmd.buf.iter().all(|&m| m == dmirror::PROT_WRITE));
+    // Beyond the kernel test: the data survived the round trip.
+    assert_eq!(h.ints(p, n), iota(n, |i| i));
+}
+
 /// The seed series' selftest: a READ through the lock-dropping entry point
 /// of a userfaultfd MISSING range resolved by a handler thread.
 #[test]
