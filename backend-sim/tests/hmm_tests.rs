@@ -546,6 +546,76 @@ fn hmm_cow_in_device() {
     assert_eq!(h.ints(p, n), iota(n, |i| i));
 }
 
+/// `iota` over the ints of `[lo, hi)` bytes: `ptr[i] == i` there.
+fn ints_between(lo: u64, hi: u64) -> Vec<i32> {
+    (lo / 4..hi / 4).map(|i| i as i32).collect()
+}
+
+#[test]
+fn migrate_partial_unmap_fault() {
+    let size = TWOMEG;
+    let unmap_size = size / 2;
+    let npages = size / PAGE_SIZE;
+    let n = (size / 4) as usize;
+    for thp in [false, true] {
+        for off in [0, size / 4, size / 2] {
+            let h = Hmm::new();
+            let buf = h.mm.mmap_anon(None, 2 * size, RW).unwrap();
+            let map = buf.next_multiple_of(size);
+            if thp {
+                h.mm.madvise_hugepage(map, size).unwrap();
+            }
+            h.fill(map, n, |i| i);
+            let cmd = migrate_all(&h.fd, &h.task, map, npages);
+            assert_eq!(cmd.i32s(), iota(n, |i| i));
+            h.mm.munmap(&h.task, map + off, unmap_size).unwrap();
+            // Fault pages back to system memory and check them.
+            for (lo, hi) in [(0, off), (off + unmap_size, size)] {
+                let got = h.ints(map + lo, ((hi - lo) / 4) as usize);
+                assert_eq!(got, ints_between(lo, hi), "thp={thp} off={off:#x}");
+            }
+        }
+    }
+}
+
+#[test]
+fn migrate_remap_fault() {
+    let size = TWOMEG;
+    let npages = size / PAGE_SIZE;
+    let n = (size / 4) as usize;
+    for before in [false, true] {
+        for dontunmap in [false, true] {
+            for thp in [false, true] {
+                for off in [0, size / 4, size / 2] {
+                    let what =
+                        format!("before={before} dontunmap={dontunmap} thp={thp} off={off:#x}");
+                    let h = Hmm::new();
+                    let buf = h.mm.mmap_anon(None, 8 * size, RW).unwrap();
+                    let map = buf.next_multiple_of(size);
+                    if thp {
+                        h.mm.madvise_hugepage(map, size).unwrap();
+                    }
+                    h.mm.munmap(&h.task, map + size, 2 * size).unwrap();
+                    h.fill(map, n, |i| i);
+                    let target = map + size + off;
+                    let mut ptr = map;
+                    if before {
+                        ptr = h.mm.mremap(&h.task, map, size, target, dontunmap).unwrap();
+                    }
+                    let cmd = migrate_all(&h.fd, &h.task, ptr, npages);
+                    assert_eq!(cmd.i32s(), iota(n, |i| i), "{what}");
+                    if !before {
+                        ptr = h.mm.mremap(&h.task, map, size, target, dontunmap).unwrap();
+                    }
+                    // Fault pages back to system memory and check them.
+                    assert_eq!(h.ints(ptr, n), iota(n, |i| i), "{what}");
+                    h.mm.munmap(&h.task, ptr, size).unwrap();
+                }
+            }
+        }
+    }
+}
+
 /// The seed series' selftest: a READ through the lock-dropping entry point
 /// of a userfaultfd MISSING range resolved by a handler thread.
 #[test]
