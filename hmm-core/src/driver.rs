@@ -58,11 +58,17 @@
 //!
 //! # Progress and the budget
 //!
-//! The budget (if any) starts when the call starts and is reset when a
-//! lock-dropping fault has made progress: the fault completed, or a later
-//! walk got past the page whose fault dropped the lock. A handler that only
-//! ever drops the lock without resolving anything (a dead userfaultfd
-//! handler that keeps waking) therefore cannot keep the call alive forever.
+//! The budget (if any) bounds the time the call spends without progress. It
+//! starts when the call starts and is reset when a lock-dropping fault has
+//! made progress: the fault completed, or a later walk got past the page
+//! whose fault dropped the lock. Expiry is judged when the lock is re-taken
+//! after a restart, and, after a lock-dropping fault, only once the re-walk
+//! has shown whether that fault made progress: a slow fault that resolved
+//! its page is progress however long it took. A handler that only ever
+//! drops the lock without resolving anything (a dead userfaultfd handler
+//! that keeps waking) therefore cannot keep the call alive forever, and a
+//! slow one that keeps resolving pages is never cut off. Faults that keep
+//! the lock are progress and are not timed.
 
 use super::clock::{Clock, NoClock};
 use super::error::Error;
@@ -369,6 +375,9 @@ where
     let mut drop_mark: Option<u64> = None;
     let mut resuming = false;
     let mut budget = Budget::new(env.clock, if unlockable { opts.timeout_ns } else { 0 });
+    // After a lock-dropping fault, expiry is judged only once the re-walk
+    // has shown whether the fault made progress.
+    let mut judge_after_walk = false;
     let mut counters = WalkCounters::default();
 
     let result = loop {
@@ -379,7 +388,7 @@ where
                 if env.signals.fatal_signal_pending() {
                     break unlocked(Err(Error::Intr));
                 }
-                if budget.expired() {
+                if !judge_after_walk && budget.expired() {
                     break unlocked(Err(Error::Busy));
                 }
                 match env.lock.read_killable() {
@@ -403,6 +412,7 @@ where
             cursor = range.start;
             tried = None;
             resuming = false;
+            judge_after_walk = false;
             stats.restarts = stats.restarts.saturating_add(1);
             continue;
         }
@@ -433,6 +443,10 @@ where
         if drop_mark.is_some_and(|d| addr > d) {
             budget.reset();
             drop_mark = None;
+        }
+        if core::mem::take(&mut judge_after_walk) && budget.expired() {
+            // The walk after a lock drop got no further: no progress.
+            break finish(mode, Err(Error::Busy), g);
         }
         if unlockable && env.signals.fatal_signal_pending() {
             break finish(mode, Err(Error::Intr), g);
@@ -492,6 +506,7 @@ where
             }
         }
         stats.lock_drops = stats.lock_drops.saturating_add(1);
+        judge_after_walk = true;
         if env.signals.fatal_signal_pending() {
             break unlocked(Err(Error::Intr));
         }

@@ -328,6 +328,30 @@ fn budget_is_reset_by_progress() {
 }
 
 #[test]
+fn a_slow_fault_that_resolved_its_page_is_progress_not_expiry() {
+    // Each fault takes 150 ms and resolves its page; the budget is 40 ms.
+    // The re-walk after the drop sees the progress before expiry is judged.
+    let mm = mm_with(4, RW, 0, FaultMode::Userfault { resolve: true });
+    mm.set_fault_cost_ns(150_000_000);
+    let mut pfns = [0u64; 4];
+    let opts = Options {
+        timeout_ns: 40_000_000,
+        ..Options::default()
+    };
+    let (r, stats, _) = unlocked(&mm, &mut pfns, REQ_RW, opts);
+    assert_eq!(r, Ok(()));
+    assert_eq!(stats.lock_drops, 4);
+    assert!(all_writable(&pfns));
+    // The same slow handler resolving nothing hits the budget at the first
+    // re-walk that finds no progress.
+    let mm = mm_with(4, RW, 0, FaultMode::Userfault { resolve: false });
+    mm.set_fault_cost_ns(150_000_000);
+    let (r, stats, _) = unlocked(&mm, &mut pfns, REQ_RW, opts);
+    assert_eq!(r, Err(Error::Busy));
+    assert_eq!(stats.faults, 1);
+}
+
+#[test]
 fn fatal_signal_during_the_wait_is_eintr_and_unlocked() {
     let mm = mm_with(4, RW, 0, FaultMode::Userfault { resolve: true });
     mm.signal_on_drop();
