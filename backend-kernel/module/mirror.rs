@@ -19,7 +19,8 @@
 //!   pages: the transfer moves through it chunk by chunk;
 //! * `READ_UNLOCKED` (nr 0x09) is `READ` faulting through
 //!   `range_fault_unlocked`, whose faults may drop the mmap lock
-//!   (userfaultfd);
+//!   (userfaultfd), with the retry budget of the module parameter
+//!   `unlocked_timeout_ms` (0: none);
 //! * `SNAPSHOT` encodes each page of a no-fault range walk as one byte
 //!   (`HMM_DMIRROR_PROT_*`);
 //! * `FLAGS` stores the flags word (only meaningful to device-memory
