@@ -3,9 +3,9 @@
 //! The C ABI of the shim (`shim.h`): opaque kernel types, the `#[repr(C)]`
 //! twins of its structs, its constants and its functions.
 //!
-//! Every function here is implemented in `shim.c` except the three
-//! `hmm_rs_mirror_*` callbacks at the end of `shim.h`, which `mirror.rs`
-//! defines for the C side to call.
+//! Every function here is implemented in `shim.c` except the callbacks at
+//! the end of `shim.h`, which `mirror.rs` and `devmem.rs` define for the C
+//! side to call.
 
 use core::ffi::{c_int, c_void};
 
@@ -63,6 +63,39 @@ pub(crate) struct RawLeaf {
     pub(crate) pad: u32,
 }
 
+/// `struct hmm_rs_migrate`: the fields of a `struct migrate_vma`.
+#[repr(C)]
+pub(crate) struct RawMigrate {
+    pub(crate) vma: *mut VmAreaStruct,
+    pub(crate) src: *mut u64,
+    pub(crate) dst: *mut u64,
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) owner: u64,
+    pub(crate) fault_pfn: u64,
+    pub(crate) npages: u64,
+    pub(crate) cpages: u64,
+    pub(crate) flags: u32,
+    pub(crate) pad: u32,
+}
+
+pub(crate) const TAG_READ: u32 = 0;
+pub(crate) const TAG_ATOMIC: u32 = 1;
+pub(crate) const TAG_WRITE: u32 = 3;
+
+pub(crate) const MIGRATE_PFN_VALID: u64 = 0x1;
+pub(crate) const MIGRATE_PFN_MIGRATE: u64 = 0x2;
+pub(crate) const MIGRATE_PFN_WRITE: u64 = 0x8;
+pub(crate) const MIGRATE_PFN_SHIFT: u32 = 6;
+pub(crate) const SELECT_SYSTEM: u32 = 0x1;
+pub(crate) const SELECT_DEVICE_PRIVATE: u32 = 0x2;
+
+pub(crate) const EXCLUSIVE_BATCH: usize = 64;
+
+/// `vm_flags` bits.
+pub(crate) const VM_READ: u64 = 0x1;
+pub(crate) const VM_WRITE: u64 = 0x2;
+
 pub(crate) const LEAF_NONE: u32 = 0;
 pub(crate) const LEAF_PRESENT: u32 = 1;
 pub(crate) const LEAF_SWAP: u32 = 2;
@@ -116,13 +149,32 @@ extern "C" {
     pub(crate) fn hmm_rs_mutex_lock(m: *mut RawMirror);
     pub(crate) fn hmm_rs_mutex_trylock(m: *mut RawMirror) -> bool;
     pub(crate) fn hmm_rs_mutex_unlock(m: *mut RawMirror);
-    pub(crate) fn hmm_rs_pt_store(m: *mut RawMirror, vpfn: u64, pfn: u64, write: bool) -> c_int;
+    pub(crate) fn hmm_rs_pt_store(m: *mut RawMirror, vpfn: u64, pfn: u64, tag: u32) -> c_int;
+    pub(crate) fn hmm_rs_pt_any_atomic(m: *mut RawMirror, vpfn_start: u64, vpfn_last: u64)
+        -> bool;
     pub(crate) fn hmm_rs_pt_erase(m: *mut RawMirror, vpfn_start: u64, vpfn_last: u64);
     pub(crate) fn hmm_rs_pt_read_page(m: *mut RawMirror, vpfn: u64, dst: *mut c_void) -> c_int;
     pub(crate) fn hmm_rs_pt_write_page(m: *mut RawMirror, vpfn: u64, src: *const c_void)
         -> c_int;
     pub(crate) fn hmm_rs_vma_insert_zeroed_page(vma: *mut VmAreaStruct, addr: u64) -> c_int;
     pub(crate) fn hmm_rs_vma_bounds(vma: *mut VmAreaStruct, start: *mut u64, end: *mut u64);
+    pub(crate) fn hmm_rs_devmem_alloc(m: *mut RawMirror) -> u64;
+    pub(crate) fn hmm_rs_pfn_devmem_owner(pfn: u64) -> u64;
+    pub(crate) fn hmm_rs_devmem_backing_pfn(dpfn: u64) -> u64;
+    pub(crate) fn hmm_rs_devmem_unmap(dpfn: u64, addr: u64);
+    pub(crate) fn hmm_rs_copy_page(dst_pfn: u64, src_pfn: u64);
+    pub(crate) fn hmm_rs_alloc_sys_page(vma: *mut VmAreaStruct, addr: u64) -> u64;
+    pub(crate) fn hmm_rs_migrate_setup(m: *mut RawMigrate) -> c_int;
+    pub(crate) fn hmm_rs_migrate_pages(m: *mut RawMigrate);
+    pub(crate) fn hmm_rs_migrate_finalize(m: *mut RawMigrate);
+    pub(crate) fn hmm_rs_migrate_device_range(src: *mut u64, start_pfn: u64, npages: u64)
+        -> c_int;
+    pub(crate) fn hmm_rs_migrate_device_pages(src: *mut u64, dst: *mut u64, npages: u64);
+    pub(crate) fn hmm_rs_migrate_device_finalize(src: *mut u64, dst: *mut u64, npages: u64);
+    pub(crate) fn hmm_rs_mirror_release_devmem(m: *mut RawMirror);
+    pub(crate) fn hmm_rs_make_exclusive(mm: *mut MmStruct, start: u64, end: u64, pfns: *mut u64)
+        -> c_int;
+    pub(crate) fn hmm_rs_exclusive_done(pfns: *const u64, n: u32);
     pub(crate) fn hmm_rs_register() -> c_int;
     pub(crate) fn hmm_rs_unregister();
 }

@@ -15,6 +15,7 @@
 
 use kernel::prelude::*;
 
+mod devmem;
 mod ffi;
 #[allow(unreachable_pub, dead_code, missing_docs)]
 mod hmm_core;

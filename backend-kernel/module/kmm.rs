@@ -69,6 +69,13 @@ impl KernelMm {
     }
 }
 
+impl KernelMm {
+    /// The pinned `mm_struct`.
+    pub(crate) fn raw(&self) -> *mut MmStruct {
+        self.mm
+    }
+}
+
 impl Drop for KernelMm {
     fn drop(&mut self) {
         // SAFETY: `get` took this mm_users reference.
@@ -95,6 +102,16 @@ impl<'a> ReadGuard<'a> {
             last_vma: Cell::new((ptr::null_mut(), 0, 0)),
             _mm: PhantomData,
         }
+    }
+
+    /// `vma_lookup`: the VMA that contains `addr`, if any. The VMA pointer
+    /// in the result is valid while this guard holds the lock.
+    pub(crate) fn vma_lookup(&self, addr: u64) -> Option<RawVma> {
+        let mut v = RawVma::default();
+        // SAFETY: the read lock of the pinned `mm` is held by `self`; `v` is
+        // a valid out-pointer.
+        let found = unsafe { ffi::hmm_rs_find_vma(self.mm, addr, &mut v) };
+        (found && v.start <= addr).then_some(v)
     }
 
     /// The fault handler released the lock: forget the guard without

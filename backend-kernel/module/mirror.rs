@@ -23,8 +23,17 @@
 //!   `unlocked_timeout_ms` (0: none);
 //! * `SNAPSHOT` encodes each page of a no-fault range walk as one byte
 //!   (`HMM_DMIRROR_PROT_*`);
-//! * `FLAGS` stores the flags word (only meaningful to device-memory
-//!   migration, which this driver does not implement);
+//! * `MIGRATE_TO_DEV` / `MIGRATE_TO_SYS` move pages to and from the
+//!   device's private memory ([`crate::devmem`]); `MIGRATE_TO_DEV`, like
+//!   `EXCLUSIVE`, then reads the range back through the device page table
+//!   (`-ENOENT` at the first page the device does not map);
+//! * `EXCLUSIVE` makes the range exclusive to the device
+//!   (`make_device_exclusive_range`, after splitting PMD-mapped THPs, which
+//!   it would otherwise refuse) and maps it atomic; `CHECK_EXCLUSIVE` is
+//!   `-EPERM` while any entry of the range is still atomic; `RELEASE`
+//!   evicts the device's memory and frees its chunks;
+//! * `FLAGS` stores the flags word (`HMM_DMIRROR_FLAG_FAIL_ALLOC`: the next
+//!   device page allocation fails);
 //! * `mmap` of the device file maps zeroed pages into a `VM_MIXEDMAP` VMA.
 //!
 //! # Hostile input
@@ -48,10 +57,11 @@
 use core::ffi::{c_int, c_long, c_uint, c_ulong};
 
 use kernel::alloc::KVVec;
-use kernel::error::code::{EFAULT, EINTR, EINVAL, ENOMEM, ENOTTY};
+use kernel::error::code::{EBUSY, EFAULT, EINTR, EINVAL, ENOMEM, ENOTTY, EPERM};
 use kernel::prelude::*;
 use kernel::uaccess::UserSlice;
 
+use crate::devmem;
 use crate::ffi::{self, RawMirror, VmAreaStruct};
 use crate::hmm_core::{
     self as core_, Clock, Env, HmmPfn, IntervalNotifier, MmapLock, Options, PfnFlags, Policy,
@@ -108,6 +118,16 @@ const fn iowr(nr: u32) -> u32 {
 const HMM_DMIRROR_READ: u32 = iowr(0x00);
 /// `HMM_DMIRROR_WRITE`.
 const HMM_DMIRROR_WRITE: u32 = iowr(0x01);
+/// `HMM_DMIRROR_MIGRATE_TO_DEV`.
+const HMM_DMIRROR_MIGRATE_TO_DEV: u32 = iowr(0x02);
+/// `HMM_DMIRROR_MIGRATE_TO_SYS`.
+const HMM_DMIRROR_MIGRATE_TO_SYS: u32 = iowr(0x03);
+/// `HMM_DMIRROR_EXCLUSIVE`.
+const HMM_DMIRROR_EXCLUSIVE: u32 = iowr(0x05);
+/// `HMM_DMIRROR_CHECK_EXCLUSIVE`.
+const HMM_DMIRROR_CHECK_EXCLUSIVE: u32 = iowr(0x06);
+/// `HMM_DMIRROR_RELEASE`.
+const HMM_DMIRROR_RELEASE: u32 = iowr(0x07);
 /// `HMM_DMIRROR_SNAPSHOT`.
 const HMM_DMIRROR_SNAPSHOT: u32 = iowr(0x04);
 /// `HMM_DMIRROR_FLAGS`.
@@ -123,6 +143,8 @@ const PROT_WRITE: u8 = 0x02;
 const PROT_PMD: u8 = 0x04;
 const PROT_PUD: u8 = 0x08;
 const PROT_ZERO: u8 = 0x10;
+const PROT_DEV_PRIVATE_LOCAL: u8 = 0x20;
+const PROT_DEV_PRIVATE_REMOTE: u8 = 0x30;
 
 /// Pages per range fault (the PFN array lives on the stack, as in test_hmm).
 const CHUNK: usize = 64;
@@ -158,12 +180,12 @@ fn eoverflow() -> Error {
 ///
 /// `raw` is the live `struct hmm_rs_mirror` of an open file; the C side
 /// only hands it to us from that file's operations and its notifier.
-struct Mirror {
-    raw: *mut RawMirror,
+pub(crate) struct Mirror {
+    pub(crate) raw: *mut RawMirror,
 }
 
 /// The driver mutex, held. The invalidate callback takes the same lock.
-struct PtLock<'a> {
+pub(crate) struct PtLock<'a> {
     m: &'a Mirror,
 }
 
@@ -188,13 +210,13 @@ enum Path {
 }
 
 impl Mirror {
-    fn lock(&self) -> PtLock<'_> {
+    pub(crate) fn lock(&self) -> PtLock<'_> {
         // SAFETY: `raw` is live (type invariant).
         unsafe { ffi::hmm_rs_mutex_lock(self.raw) };
         PtLock { m: self }
     }
 
-    fn owner(&self) -> u64 {
+    pub(crate) fn owner(&self) -> u64 {
         // SAFETY: `raw` is live (type invariant).
         unsafe { ffi::hmm_rs_mirror_owner(self.raw) }
     }
@@ -288,13 +310,23 @@ impl Mirror {
                 if !p.is_valid() || p.is_error() || (write && !p.is_writable()) {
                     return Err(EFAULT);
                 }
+                // This device's own pages come back unfaulted: the device
+                // reads their backing pages.
+                let pfn = match devmem::devmem_owner(p.pfn()) {
+                    0 => p.pfn(),
+                    o if o == self.owner() => devmem::backing_pfn(p.pfn()),
+                    _ => return Err(EFAULT),
+                };
+                let tag = if p.is_writable() {
+                    ffi::TAG_WRITE
+                } else {
+                    ffi::TAG_READ
+                };
                 // SAFETY: the mutex is held (`_pt`); the PFN was just
                 // reported valid under a sequence that `read_retry` confirmed
                 // under the mutex, so its page is mapped and stays so until
                 // the invalidate callback (which needs the mutex) erases it.
-                let r = unsafe {
-                    ffi::hmm_rs_pt_store(self.raw, vpfn, p.pfn(), p.is_writable())
-                };
+                let r = unsafe { ffi::hmm_rs_pt_store(self.raw, vpfn, pfn, tag) };
                 if r != 0 {
                     return Err(Error::from_errno(r));
                 }
@@ -409,6 +441,134 @@ impl Mirror {
         })
     }
 
+    /// Copy `[addr, addr + npages)` to the user buffer `ptr` through the
+    /// device page table, without faulting: `-ENOENT` at the first page the
+    /// device does not map (test_hmm's read-back after `MIGRATE_TO_DEV` and
+    /// `EXCLUSIVE`).
+    fn read_back(&self, cmd: &mut Cmd) -> Result {
+        cmd.cpages = 0;
+        self.transfer(cmd, |this, cmd, bounce, at, until, uoff| {
+            let dst = bounce.as_mut_ptr();
+            let first = at >> PAGE_SHIFT;
+            {
+                let _pt = this.lock();
+                for vpfn in first..until >> PAGE_SHIFT {
+                    // At most BOUNCE_PAGES pages from `first`: fits.
+                    let off = ((vpfn - first) << PAGE_SHIFT) as usize;
+                    // SAFETY: mutex held; `dst + off` has PAGE_SIZE bytes
+                    // of the bounce chunk (`off < bounce.len()`).
+                    let r = unsafe { ffi::hmm_rs_pt_read_page(this.raw, vpfn, dst.add(off).cast()) };
+                    if r != 0 {
+                        return Err(Error::from_errno(r));
+                    }
+                }
+            }
+            UserSlice::new(user_ptr(cmd.ptr, uoff)?, bounce.len())
+                .writer()
+                .write_slice(bounce)
+        })
+    }
+
+    /// `MIGRATE_TO_DEV`, then the read-back.
+    fn migrate_to_dev(&self, cmd: &mut Cmd) -> Result {
+        let (start, end) = span(cmd)?;
+        {
+            // SAFETY: `raw` is live for the whole ioctl.
+            let mm = unsafe { KernelMm::get(self.raw) }.ok_or(EINVAL)?;
+            devmem::to_device(self, &mm, start, end)?;
+        }
+        self.read_back(cmd)
+    }
+
+    /// `MIGRATE_TO_SYS`.
+    fn migrate_to_sys(&self, cmd: &mut Cmd) -> Result {
+        let (start, end) = span(cmd)?;
+        // SAFETY: `raw` is live for the whole ioctl.
+        let mm = unsafe { KernelMm::get(self.raw) }.ok_or(EINVAL)?;
+        cmd.cpages = 0;
+        devmem::to_system(self, &mm, start, end, &mut cmd.cpages)
+    }
+
+    /// `EXCLUSIVE`: make `[addr, addr + npages)` exclusive to the device,
+    /// 64 pages at a time, map every page atomic, then read it back.
+    /// `-EBUSY` if some page could not be made exclusive.
+    fn exclusive(&self, cmd: &mut Cmd) -> Result {
+        let (start, end) = span(cmd)?;
+        {
+            // SAFETY: `raw` is live for the whole ioctl.
+            let mm = unsafe { KernelMm::get(self.raw) }.ok_or(EINVAL)?;
+            let guard = mm.read();
+            let mut addr = start;
+            while addr < end {
+                if mm.fatal_signal_pending() {
+                    return Err(EINTR);
+                }
+                let next = chunk_end(addr, end).ok_or(EINVAL)?;
+                if has_pmd_thp(&guard, addr, next) {
+                    if let Some(vma) = guard.vma_lookup(addr) {
+                        devmem::split_huge(vma.vma, addr, next.min(vma.end), self.owner())?;
+                    }
+                }
+                self.exclusive_chunk(&mm, addr, next)?;
+                addr = next;
+            }
+        }
+        self.read_back(cmd)
+    }
+
+    /// One chunk of [`Mirror::exclusive`] (at most 64 pages), with the
+    /// mmap read lock held.
+    fn exclusive_chunk(&self, mm: &KernelMm, start: u64, end: u64) -> Result {
+        let n = pages(start, end);
+        let mut pfns = [0u64; ffi::EXCLUSIVE_BATCH];
+        // SAFETY: the mmap read lock of the pinned mm is held (caller);
+        // `[start, end)` has at most EXCLUSIVE_BATCH pages, `pfns` as many.
+        let got = unsafe { ffi::hmm_rs_make_exclusive(mm.raw(), start, end, pfns.as_mut_ptr()) };
+        // An error (no VMA, a page GUP cannot take) is "no page made
+        // exclusive": -EBUSY below, test_hmm's answer.
+        let got = usize::try_from(got).unwrap_or(0).min(ffi::EXCLUSIVE_BATCH);
+        let mut mapped = 0;
+        let mut res = Ok(());
+        if got == n {
+            // Mapped while the pages are still locked: a CPU fault that
+            // restores one (and invalidates this entry) must wait for us.
+            let _pt = self.lock();
+            let first = start >> PAGE_SHIFT;
+            for (vpfn, &pfn) in (first..).zip(pfns[..n].iter()) {
+                if pfn == 0 {
+                    continue;
+                }
+                // SAFETY: mutex held; `pfn` is locked and referenced by the
+                // exclusive entry until an invalidation erases this entry.
+                let r = unsafe { ffi::hmm_rs_pt_store(self.raw, vpfn, pfn, ffi::TAG_ATOMIC) };
+                if r != 0 {
+                    res = Err(Error::from_errno(r));
+                    break;
+                }
+                mapped += 1;
+            }
+        }
+        // SAFETY: `pfns[..got]` are what hmm_rs_make_exclusive returned.
+        unsafe { ffi::hmm_rs_exclusive_done(pfns.as_ptr(), got as u32) };
+        res?;
+        if mapped < n {
+            return Err(EBUSY);
+        }
+        Ok(())
+    }
+
+    /// `CHECK_EXCLUSIVE`: `-EPERM` while any mapped page of the range is
+    /// still atomic (only existing entries are looked at).
+    fn check_exclusive(&self, cmd: &Cmd) -> Result {
+        let (start, end) = span(cmd)?;
+        let _pt = self.lock();
+        // SAFETY: the mutex is held (`_pt`).
+        if unsafe { ffi::hmm_rs_pt_any_atomic(self.raw, start >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT) } {
+            return Err(EPERM);
+        }
+        Ok(())
+    }
+
     /// `SNAPSHOT`: one `HMM_DMIRROR_PROT_*` byte per page, without faulting.
     fn snapshot(&self, cmd: &mut Cmd) -> Result {
         let (start, end) = span(cmd)?;
@@ -448,7 +608,7 @@ impl Mirror {
                     continue;
                 }
                 for (p, &w) in perm[..n].iter_mut().zip(range.pfns.iter()) {
-                    *p = prot(HmmPfn(w), zero_pfn);
+                    *p = prot(HmmPfn(w), zero_pfn, self.owner());
                 }
                 break;
             }
@@ -470,7 +630,12 @@ impl Mirror {
             HMM_DMIRROR_READ
                 | HMM_DMIRROR_READ_UNLOCKED
                 | HMM_DMIRROR_WRITE
+                | HMM_DMIRROR_MIGRATE_TO_DEV
+                | HMM_DMIRROR_MIGRATE_TO_SYS
                 | HMM_DMIRROR_SNAPSHOT
+                | HMM_DMIRROR_EXCLUSIVE
+                | HMM_DMIRROR_CHECK_EXCLUSIVE
+                | HMM_DMIRROR_RELEASE
                 | HMM_DMIRROR_FLAGS
         ) {
             return Err(ENOTTY);
@@ -487,7 +652,13 @@ impl Mirror {
             HMM_DMIRROR_READ => self.read(&mut cmd, Path::Locked)?,
             HMM_DMIRROR_READ_UNLOCKED => self.read(&mut cmd, Path::Unlocked)?,
             HMM_DMIRROR_WRITE => self.write(&mut cmd)?,
+            HMM_DMIRROR_MIGRATE_TO_DEV => self.migrate_to_dev(&mut cmd)?,
+            HMM_DMIRROR_MIGRATE_TO_SYS => self.migrate_to_sys(&mut cmd)?,
             HMM_DMIRROR_SNAPSHOT => self.snapshot(&mut cmd)?,
+            HMM_DMIRROR_EXCLUSIVE => self.exclusive(&mut cmd)?,
+            HMM_DMIRROR_CHECK_EXCLUSIVE => self.check_exclusive(&cmd)?,
+            // SAFETY: `raw` is live (type invariant); no lock is held.
+            HMM_DMIRROR_RELEASE => unsafe { ffi::hmm_rs_mirror_release_devmem(self.raw) },
             _ => {
                 // HMM_DMIRROR_FLAGS.
                 // SAFETY: `raw` is live (type invariant).
@@ -519,7 +690,7 @@ fn span(cmd: &Cmd) -> Result<(u64, u64)> {
 /// `walk_page_range` for READ and WRITE, `-EOVERFLOW` from
 /// `mmu_interval_notifier_insert` for SNAPSHOT); the callers give the same
 /// answers.
-fn chunk_end(addr: u64, end: u64) -> Option<u64> {
+pub(crate) fn chunk_end(addr: u64, end: u64) -> Option<u64> {
     addr.checked_add(CHUNK_BYTES).map(|e| e.min(end))
 }
 
@@ -527,6 +698,29 @@ fn chunk_end(addr: u64, end: u64) -> Option<u64> {
 /// [`BOUNCE_PAGES`] pages apart (a range-fault or bounce chunk).
 fn pages(start: u64, end: u64) -> usize {
     ((end - start) >> PAGE_SHIFT) as usize
+}
+
+/// Whether `[start, end)` maps any part of a PMD-sized transparent huge
+/// page (a present leaf of order > 0 outside hugetlb).
+fn has_pmd_thp(guard: &crate::kmm::ReadGuard<'_>, start: u64, end: u64) -> bool {
+    use crate::hmm_core::{Leaf, MmView};
+    let Some(vma) = guard.find_vma(start) else {
+        return false;
+    };
+    if vma.start() > start || vma.hugetlb_order() != 0 {
+        return false;
+    }
+    let mut found = false;
+    guard.walk_leaves(&vma, start, end.min(vma.end()), |_, _, leaf| {
+        if let Leaf::Present(p) = leaf {
+            if p.order > 0 {
+                found = true;
+                return core::ops::ControlFlow::Break(());
+            }
+        }
+        core::ops::ControlFlow::Continue(())
+    });
+    found
 }
 
 /// The user address `ptr + off`; `-EFAULT` if it is beyond the address
@@ -538,18 +732,19 @@ fn user_ptr(ptr: u64, off: usize) -> Result<usize> {
         .ok_or(EFAULT)
 }
 
-/// test_hmm's `dmirror_mkentry` for a driver without device memory.
-fn prot(p: HmmPfn, zero_pfn: u64) -> u8 {
+/// test_hmm's `dmirror_mkentry` for a device-private device `owner`.
+fn prot(p: HmmPfn, zero_pfn: u64, owner: u64) -> u8 {
     if p.is_error() {
         return PROT_ERROR;
     }
     if !p.is_valid() {
         return PROT_NONE;
     }
-    let mut b = if p.pfn() == zero_pfn {
-        PROT_ZERO
-    } else {
-        PROT_NONE
+    let mut b = match devmem::devmem_owner(p.pfn()) {
+        0 if p.pfn() == zero_pfn => PROT_ZERO,
+        0 => PROT_NONE,
+        o if o == owner => PROT_DEV_PRIVATE_LOCAL,
+        _ => PROT_DEV_PRIVATE_REMOTE,
     };
     b |= if p.is_writable() { PROT_WRITE } else { PROT_READ };
     match p.order() {
@@ -571,7 +766,16 @@ pub(crate) unsafe extern "C" fn hmm_rs_mirror_invalidate(
     end: u64,
     blockable: bool,
     cur_seq: u64,
+    migrate_owner: u64,
 ) -> bool {
+    // This device's own migrations keep the device page table as it is,
+    // as test_hmm does: a migration to the device collects the range with
+    // the device's pages in it (they stay and stay mapped), and every page
+    // that leaves the device is unmapped by `devmem` itself.
+    // SAFETY: `m` is live (caller).
+    if migrate_owner != 0 && migrate_owner == unsafe { ffi::hmm_rs_mirror_owner(m) } {
+        return true;
+    }
     if blockable {
         // SAFETY: `m` is live (caller).
         unsafe { ffi::hmm_rs_mutex_lock(m) };

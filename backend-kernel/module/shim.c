@@ -21,8 +21,10 @@
 
 #include <linux/fs.h>
 #include <linux/highmem.h>
+#include <linux/kref.h>
 #include <linux/hugetlb.h>
 #include <linux/memremap.h>
+#include <linux/migrate.h>
 #include <linux/miscdevice.h>
 #include <linux/mm.h>
 #include <linux/mmu_notifier.h>
@@ -30,24 +32,55 @@
 #include <linux/mutex.h>
 #include <linux/pgtable.h>
 #include <linux/rcupdate.h>
+#include <linux/rmap.h>
 #include <linux/sched/mm.h>
 #include <linux/sched/signal.h>
 #include <linux/slab.h>
+#include <linux/spinlock.h>
 #include <linux/swapops.h>
 #include <linux/timekeeping.h>
 #include <linux/xarray.h>
 
 #include "shim.h"
 
-/* xarray tag of a writable device page-table entry (as lib/test_hmm.c). */
-#define HMM_RS_TAG_WRITE 3
+/* The device page-table tags must be valid xarray pointer tags. */
+static_assert(HMM_RS_TAG_WRITE <= 3 && HMM_RS_TAG_ATOMIC <= 3);
 
-/* Per-open state: the mirror of one process address space. */
+/* The MIGRATE_PFN_* and MIGRATE_VMA_SELECT_* values shim.h restates. */
+static_assert(HMM_RS_MIGRATE_PFN_VALID == MIGRATE_PFN_VALID);
+static_assert(HMM_RS_MIGRATE_PFN_MIGRATE == MIGRATE_PFN_MIGRATE);
+static_assert(HMM_RS_MIGRATE_PFN_WRITE == MIGRATE_PFN_WRITE);
+static_assert(HMM_RS_MIGRATE_PFN_SHIFT == MIGRATE_PFN_SHIFT);
+static_assert(HMM_RS_SELECT_SYSTEM == MIGRATE_VMA_SELECT_SYSTEM);
+static_assert(HMM_RS_SELECT_DEVICE_PRIVATE == MIGRATE_VMA_SELECT_DEVICE_PRIVATE);
+static_assert(sizeof(unsigned long) == sizeof(u64));
+
+/* Device memory is added in chunks of this size, up to this many. */
+#define HMM_RS_CHUNK_SIZE	(256UL << 20)
+#define HMM_RS_MAX_CHUNKS	16
+
+struct hmm_rs_device;
+
+/* One chunk of device-private memory: a MEMORY_DEVICE_PRIVATE pagemap. */
+struct hmm_rs_chunk {
+	struct dev_pagemap pagemap;
+	struct hmm_rs_device *dev;
+	bool remove;			/* being torn down: page_free keeps
+					 * its pages off the free list */
+};
+
+/*
+ * Per-open state: the mirror of one process address space. Freed when its
+ * file is closed and no device page it migrated is left (each such page
+ * holds a reference, dropped in page_free).
+ */
 struct hmm_rs_mirror {
+	struct kref ref;
 	struct mmu_interval_notifier notifier;
 	struct mutex mutex;		/* the driver's update lock */
 	struct xarray pt;		/* device page table: vpfn -> page */
-	const void *owner;		/* device token (dev_private_owner) */
+	struct hmm_rs_device *dev;	/* the device; also the owner token
+					 * (dev_private_owner, pgmap->owner) */
 	u64 flags;			/* HMM_DMIRROR_FLAGS value */
 };
 
@@ -55,6 +88,14 @@ struct hmm_rs_device {
 	struct miscdevice misc;
 	char name[16];
 	bool registered;
+
+	struct mutex devmem_lock;	/* chunks[], nchunks */
+	struct hmm_rs_chunk *chunks[HMM_RS_MAX_CHUNKS];
+	unsigned int nchunks;
+
+	spinlock_t lock;		/* free_pages, calloc, cfree */
+	struct page *free_pages;	/* linked through zone_device_data */
+	u64 calloc, cfree;
 };
 
 static struct hmm_rs_device hmm_rs_devices[HMM_RS_NDEVICES];
@@ -556,12 +597,12 @@ struct mm_struct *hmm_rs_mirror_mm(struct hmm_rs_mirror *m)
 
 u64 hmm_rs_mirror_owner(struct hmm_rs_mirror *m)
 {
-	return (u64)(uintptr_t)m->owner;
+	return (u64)(uintptr_t)m->dev;
 }
 
 void hmm_rs_mirror_set_flags(struct hmm_rs_mirror *m, u64 flags)
 {
-	m->flags = flags;
+	WRITE_ONCE(m->flags, flags);
 }
 
 u64 hmm_rs_read_begin(struct hmm_rs_mirror *m)
@@ -601,13 +642,13 @@ void hmm_rs_mutex_unlock(struct hmm_rs_mirror *m)
 
 /* Device page table. Entries hold no page reference: they are erased by
  * the invalidate callback before the CPU mapping goes away. */
-int hmm_rs_pt_store(struct hmm_rs_mirror *m, u64 vpfn, u64 pfn, bool write)
+int hmm_rs_pt_store(struct hmm_rs_mirror *m, u64 vpfn, u64 pfn, u32 tag)
 {
 	void *entry = pfn_to_page(pfn);
 
 	lockdep_assert_held(&m->mutex);
-	if (write)
-		entry = xa_tag_pointer(entry, HMM_RS_TAG_WRITE);
+	if (tag == HMM_RS_TAG_WRITE || tag == HMM_RS_TAG_ATOMIC)
+		entry = xa_tag_pointer(entry, tag);
 	entry = xa_store(&m->pt, vpfn, entry, GFP_ATOMIC);
 	return xa_is_err(entry) ? xa_err(entry) : 0;
 }
@@ -634,6 +675,20 @@ int hmm_rs_pt_read_page(struct hmm_rs_mirror *m, u64 vpfn, void *dst)
 	return 0;
 }
 
+/* Whether any existing entry of [vpfn_start, vpfn_last] is atomic. */
+bool hmm_rs_pt_any_atomic(struct hmm_rs_mirror *m, u64 vpfn_start,
+			  u64 vpfn_last)
+{
+	unsigned long index;
+	void *entry;
+
+	lockdep_assert_held(&m->mutex);
+	xa_for_each_range(&m->pt, index, entry, vpfn_start, vpfn_last)
+		if (xa_pointer_tag(entry) == HMM_RS_TAG_ATOMIC)
+			return true;
+	return false;
+}
+
 /* Copy @src into one page mirrored writable; -ENOENT if not so mirrored. */
 int hmm_rs_pt_write_page(struct hmm_rs_mirror *m, u64 vpfn, const void *src)
 {
@@ -645,6 +700,394 @@ int hmm_rs_pt_write_page(struct hmm_rs_mirror *m, u64 vpfn, const void *src)
 		return -ENOENT;
 	memcpy_to_page(page, 0, src, PAGE_SIZE);
 	return 0;
+}
+
+/* ---------------------------------------------------- device memory */
+
+/*
+ * Device-private memory, as lib/test_hmm.c simulates it: each device owns
+ * chunks of MEMORY_DEVICE_PRIVATE struct pages (no CPU-addressable memory
+ * behind them) and a free list of those pages. A device page in use holds,
+ * in zone_device_data, the system page that stores its contents (the
+ * "backing" page). Which pages migrate, and where, is decided in Rust
+ * (devmem.rs); this section owns the pagemaps, the free list and the page
+ * primitives.
+ */
+
+static const struct dev_pagemap_ops hmm_rs_devmem_ops;
+
+static struct hmm_rs_chunk *hmm_rs_page_chunk(struct page *page)
+{
+	return container_of(page->pgmap, struct hmm_rs_chunk, pagemap);
+}
+
+/* Add one chunk to @d's device memory and its pages to the free list. */
+static int hmm_rs_devmem_add_chunk(struct hmm_rs_device *d)
+{
+	struct hmm_rs_chunk *c;
+	struct resource *res;
+	unsigned long pfn, first, last;
+	void *ptr;
+	int ret;
+
+	mutex_lock(&d->devmem_lock);
+	if (d->nchunks == HMM_RS_MAX_CHUNKS) {
+		ret = -ENOMEM;
+		goto out_unlock;
+	}
+	c = kzalloc(sizeof(*c), GFP_KERNEL);
+	if (!c) {
+		ret = -ENOMEM;
+		goto out_unlock;
+	}
+	res = request_free_mem_region(&iomem_resource, HMM_RS_CHUNK_SIZE,
+				      "hmm_rs");
+	if (IS_ERR_OR_NULL(res)) {
+		ret = res ? PTR_ERR(res) : -ENOMEM;
+		goto out_free;
+	}
+	c->pagemap.type = MEMORY_DEVICE_PRIVATE;
+	c->pagemap.range.start = res->start;
+	c->pagemap.range.end = res->end;
+	c->pagemap.nr_range = 1;
+	c->pagemap.ops = &hmm_rs_devmem_ops;
+	c->pagemap.owner = d;
+	c->dev = d;
+	ptr = memremap_pages(&c->pagemap, numa_node_id());
+	if (IS_ERR_OR_NULL(ptr)) {
+		ret = ptr ? PTR_ERR(ptr) : -EFAULT;
+		goto out_release;
+	}
+	d->chunks[d->nchunks++] = c;
+	mutex_unlock(&d->devmem_lock);
+
+	first = c->pagemap.range.start >> PAGE_SHIFT;
+	last = first + (range_len(&c->pagemap.range) >> PAGE_SHIFT);
+	spin_lock(&d->lock);
+	for (pfn = first; pfn < last; pfn++) {
+		struct page *page = pfn_to_page(pfn);
+
+		page->zone_device_data = d->free_pages;
+		d->free_pages = page;
+	}
+	spin_unlock(&d->lock);
+	return 0;
+
+out_release:
+	release_mem_region(res->start, resource_size(res));
+out_free:
+	kfree(c);
+out_unlock:
+	mutex_unlock(&d->devmem_lock);
+	return ret;
+}
+
+static struct page *hmm_rs_devmem_take_free(struct hmm_rs_device *d)
+{
+	struct page *page;
+
+	spin_lock(&d->lock);
+	page = d->free_pages;
+	if (page) {
+		d->free_pages = page->zone_device_data;
+		d->calloc++;
+	}
+	spin_unlock(&d->lock);
+	return page;
+}
+
+/*
+ * Allocate one device page of @m's device, with a zeroed backing page, and
+ * return its PFN (the page is locked, as migrate_vma_pages expects), or 0:
+ * no memory, or HMM_DMIRROR_FLAG_FAIL_ALLOC was set (and is consumed).
+ */
+u64 hmm_rs_devmem_alloc(struct hmm_rs_mirror *m)
+{
+	struct hmm_rs_device *d = m->dev;
+	struct page *dpage, *rpage;
+
+	if (READ_ONCE(m->flags) & HMM_RS_FLAG_FAIL_ALLOC) {
+		WRITE_ONCE(m->flags, m->flags & ~HMM_RS_FLAG_FAIL_ALLOC);
+		return 0;
+	}
+	rpage = alloc_page(GFP_HIGHUSER | __GFP_ZERO);
+	if (!rpage)
+		return 0;
+	dpage = hmm_rs_devmem_take_free(d);
+	if (!dpage && hmm_rs_devmem_add_chunk(d) == 0)
+		dpage = hmm_rs_devmem_take_free(d);
+	if (!dpage) {
+		__free_page(rpage);
+		return 0;
+	}
+	zone_device_page_init(dpage);
+	dpage->zone_device_data = rpage;
+	/* The backing page names the mirror that maps the device page. */
+	kref_get(&m->ref);
+	rpage->zone_device_data = m;
+	return page_to_pfn(dpage);
+}
+
+static void hmm_rs_mirror_free(struct kref *ref)
+{
+	struct hmm_rs_mirror *m = container_of(ref, struct hmm_rs_mirror, ref);
+
+	xa_destroy(&m->pt);
+	kfree(m);
+}
+
+/*
+ * Erase the entry for @addr from the device page table of the mirror that
+ * migrated the device page @dpfn (which is leaving the device). The
+ * mirror's own MMU_NOTIFY_MIGRATE invalidations are ignored, as in
+ * test_hmm, so this is how a page that leaves loses its device mapping.
+ */
+void hmm_rs_devmem_unmap(u64 dpfn, u64 addr)
+{
+	struct page *rpage = pfn_to_page(dpfn)->zone_device_data;
+	struct hmm_rs_mirror *m = rpage->zone_device_data;
+
+	mutex_lock(&m->mutex);
+	xa_erase(&m->pt, addr >> PAGE_SHIFT);
+	mutex_unlock(&m->mutex);
+}
+
+/* pgmap->owner of the page at @pfn if it is device-private, else 0. */
+u64 hmm_rs_pfn_devmem_owner(u64 pfn)
+{
+	struct page *page;
+
+	if (!pfn_valid(pfn))
+		return 0;
+	page = pfn_to_page(pfn);
+	if (!is_device_private_page(page))
+		return 0;
+	return (u64)(uintptr_t)page->pgmap->owner;
+}
+
+/* The backing page of the device page @dpfn (which must be in use). */
+u64 hmm_rs_devmem_backing_pfn(u64 dpfn)
+{
+	struct page *rpage = pfn_to_page(dpfn)->zone_device_data;
+
+	return page_to_pfn(rpage);
+}
+
+/* Copy the page @src_pfn to the page @dst_pfn. */
+void hmm_rs_copy_page(u64 dst_pfn, u64 src_pfn)
+{
+	copy_highpage(pfn_to_page(dst_pfn), pfn_to_page(src_pfn));
+}
+
+/*
+ * A locked system page for @addr of @vma (NULL: any node, and the
+ * allocation may not fail, for eviction), or 0.
+ */
+u64 hmm_rs_alloc_sys_page(struct vm_area_struct *vma, u64 addr)
+{
+	struct page *page;
+
+	if (vma)
+		page = alloc_page_vma(GFP_HIGHUSER_MOVABLE, vma, addr);
+	else
+		page = alloc_page(GFP_HIGHUSER_MOVABLE | __GFP_NOFAIL);
+	if (!page)
+		return 0;
+	lock_page(page);
+	return page_to_pfn(page);
+}
+
+static void hmm_rs_to_migrate_vma(struct hmm_rs_migrate *m,
+				  struct migrate_vma *args)
+{
+	memset(args, 0, sizeof(*args));
+	args->vma = m->vma;
+	args->start = m->start;
+	args->end = m->end;
+	args->src = (unsigned long *)m->src;
+	args->dst = (unsigned long *)m->dst;
+	args->pgmap_owner = (void *)(uintptr_t)m->owner;
+	args->flags = m->flags;
+	args->fault_page = m->fault_pfn ? pfn_to_page(m->fault_pfn) : NULL;
+	args->npages = m->npages;
+	args->cpages = m->cpages;
+}
+
+/* migrate_vma_setup / _pages / _finalize over a struct hmm_rs_migrate. */
+int hmm_rs_migrate_setup(struct hmm_rs_migrate *m)
+{
+	struct migrate_vma args;
+	int ret;
+
+	hmm_rs_to_migrate_vma(m, &args);
+	ret = migrate_vma_setup(&args);
+	m->npages = args.npages;
+	m->cpages = args.cpages;
+	return ret;
+}
+
+void hmm_rs_migrate_pages(struct hmm_rs_migrate *m)
+{
+	struct migrate_vma args;
+
+	hmm_rs_to_migrate_vma(m, &args);
+	migrate_vma_pages(&args);
+}
+
+void hmm_rs_migrate_finalize(struct hmm_rs_migrate *m)
+{
+	struct migrate_vma args;
+
+	hmm_rs_to_migrate_vma(m, &args);
+	migrate_vma_finalize(&args);
+}
+
+/* The device-PFN migration primitives, for eviction. */
+int hmm_rs_migrate_device_range(u64 *src, u64 start_pfn, u64 npages)
+{
+	return migrate_device_range((unsigned long *)src, start_pfn, npages);
+}
+
+void hmm_rs_migrate_device_pages(u64 *src, u64 *dst, u64 npages)
+{
+	migrate_device_pages((unsigned long *)src, (unsigned long *)dst,
+			     npages);
+}
+
+void hmm_rs_migrate_device_finalize(u64 *src, u64 *dst, u64 npages)
+{
+	migrate_device_finalize((unsigned long *)src, (unsigned long *)dst,
+				npages);
+}
+
+/* Evict every page of @d's device memory to system memory. */
+static void hmm_rs_devmem_evict_all(struct hmm_rs_device *d)
+{
+	unsigned int i;
+
+	lockdep_assert_held(&d->devmem_lock);
+	for (i = 0; i < d->nchunks; i++) {
+		struct range *r = &d->chunks[i]->pagemap.range;
+
+		hmm_rs_devmem_evict(r->start >> PAGE_SHIFT,
+				    range_len(r) >> PAGE_SHIFT);
+	}
+}
+
+/*
+ * Tear down @d's device memory (HMM_DMIRROR_RELEASE, module unload): take
+ * the chunks' free pages off the free list, evict the pages in use, then
+ * unmap and release each chunk. memunmap_pages waits until no reference to
+ * a device page is left.
+ */
+void hmm_rs_devmem_remove(struct hmm_rs_device *d)
+{
+	unsigned int i;
+
+	mutex_lock(&d->devmem_lock);
+	spin_lock(&d->lock);
+	for (i = 0; i < d->nchunks; i++)
+		d->chunks[i]->remove = true;
+	d->free_pages = NULL;
+	spin_unlock(&d->lock);
+	hmm_rs_devmem_evict_all(d);
+	for (i = 0; i < d->nchunks; i++) {
+		struct hmm_rs_chunk *c = d->chunks[i];
+
+		memunmap_pages(&c->pagemap);
+		release_mem_region(c->pagemap.range.start,
+				   range_len(&c->pagemap.range));
+		kfree(c);
+		d->chunks[i] = NULL;
+	}
+	d->nchunks = 0;
+	mutex_unlock(&d->devmem_lock);
+}
+
+void hmm_rs_mirror_release_devmem(struct hmm_rs_mirror *m)
+{
+	hmm_rs_devmem_remove(m->dev);
+}
+
+/* dev_pagemap_ops.page_free: the last reference to a device page went. */
+static void hmm_rs_devmem_page_free(struct page *page)
+{
+	struct hmm_rs_chunk *c = hmm_rs_page_chunk(page);
+	struct hmm_rs_device *d = c->dev;
+	struct page *rpage = page->zone_device_data;
+	struct hmm_rs_mirror *m = NULL;
+
+	if (rpage) {
+		m = rpage->zone_device_data;
+		rpage->zone_device_data = NULL;
+		__free_page(rpage);
+	}
+	page->zone_device_data = NULL;
+	spin_lock(&d->lock);
+	d->cfree++;
+	if (!c->remove) {
+		page->zone_device_data = d->free_pages;
+		d->free_pages = page;
+	}
+	spin_unlock(&d->lock);
+	if (m)
+		kref_put(&m->ref, hmm_rs_mirror_free);
+}
+
+/* dev_pagemap_ops.migrate_to_ram: a CPU fault on a device page. */
+static vm_fault_t hmm_rs_devmem_migrate_to_ram(struct vm_fault *vmf)
+{
+	u64 owner = (u64)(uintptr_t)vmf->page->pgmap->owner;
+
+	if (hmm_rs_devmem_fault(vmf->vma, vmf->address & PAGE_MASK,
+				page_to_pfn(vmf->page), owner))
+		return VM_FAULT_SIGBUS;
+	return 0;
+}
+
+static const struct dev_pagemap_ops hmm_rs_devmem_ops = {
+	.page_free = hmm_rs_devmem_page_free,
+	.migrate_to_ram = hmm_rs_devmem_migrate_to_ram,
+};
+
+/* ------------------------------------------------------ exclusive */
+
+/*
+ * make_device_exclusive_range over [start, end) (at most 64 pages): the
+ * PFN of each page made exclusive, 0 where none was, in @pfns. The pages
+ * stay locked and referenced until hmm_rs_exclusive_done.
+ */
+int hmm_rs_make_exclusive(struct mm_struct *mm, u64 start, u64 end,
+			  u64 *pfns)
+{
+	struct page *pages[HMM_RS_EXCLUSIVE_BATCH];
+	unsigned long n = (end - start) >> PAGE_SHIFT;
+	int ret, i;
+
+	if (n > HMM_RS_EXCLUSIVE_BATCH)
+		return -EINVAL;
+	ret = make_device_exclusive_range(mm, start, end, pages, NULL);
+	if (ret < 0)
+		return ret;
+	for (i = 0; i < ret; i++)
+		pfns[i] = pages[i] ? page_to_pfn(pages[i]) : 0;
+	return ret;
+}
+
+/* Unlock and release the pages hmm_rs_make_exclusive returned. */
+void hmm_rs_exclusive_done(const u64 *pfns, u32 n)
+{
+	u32 i;
+
+	for (i = 0; i < n; i++) {
+		struct page *page;
+
+		if (!pfns[i])
+			continue;
+		page = pfn_to_page(pfns[i]);
+		unlock_page(page);
+		put_page(page);
+	}
 }
 
 /* ------------------------------------------------------------- mmap */
@@ -678,9 +1121,12 @@ static bool hmm_rs_invalidate_cb(struct mmu_interval_notifier *mni,
 	struct hmm_rs_mirror *m = container_of(mni, struct hmm_rs_mirror,
 					       notifier);
 
+	u64 migrate_owner = range->event == MMU_NOTIFY_MIGRATE ?
+		(u64)(uintptr_t)range->owner : 0;
+
 	return hmm_rs_mirror_invalidate(m, range->start, range->end,
 					mmu_notifier_range_blockable(range),
-					cur_seq);
+					cur_seq, migrate_owner);
 }
 
 static const struct mmu_interval_notifier_ops hmm_rs_notifier_ops = {
@@ -700,9 +1146,10 @@ static int hmm_rs_fops_open(struct inode *inode, struct file *filp)
 	m = kzalloc(sizeof(*m), GFP_KERNEL);
 	if (!m)
 		return -ENOMEM;
+	kref_init(&m->ref);
 	mutex_init(&m->mutex);
 	xa_init(&m->pt);
-	m->owner = dev;
+	m->dev = dev;
 	/* Mirror the whole address space of the opener, like test_hmm. */
 	ret = mmu_interval_notifier_insert(&m->notifier, current->mm, 0,
 					   ULONG_MAX & PAGE_MASK,
@@ -718,10 +1165,17 @@ static int hmm_rs_fops_open(struct inode *inode, struct file *filp)
 static int hmm_rs_fops_release(struct inode *inode, struct file *filp)
 {
 	struct hmm_rs_mirror *m = filp->private_data;
+	struct hmm_rs_device *d = m->dev;
 
 	mmu_interval_notifier_remove(&m->notifier);
-	xa_destroy(&m->pt);
-	kfree(m);
+	/*
+	 * Like test_hmm: every page of the device goes back to system memory
+	 * when a file of it is closed (the chunks stay for reuse).
+	 */
+	mutex_lock(&d->devmem_lock);
+	hmm_rs_devmem_evict_all(d);
+	mutex_unlock(&d->devmem_lock);
+	kref_put(&m->ref, hmm_rs_mirror_free);
 	return 0;
 }
 
@@ -757,6 +1211,8 @@ void hmm_rs_unregister(void)
 		if (hmm_rs_devices[i].registered)
 			misc_deregister(&hmm_rs_devices[i].misc);
 		hmm_rs_devices[i].registered = false;
+		/* No file is open: no page can be allocated any more. */
+		hmm_rs_devmem_remove(&hmm_rs_devices[i]);
 	}
 }
 
@@ -765,6 +1221,10 @@ int hmm_rs_register(void)
 {
 	int i, ret;
 
+	for (i = 0; i < HMM_RS_NDEVICES; i++) {
+		mutex_init(&hmm_rs_devices[i].devmem_lock);
+		spin_lock_init(&hmm_rs_devices[i].lock);
+	}
 	for (i = 0; i < HMM_RS_NDEVICES; i++) {
 		struct hmm_rs_device *d = &hmm_rs_devices[i];
 

@@ -10,6 +10,25 @@
 
 #define HMM_RS_NDEVICES 2
 
+/* Device page-table entry tags (xarray pointer tags, as lib/test_hmm.c). */
+#define HMM_RS_TAG_READ		0
+#define HMM_RS_TAG_ATOMIC	1
+#define HMM_RS_TAG_WRITE	3
+
+/* HMM_DMIRROR_FLAGS: the next device page allocation fails. */
+#define HMM_RS_FLAG_FAIL_ALLOC	0x1
+
+/* include/linux/migrate.h's values, restated for Rust (checked in shim.c). */
+#define HMM_RS_MIGRATE_PFN_VALID	0x1
+#define HMM_RS_MIGRATE_PFN_MIGRATE	0x2
+#define HMM_RS_MIGRATE_PFN_WRITE	0x8
+#define HMM_RS_MIGRATE_PFN_SHIFT	6
+#define HMM_RS_SELECT_SYSTEM		0x1
+#define HMM_RS_SELECT_DEVICE_PRIVATE	0x2
+
+/* Pages per make_device_exclusive_range call. */
+#define HMM_RS_EXCLUSIVE_BATCH	64
+
 struct mm_struct;
 struct vm_area_struct;
 struct hmm_rs_mirror;
@@ -45,6 +64,21 @@ struct hmm_rs_leaf {
 	u64 pfn;	/* PFN of the page at start */
 	u64 owner;	/* device-private: pgmap->owner */
 	u32 kind, flags, order, pad;
+};
+
+/*
+ * The fields of a struct migrate_vma (the shim builds one from this for
+ * each call): src and dst have (end - start) >> PAGE_SHIFT entries.
+ */
+struct hmm_rs_migrate {
+	struct vm_area_struct *vma;
+	u64 *src, *dst;
+	u64 start, end;
+	u64 owner;	/* pgmap_owner */
+	u64 fault_pfn;	/* the faulting device page, or 0 */
+	u64 npages, cpages;
+	u32 flags;	/* HMM_RS_SELECT_* */
+	u32 pad;
 };
 
 /* hmm_rs_fault() results. */
@@ -87,20 +121,45 @@ void hmm_rs_set_seq(struct hmm_rs_mirror *m, u64 seq);
 void hmm_rs_mutex_lock(struct hmm_rs_mirror *m);
 bool hmm_rs_mutex_trylock(struct hmm_rs_mirror *m);
 void hmm_rs_mutex_unlock(struct hmm_rs_mirror *m);
-int hmm_rs_pt_store(struct hmm_rs_mirror *m, u64 vpfn, u64 pfn, bool write);
+int hmm_rs_pt_store(struct hmm_rs_mirror *m, u64 vpfn, u64 pfn, u32 tag);
+bool hmm_rs_pt_any_atomic(struct hmm_rs_mirror *m, u64 vpfn_start,
+			  u64 vpfn_last);
 void hmm_rs_pt_erase(struct hmm_rs_mirror *m, u64 vpfn_start, u64 vpfn_last);
 int hmm_rs_pt_read_page(struct hmm_rs_mirror *m, u64 vpfn, void *dst);
 int hmm_rs_pt_write_page(struct hmm_rs_mirror *m, u64 vpfn, const void *src);
 int hmm_rs_vma_insert_zeroed_page(struct vm_area_struct *vma, u64 addr);
 void hmm_rs_vma_bounds(struct vm_area_struct *vma, u64 *start, u64 *end);
+u64 hmm_rs_devmem_alloc(struct hmm_rs_mirror *m);
+u64 hmm_rs_pfn_devmem_owner(u64 pfn);
+u64 hmm_rs_devmem_backing_pfn(u64 dpfn);
+void hmm_rs_devmem_unmap(u64 dpfn, u64 addr);
+void hmm_rs_copy_page(u64 dst_pfn, u64 src_pfn);
+u64 hmm_rs_alloc_sys_page(struct vm_area_struct *vma, u64 addr);
+int hmm_rs_migrate_setup(struct hmm_rs_migrate *m);
+void hmm_rs_migrate_pages(struct hmm_rs_migrate *m);
+void hmm_rs_migrate_finalize(struct hmm_rs_migrate *m);
+int hmm_rs_migrate_device_range(u64 *src, u64 start_pfn, u64 npages);
+void hmm_rs_migrate_device_pages(u64 *src, u64 *dst, u64 npages);
+void hmm_rs_migrate_device_finalize(u64 *src, u64 *dst, u64 npages);
+struct hmm_rs_device;
+void hmm_rs_devmem_remove(struct hmm_rs_device *d);
+void hmm_rs_mirror_release_devmem(struct hmm_rs_mirror *m);
+int hmm_rs_make_exclusive(struct mm_struct *mm, u64 start, u64 end,
+			  u64 *pfns);
+void hmm_rs_exclusive_done(const u64 *pfns, u32 n);
 int hmm_rs_register(void);
 void hmm_rs_unregister(void);
 
 /* Rust (mirror.rs) */
 bool hmm_rs_mirror_invalidate(struct hmm_rs_mirror *m, u64 start, u64 end,
-			      bool blockable, u64 cur_seq);
+			      bool blockable, u64 cur_seq, u64 migrate_owner);
 long hmm_rs_mirror_ioctl(struct hmm_rs_mirror *m, unsigned int cmd,
 			 unsigned long arg);
 int hmm_rs_mirror_mmap(struct hmm_rs_mirror *m, struct vm_area_struct *vma);
+
+/* Rust (devmem.rs) */
+void hmm_rs_devmem_evict(u64 start_pfn, u64 npages);
+int hmm_rs_devmem_fault(struct vm_area_struct *vma, u64 addr, u64 dpfn,
+			u64 owner);
 
 #endif
