@@ -53,7 +53,14 @@ impl Migration {
     /// A migration of `[start, end)` (at most [`BATCH`] pages, inside
     /// `vma`) selecting `flags` pages of `owner`; `fault_pfn` is the device
     /// page a CPU fault is migrating, or 0.
-    fn new(vma: *mut VmAreaStruct, start: u64, end: u64, owner: u64, flags: u32, fault_pfn: u64) -> Self {
+    fn new(
+        vma: *mut VmAreaStruct,
+        start: u64,
+        end: u64,
+        owner: u64,
+        flags: u32,
+        fault_pfn: u64,
+    ) -> Self {
         Migration {
             raw: RawMigrate {
                 vma,
@@ -130,6 +137,35 @@ fn migrate_pfn(pfn: u64, write: bool) -> u64 {
 pub(crate) fn devmem_owner(pfn: u64) -> u64 {
     // SAFETY: no preconditions; the shim checks `pfn_valid`.
     unsafe { ffi::hmm_rs_pfn_devmem_owner(pfn) }
+}
+
+/// The PFN span of all device memory, read once for a batch of pages: a
+/// PFN outside it is system memory, known without a call into the shim.
+/// A page seen mapped before [`DevmemSpan::get`] is inside the span if it
+/// is device memory (the shim publishes a chunk's bounds before its pages).
+#[derive(Clone, Copy)]
+pub(crate) struct DevmemSpan {
+    lo: u64,
+    hi: u64,
+}
+
+impl DevmemSpan {
+    /// The current span.
+    pub(crate) fn get() -> Self {
+        let (mut lo, mut hi) = (0u64, 0u64);
+        // SAFETY: valid out-pointers.
+        unsafe { ffi::hmm_rs_devmem_pfn_bounds(&mut lo, &mut hi) };
+        DevmemSpan { lo, hi }
+    }
+
+    /// [`devmem_owner`], without the call for PFNs outside the span.
+    pub(crate) fn owner(self, pfn: u64) -> u64 {
+        if pfn < self.lo || pfn >= self.hi {
+            0
+        } else {
+            devmem_owner(pfn)
+        }
+    }
 }
 
 /// The backing page of the device page `dpfn`, which is in use (mapped or
@@ -255,7 +291,13 @@ fn map_migrated(m: &Mirror, mig: &Migration, start: u64) -> Result {
 /// `MIGRATE_TO_SYS` of `[start, end)`: bring this device's pages back to
 /// system memory; `cpages` counts the pages that moved. Errors as
 /// [`to_device`].
-pub(crate) fn to_system(m: &Mirror, mm: &KernelMm, start: u64, end: u64, cpages: &mut u64) -> Result {
+pub(crate) fn to_system(
+    m: &Mirror,
+    mm: &KernelMm,
+    start: u64,
+    end: u64,
+    cpages: &mut u64,
+) -> Result {
     let guard = mm.read();
     let owner = m.owner();
     let mut addr = start;

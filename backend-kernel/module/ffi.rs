@@ -150,16 +150,15 @@ extern "C" {
     pub(crate) fn hmm_rs_mutex_trylock(m: *mut RawMirror) -> bool;
     pub(crate) fn hmm_rs_mutex_unlock(m: *mut RawMirror);
     pub(crate) fn hmm_rs_pt_store(m: *mut RawMirror, vpfn: u64, pfn: u64, tag: u32) -> c_int;
-    pub(crate) fn hmm_rs_pt_any_atomic(m: *mut RawMirror, vpfn_start: u64, vpfn_last: u64)
-        -> bool;
+    pub(crate) fn hmm_rs_pt_any_atomic(m: *mut RawMirror, vpfn_start: u64, vpfn_last: u64) -> bool;
     pub(crate) fn hmm_rs_pt_erase(m: *mut RawMirror, vpfn_start: u64, vpfn_last: u64);
     pub(crate) fn hmm_rs_pt_read_page(m: *mut RawMirror, vpfn: u64, dst: *mut c_void) -> c_int;
-    pub(crate) fn hmm_rs_pt_write_page(m: *mut RawMirror, vpfn: u64, src: *const c_void)
-        -> c_int;
+    pub(crate) fn hmm_rs_pt_write_page(m: *mut RawMirror, vpfn: u64, src: *const c_void) -> c_int;
     pub(crate) fn hmm_rs_vma_insert_zeroed_page(vma: *mut VmAreaStruct, addr: u64) -> c_int;
     pub(crate) fn hmm_rs_vma_bounds(vma: *mut VmAreaStruct, start: *mut u64, end: *mut u64);
     pub(crate) fn hmm_rs_devmem_alloc(m: *mut RawMirror) -> u64;
     pub(crate) fn hmm_rs_pfn_devmem_owner(pfn: u64) -> u64;
+    pub(crate) fn hmm_rs_devmem_pfn_bounds(lo: *mut u64, hi: *mut u64);
     pub(crate) fn hmm_rs_devmem_backing_pfn(dpfn: u64) -> u64;
     pub(crate) fn hmm_rs_devmem_unmap(dpfn: u64, addr: u64);
     pub(crate) fn hmm_rs_copy_page(dst_pfn: u64, src_pfn: u64);
@@ -167,13 +166,16 @@ extern "C" {
     pub(crate) fn hmm_rs_migrate_setup(m: *mut RawMigrate) -> c_int;
     pub(crate) fn hmm_rs_migrate_pages(m: *mut RawMigrate);
     pub(crate) fn hmm_rs_migrate_finalize(m: *mut RawMigrate);
-    pub(crate) fn hmm_rs_migrate_device_range(src: *mut u64, start_pfn: u64, npages: u64)
-        -> c_int;
+    pub(crate) fn hmm_rs_migrate_device_range(src: *mut u64, start_pfn: u64, npages: u64) -> c_int;
     pub(crate) fn hmm_rs_migrate_device_pages(src: *mut u64, dst: *mut u64, npages: u64);
     pub(crate) fn hmm_rs_migrate_device_finalize(src: *mut u64, dst: *mut u64, npages: u64);
     pub(crate) fn hmm_rs_mirror_release_devmem(m: *mut RawMirror);
-    pub(crate) fn hmm_rs_make_exclusive(mm: *mut MmStruct, start: u64, end: u64, pfns: *mut u64)
-        -> c_int;
+    pub(crate) fn hmm_rs_make_exclusive(
+        mm: *mut MmStruct,
+        start: u64,
+        end: u64,
+        pfns: *mut u64,
+    ) -> c_int;
     pub(crate) fn hmm_rs_exclusive_done(pfns: *const u64, n: u32);
     pub(crate) fn hmm_rs_register() -> c_int;
     pub(crate) fn hmm_rs_unregister();

@@ -22,13 +22,13 @@
 
 use core::cell::Cell;
 use core::marker::PhantomData;
-use core::ptr;
 use core::ops::ControlFlow;
+use core::ptr;
 
 use crate::ffi::{self, MmStruct, RawLeaf, RawMirror, RawVma, VmAreaStruct};
 use crate::hmm_core::{
-    Clock, Error, FaultFlags, FaultHandler, FaultOutcome, IntervalNotifier, Leaf, MmView,
-    MmapLock, Present, Signals, VmFaultError, VmFlags, Vma,
+    Clock, Error, FaultFlags, FaultHandler, FaultOutcome, IntervalNotifier, Leaf, MmView, MmapLock,
+    Present, Signals, VmFaultError, VmFlags, Vma,
 };
 
 /// Leaves per call into the C page-table reader. Each call re-descends from

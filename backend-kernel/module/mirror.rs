@@ -303,6 +303,7 @@ impl Mirror {
                 continue;
             }
             let first = start >> PAGE_SHIFT;
+            let span = devmem::DevmemSpan::get();
             for (vpfn, &w) in (first..).zip(range.pfns.iter()) {
                 let p = HmmPfn(w);
                 // A successful fault request leaves every entry valid (and
@@ -312,7 +313,7 @@ impl Mirror {
                 }
                 // This device's own pages come back unfaulted: the device
                 // reads their backing pages.
-                let pfn = match devmem::devmem_owner(p.pfn()) {
+                let pfn = match span.owner(p.pfn()) {
                     0 => p.pfn(),
                     o if o == self.owner() => devmem::backing_pfn(p.pfn()),
                     _ => return Err(EFAULT),
@@ -457,7 +458,8 @@ impl Mirror {
                     let off = ((vpfn - first) << PAGE_SHIFT) as usize;
                     // SAFETY: mutex held; `dst + off` has PAGE_SIZE bytes
                     // of the bounce chunk (`off < bounce.len()`).
-                    let r = unsafe { ffi::hmm_rs_pt_read_page(this.raw, vpfn, dst.add(off).cast()) };
+                    let r =
+                        unsafe { ffi::hmm_rs_pt_read_page(this.raw, vpfn, dst.add(off).cast()) };
                     if r != 0 {
                         return Err(Error::from_errno(r));
                     }
@@ -563,7 +565,9 @@ impl Mirror {
         let (start, end) = span(cmd)?;
         let _pt = self.lock();
         // SAFETY: the mutex is held (`_pt`).
-        if unsafe { ffi::hmm_rs_pt_any_atomic(self.raw, start >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT) } {
+        if unsafe {
+            ffi::hmm_rs_pt_any_atomic(self.raw, start >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT)
+        } {
             return Err(EPERM);
         }
         Ok(())
@@ -607,8 +611,10 @@ impl Mirror {
                 if mm.read_retry(seq) {
                     continue;
                 }
+                let span = devmem::DevmemSpan::get();
+                let owner = self.owner();
                 for (p, &w) in perm[..n].iter_mut().zip(range.pfns.iter()) {
-                    *p = prot(HmmPfn(w), zero_pfn, self.owner());
+                    *p = prot(HmmPfn(w), zero_pfn, owner, span);
                 }
                 break;
             }
@@ -733,20 +739,24 @@ fn user_ptr(ptr: u64, off: usize) -> Result<usize> {
 }
 
 /// test_hmm's `dmirror_mkentry` for a device-private device `owner`.
-fn prot(p: HmmPfn, zero_pfn: u64, owner: u64) -> u8 {
+fn prot(p: HmmPfn, zero_pfn: u64, owner: u64, span: devmem::DevmemSpan) -> u8 {
     if p.is_error() {
         return PROT_ERROR;
     }
     if !p.is_valid() {
         return PROT_NONE;
     }
-    let mut b = match devmem::devmem_owner(p.pfn()) {
+    let mut b = match span.owner(p.pfn()) {
         0 if p.pfn() == zero_pfn => PROT_ZERO,
         0 => PROT_NONE,
         o if o == owner => PROT_DEV_PRIVATE_LOCAL,
         _ => PROT_DEV_PRIVATE_REMOTE,
     };
-    b |= if p.is_writable() { PROT_WRITE } else { PROT_READ };
+    b |= if p.is_writable() {
+        PROT_WRITE
+    } else {
+        PROT_READ
+    };
     match p.order() {
         core_::PMD_ORDER => b | PROT_PMD,
         core_::PUD_ORDER => b | PROT_PUD,
@@ -802,7 +812,11 @@ pub(crate) unsafe extern "C" fn hmm_rs_mirror_invalidate(
 ///
 /// `m` must be the live mirror of the file the ioctl was issued on.
 #[no_mangle]
-pub(crate) unsafe extern "C" fn hmm_rs_mirror_ioctl(m: *mut RawMirror, cmd: c_uint, arg: c_ulong) -> c_long {
+pub(crate) unsafe extern "C" fn hmm_rs_mirror_ioctl(
+    m: *mut RawMirror,
+    cmd: c_uint,
+    arg: c_ulong,
+) -> c_long {
     let mirror = Mirror { raw: m };
     match mirror.ioctl(cmd, arg as usize) {
         Ok(()) => 0,
@@ -819,7 +833,10 @@ pub(crate) unsafe extern "C" fn hmm_rs_mirror_ioctl(m: *mut RawMirror, cmd: c_ui
 ///
 /// `vma` must be the VMA being set up by this `mmap` call.
 #[no_mangle]
-pub(crate) unsafe extern "C" fn hmm_rs_mirror_mmap(_m: *mut RawMirror, vma: *mut VmAreaStruct) -> c_int {
+pub(crate) unsafe extern "C" fn hmm_rs_mirror_mmap(
+    _m: *mut RawMirror,
+    vma: *mut VmAreaStruct,
+) -> c_int {
     let (mut start, mut end) = (0u64, 0u64);
     // SAFETY: `vma` is valid (caller); the out-pointers are valid.
     unsafe { ffi::hmm_rs_vma_bounds(vma, &mut start, &mut end) };

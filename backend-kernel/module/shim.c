@@ -716,6 +716,20 @@ int hmm_rs_pt_write_page(struct hmm_rs_mirror *m, u64 vpfn, const void *src)
 
 static const struct dev_pagemap_ops hmm_rs_devmem_ops;
 
+/*
+ * PFN bounds [lo, hi) of every chunk either device ever had (they only
+ * grow): a PFN outside them is not device memory, which callers check
+ * without a call per page. Published before the chunk's pages are.
+ */
+static DEFINE_SPINLOCK(hmm_rs_devmem_bounds_lock);
+static u64 hmm_rs_devmem_lo = U64_MAX, hmm_rs_devmem_hi;
+
+void hmm_rs_devmem_pfn_bounds(u64 *lo, u64 *hi)
+{
+	*lo = smp_load_acquire(&hmm_rs_devmem_lo);
+	*hi = smp_load_acquire(&hmm_rs_devmem_hi);
+}
+
 static struct hmm_rs_chunk *hmm_rs_page_chunk(struct page *page)
 {
 	return container_of(page->pgmap, struct hmm_rs_chunk, pagemap);
@@ -763,6 +777,12 @@ static int hmm_rs_devmem_add_chunk(struct hmm_rs_device *d)
 
 	first = c->pagemap.range.start >> PAGE_SHIFT;
 	last = first + (range_len(&c->pagemap.range) >> PAGE_SHIFT);
+	spin_lock(&hmm_rs_devmem_bounds_lock);
+	if (first < hmm_rs_devmem_lo)
+		smp_store_release(&hmm_rs_devmem_lo, first);
+	if (last > hmm_rs_devmem_hi)
+		smp_store_release(&hmm_rs_devmem_hi, last);
+	spin_unlock(&hmm_rs_devmem_bounds_lock);
 	spin_lock(&d->lock);
 	for (pfn = first; pfn < last; pfn++) {
 		struct page *page = pfn_to_page(pfn);

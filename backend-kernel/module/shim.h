@@ -131,6 +131,7 @@ int hmm_rs_vma_insert_zeroed_page(struct vm_area_struct *vma, u64 addr);
 void hmm_rs_vma_bounds(struct vm_area_struct *vma, u64 *start, u64 *end);
 u64 hmm_rs_devmem_alloc(struct hmm_rs_mirror *m);
 u64 hmm_rs_pfn_devmem_owner(u64 pfn);
+void hmm_rs_devmem_pfn_bounds(u64 *lo, u64 *hi);
 u64 hmm_rs_devmem_backing_pfn(u64 dpfn);
 void hmm_rs_devmem_unmap(u64 dpfn, u64 addr);
 void hmm_rs_copy_page(u64 dst_pfn, u64 src_pfn);

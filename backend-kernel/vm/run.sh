@@ -73,7 +73,7 @@ build_tests() {
     "${cc[@]}" -o "$out/uffd_read" "$crate/tests-vm/uffd_read.c" -lpthread
     "${cc[@]}" -o "$out/hmm_bench" "$crate/tests-vm/hmm_bench.c"
     "${cc[@]}" -o "$out/ioctl_fuzz" "$crate/tests-vm/ioctl_fuzz.c" -lpthread
-    "${cc[@]}" -o "$out/hostile" "$crate/tests-vm/hostile.c"
+    "${cc[@]}" -o "$out/hostile" "$crate/tests-vm/hostile.c" -lpthread
 }
 timed tests-vm build_tests
 
