@@ -40,7 +40,7 @@ impl kernel::Module for HmmRs {
         if r != 0 {
             return Err(Error::from_errno(r));
         }
-        pr_info!("hmm_rs: /dev/hmm_dmirror0 and /dev/hmm_dmirror1 registered\n");
+        pr_info!("two devices registered\n");
         Ok(HmmRs)
     }
 }

@@ -86,7 +86,7 @@ struct hmm_rs_mirror {
 
 struct hmm_rs_device {
 	struct miscdevice misc;
-	char name[16];
+	char name[32];
 	bool registered;
 
 	struct mutex devmem_lock;	/* chunks[], nchunks */
@@ -109,6 +109,15 @@ static unsigned int unlocked_timeout_ms = 1000;
 module_param(unlocked_timeout_ms, uint, 0644);
 MODULE_PARM_DESC(unlocked_timeout_ms,
 		 "READ_UNLOCKED retry budget per chunk in ms (0: none)");
+
+/*
+ * Device node name prefix: /dev/<devname>0 and 1. Another prefix lets
+ * hmm_rs run beside test_hmm (whose nodes are hmm_dmirror*), as the
+ * harness's differential test does.
+ */
+static char *devname = "hmm_dmirror";
+module_param(devname, charp, 0444);
+MODULE_PARM_DESC(devname, "device node name prefix (default hmm_dmirror)");
 
 u64 hmm_rs_unlocked_timeout_ns(void)
 {
@@ -1241,6 +1250,8 @@ int hmm_rs_register(void)
 {
 	int i, ret;
 
+	if (!devname || !*devname || strlen(devname) > 24)
+		return -EINVAL;
 	for (i = 0; i < HMM_RS_NDEVICES; i++) {
 		mutex_init(&hmm_rs_devices[i].devmem_lock);
 		spin_lock_init(&hmm_rs_devices[i].lock);
@@ -1248,7 +1259,7 @@ int hmm_rs_register(void)
 	for (i = 0; i < HMM_RS_NDEVICES; i++) {
 		struct hmm_rs_device *d = &hmm_rs_devices[i];
 
-		snprintf(d->name, sizeof(d->name), "hmm_dmirror%d", i);
+		snprintf(d->name, sizeof(d->name), "%s%d", devname, i);
 		d->misc.minor = MISC_DYNAMIC_MINOR;
 		d->misc.name = d->name;
 		d->misc.fops = &hmm_rs_fops;

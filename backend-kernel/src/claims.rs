@@ -70,6 +70,8 @@ mod tests {
         let text = include_str!("../vm/claims.txt");
         let c = Claims::parse(text).unwrap();
         assert!(c.claimed.contains("hmm.hmm_device_private.anon_read"));
-        assert!(c.lacks.contains_key("hmm.hmm_device_private.migrate"));
+        assert!(c.claimed.contains("hmm.hmm_device_private.migrate"));
+        assert!(c.claimed.contains("hmm.hmm_device_private.exclusive"));
+        assert!(c.lacks.is_empty(), "{:?}", c.lacks);
     }
 }

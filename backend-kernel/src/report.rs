@@ -11,6 +11,9 @@
 //! * the VM reserved the huge pages the hugetlb cases need;
 //! * the ioctl fuzzer ran against hmm_rs to its end with no contract
 //!   violation, no hang and no error;
+//! * the differential test (`tests-vm/hmm_diff.c`: both drivers loaded side
+//!   by side, SNAPSHOT and READ of seeded random layouts) found no
+//!   difference;
 //! * the run completed, hmm_rs loaded and unloaded, its benchmark's data
 //!   checks held (not on the debug kernel, which runs no benchmark), lockdep
 //!   was still validating after hmm_rs's phases (when the kernel has it),
@@ -253,6 +256,7 @@ pub fn build(log: &SerialLog, claims: &Claims) -> Report {
 
     // ------------------------------------------------------------ fuzzer
     fuzz_report(log, &mut out, &mut checks);
+    diff_report(log, &mut out, &mut checks);
 
     // ------------------------------------------------------------ timings
     let ct = section_timings(log, C_DRIVER);
@@ -409,6 +413,77 @@ fn own_tests(log: &SerialLog, program: &str, title: &str, out: &mut String, chec
             detail
         );
     }
+}
+
+/// Section of the differential test (both drivers loaded).
+pub const DIFF_SECTION: &str = "both.diff";
+/// Section of its self-check (two different devices compared).
+pub const DIFF_SELFCHECK_SECTION: &str = "both.diff-selfcheck";
+
+/// The differential test: one TAP result per layout; every difference is a
+/// `#` line before its layout's result.
+fn diff_report(log: &SerialLog, out: &mut String, checks: &mut Checks) {
+    let _ = writeln!(
+        out,
+        "\n== differential test (tests-vm/hmm_diff.c: test_hmm and hmm_rs loaded together, \
+         SNAPSHOT and READ of the same seeded layouts)"
+    );
+    let Some(sec) = log.section(DIFF_SECTION) else {
+        let _ = writeln!(out, "did not run");
+        checks.check(false, "the differential test did not run");
+        return;
+    };
+    let r = tap::parse(sec.lines.iter().map(String::as_str));
+    let differing: Vec<&TestResult> = r.iter().filter(|t| t.outcome != Outcome::Pass).collect();
+    let _ = writeln!(
+        out,
+        "{} layouts compared, {} with differences",
+        r.len(),
+        differing.len()
+    );
+    // The diagnostics of the layouts that differ (and their descriptions).
+    let mut pending: Vec<&str> = Vec::new();
+    for line in &sec.lines {
+        if let Some(d) = line.strip_prefix("# ") {
+            pending.push(d);
+        } else if line.starts_with("not ok ") {
+            for d in pending.drain(..) {
+                let _ = writeln!(out, "  {d}");
+            }
+            let _ = writeln!(out, "  {line}");
+        } else if line.starts_with("ok ") {
+            pending.clear();
+        }
+    }
+    if let Some(summary) = sec.lines.iter().find(|l| l.starts_with("# compared: ")) {
+        let _ = writeln!(out, "{}", &summary[2..]);
+    }
+    // The self-check compares two devices of the C driver, which answer
+    // differently for pages on one of them: the test must see that.
+    let selfcheck = log
+        .section(DIFF_SELFCHECK_SECTION)
+        .map(|s| tap::parse(s.lines.iter().map(String::as_str)))
+        .unwrap_or_default();
+    let caught = selfcheck.iter().filter(|t| t.outcome == Outcome::Fail).count();
+    let _ = writeln!(
+        out,
+        "self-check (test_hmm's two devices compared with each other): {caught} of {} layouts \
+         differ, as they must",
+        selfcheck.len()
+    );
+    checks.check(
+        caught > 0,
+        "the differential test's self-check found no difference between two different devices",
+    );
+    checks.check(
+        sec.rc == Some(0) && !r.is_empty() && differing.is_empty(),
+        format!(
+            "differential test: {} of {} layouts differ (exit status {:?})",
+            differing.len(),
+            r.len(),
+            sec.rc
+        ),
+    );
 }
 
 /// The kernel log of every phase (`kernel-log.<phase>` sections, judged by
@@ -600,6 +675,7 @@ mod tests {
         events: &'a str,
         rs_fuzz_end: &'a str,
         c_skips_s: bool,
+        diff: &'a str,
     }
 
     impl Default for Log<'_> {
@@ -614,6 +690,8 @@ mod tests {
                 rs_fuzz_end:
                     "fuzz-done calls=10 elapsed_ms=5 violations=0\n@@HMM-SECTION END rc=0\n",
                 c_skips_s: true,
+                diff: "# layout 1: empty\nok 1 layout_1\n# layout 2: written\nok 2 layout_2\n\
+                       @@HMM-SECTION END rc=0\n",
             }
         }
     }
@@ -629,6 +707,7 @@ mod tests {
                 events,
                 rs_fuzz_end,
                 c_skips_s,
+                diff,
             } = self;
             let c_s = if *c_skips_s {
                 "ok 3 t.s # SKIP no huge pages"
@@ -654,6 +733,8 @@ mod tests {
                  {rs_fuzz_end}\
                  @@HMM-SECTION BEGIN c.fuzz\nfuzz-seed 7\nfuzz-result READ EINVAL 6\nfuzz-result UNKNOWN EINVAL 4\n\
                  fuzz-done calls=10 elapsed_ms=5 violations=0\n@@HMM-SECTION END rc=0\n\
+                 @@HMM-SECTION BEGIN both.diff\n{diff}\
+                 @@HMM-SECTION BEGIN both.diff-selfcheck\n# x\nnot ok 1 layout_1\n@@HMM-SECTION END rc=1\n\
                  @@HMM-SECTION BEGIN rs.bench.1\nbench read_4k pages=8 rounds=1 min_ns=100 median_ns=300\n\
                  @@HMM-SECTION END rc=0\n\
                  @@HMM-SECTION BEGIN rs.bench.2\nbench read_4k pages=8 rounds=1 min_ns=900 median_ns=900\n\
@@ -680,9 +761,11 @@ mod tests {
             .ends_with(&format!("{} passed, 0 failed, 1 skipped\n", r.passed)));
         assert!(r.text.contains("needs MIGRATE_TO_DEV"));
         // 1 claimed + unexplained + 2 uffd + uffd-ran + 1 hostile +
-        // hostile-ran + huge pages + fuzz + bench + 3 module checks
-        // (completed, loaded, unloaded) + kernel log captured + no splat.
-        assert_eq!(r.passed, 15, "{}", r.text);
+        // hostile-ran + huge pages + fuzz + diff + diff self-check + bench +
+        // 3 module checks (completed, loaded, unloaded) + kernel log
+        // captured + no splat.
+        assert_eq!(r.passed, 17, "{}", r.text);
+        assert!(r.text.contains("2 layouts compared, 0 with differences"));
         assert!(r.text.contains("0.50"), "{}", r.text); // min ratio 100/200
         assert!(r.text.contains("1.50"), "{}", r.text); // median ratio 300/200
         assert!(r.text.contains("0.25"), "{}", r.text); // read_unlocked vs C's read
@@ -759,6 +842,22 @@ mod tests {
             "{}",
             r.text
         );
+    }
+
+    #[test]
+    fn a_difference_between_the_drivers_fails_and_is_shown() {
+        let r = Log {
+            diff: "# layout 1: empty\nok 1 layout_1\n# layout 2: written +fork\n\
+                   # snapshot (page) at 5: A 2 (0x2), B 1 (0x1)\nnot ok 2 layout_2\n\
+                   @@HMM-SECTION END rc=1\n",
+            ..Log::default()
+        }
+        .report();
+        assert!(!r.ok(), "{}", r.text);
+        assert!(r.text.contains("differential test: 1 of 2 layouts differ"));
+        assert!(r.text.contains("  snapshot (page) at 5: A 2 (0x2), B 1 (0x1)"));
+        assert!(r.text.contains("  layout 2: written +fork"));
+        assert!(!r.text.contains("  layout 1: empty"));
     }
 
     #[test]

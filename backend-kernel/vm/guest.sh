@@ -25,6 +25,7 @@ FLAVOR="${FLAVOR:-release}"
 FUZZ_SEED="${FUZZ_SEED:-1}"
 FUZZ_CALLS="${FUZZ_CALLS:-20000}"
 FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
+DIFF_LAYOUTS="${DIFF_LAYOUTS:-100}"
 
 echo "@@HMM-CONFIG flavor=$FLAVOR benches=$BENCH_PASSES fuzz_seed=$FUZZ_SEED"
 
@@ -91,6 +92,30 @@ fuzz_driver() {  # fuzz_driver DRIVER KO MODNAME
     lockdep "$drv"
 }
 
+diff_drivers() {  # both drivers loaded side by side, the same questions
+    if ! insmod /hmm/test_hmm.ko; then
+        echo "@@HMM-INSMOD-FAILED c"
+        kernel_log both.diff
+        return
+    fi
+    if insmod /hmm/hmm_rs.ko devname=hmm_rs_dmirror; then
+        section both.diff ./hmm_diff -s "$FUZZ_SEED" -n "$DIFF_LAYOUTS" \
+            /dev/hmm_dmirror0 /dev/hmm_rs_dmirror0 \
+            /dev/hmm_dmirror1 /dev/hmm_rs_dmirror1
+        # Self-check: two devices of one driver answer differently for
+        # pages on one of them (LOCAL vs NONE); the test must see it.
+        section both.diff-selfcheck ./hmm_diff -s "$FUZZ_SEED" -n 10 \
+            /dev/hmm_dmirror0 /dev/hmm_dmirror1 \
+            /dev/hmm_dmirror1 /dev/hmm_rs_dmirror1
+        unload rs hmm_rs
+    else
+        echo "@@HMM-INSMOD-FAILED rs"
+    fi
+    unload c test_hmm
+    kernel_log both.diff
+    lockdep rs
+}
+
 bench_driver() {  # bench_driver DRIVER KO MODNAME PASS BENCH_ARGS...
     drv="$1"; ko="$2"; mod="$3"; pass="$4"; shift 4
     load "$drv" "$ko" || { kernel_log "$drv.bench.$pass"; return; }
@@ -117,6 +142,10 @@ fi
 # crash of the (unhardened) C driver cannot hide hmm_rs's result.
 fuzz_driver rs /hmm/hmm_rs.ko hmm_rs
 fuzz_driver c /hmm/test_hmm.ko test_hmm
+
+# The differential test: test_hmm and hmm_rs loaded together (hmm_rs's
+# nodes renamed), each layout asked of both.
+diff_drivers
 
 # Timing: the drivers take turns, so drift in the (emulated, shared) machine
 # affects both alike; the host takes the fastest and the median over passes.

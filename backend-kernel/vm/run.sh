@@ -19,6 +19,7 @@
 #      HMM_BENCH_PASSES (default 3): the drivers take turns, one pass each;
 #      HMM_FUZZ_SEED (default: the current time), HMM_FUZZ_CALLS (default
 #      20000), HMM_FUZZ_SECONDS (default 60): the ioctl fuzzer, per driver.
+#   HMM_DIFF_LAYOUTS (default 100): layouts of the differential test.
 # Writes OUTDIR/serial.log, OUTDIR/stages.txt and OUTDIR/module-build.log.
 # Exit status: non-zero if a build failed or the VM run did not complete.
 set -euo pipefail
@@ -74,6 +75,7 @@ build_tests() {
     "${cc[@]}" -o "$out/hmm_bench" "$crate/tests-vm/hmm_bench.c"
     "${cc[@]}" -o "$out/ioctl_fuzz" "$crate/tests-vm/ioctl_fuzz.c" -lpthread
     "${cc[@]}" -o "$out/hostile" "$crate/tests-vm/hostile.c" -lpthread
+    "${cc[@]}" -o "$out/hmm_diff" "$crate/tests-vm/hmm_diff.c"
 }
 timed tests-vm build_tests
 
@@ -82,10 +84,11 @@ cat > "$out/test.sh" <<EOF
 FLAVOR=$HMM_KERNEL_FLAVOR \\
 BENCH_MIB=${HMM_BENCH_MIB:-64} BENCH_ROUNDS=${HMM_BENCH_ROUNDS:-5} BENCH_PASSES=$passes \\
 FUZZ_SEED=$fuzz_seed FUZZ_CALLS=${HMM_FUZZ_CALLS:-20000} FUZZ_SECONDS=${HMM_FUZZ_SECONDS:-60} \\
+DIFF_LAYOUTS=${HMM_DIFF_LAYOUTS:-100} \\
     sh /hmm/guest.sh
 EOF
 timed initramfs "$harness/mkinitramfs.sh" -o "$out/initramfs.cpio.gz" -s "$out/test.sh" \
-    "$crate/module/hmm_rs.ko" "$out/uffd_read" "$out/hmm_bench" "$out/ioctl_fuzz" "$out/hostile" \
+    "$crate/module/hmm_rs.ko" "$out/uffd_read" "$out/hmm_bench" "$out/ioctl_fuzz" "$out/hostile" "$out/hmm_diff" \
     "$here/guest.sh"
 
 set +e
