@@ -74,6 +74,7 @@ use super::clock::{Clock, NoClock};
 use super::error::Error;
 use super::fault::{FaultFlags, FaultHandler, FaultOutcome};
 use super::mm::MmapLock;
+use super::need::Request;
 use super::notifier::IntervalNotifier;
 use super::pfn::PfnFlags;
 use super::range::Range;
@@ -141,15 +142,33 @@ pub struct Stats {
     pub migration_waits: u64,
 }
 
-/// The result of an entry point that takes a held guard: the outcome and the
-/// guard, if the lock is still (or again) held.
+/// What an entry point that takes a held guard gives back: the outcome,
+/// and the guard if the lock is held on return. A fault may have dropped
+/// the lock, so the guard is not always there.
 #[derive(Debug)]
 #[must_use]
-pub struct Locked<G> {
+pub struct MaybeLocked<G> {
     /// 0 or the error.
     pub result: Result<(), Error>,
     /// The read guard, if the lock is held on return.
     pub guard: Option<G>,
+}
+
+impl<G> MaybeLocked<G> {
+    /// The call ends with the lock held.
+    const fn held(result: Result<(), Error>, guard: G) -> Self {
+        MaybeLocked {
+            result,
+            guard: Some(guard),
+        }
+    }
+    /// The call ends with the lock released (a fault dropped it).
+    const fn dropped(result: Result<(), Error>) -> Self {
+        MaybeLocked {
+            result,
+            guard: None,
+        }
+    }
 }
 
 /// The outside world of one range fault: the mmap lock, the fault handler,
@@ -211,7 +230,7 @@ pub fn range_fault<'a, L, H, N, S, C>(
     range: &mut Range<'_>,
     guard: L::Guard<'a>,
     stats: &mut Stats,
-) -> Locked<L::Guard<'a>>
+) -> MaybeLocked<L::Guard<'a>>
 where
     L: MmapLock + ?Sized,
     H: FaultHandler<L> + ?Sized,
@@ -224,7 +243,7 @@ where
         range,
         Some(guard),
         &Options::default(),
-        Mode::Compat,
+        Mode::Linux,
         stats,
     )
 }
@@ -240,7 +259,7 @@ pub fn range_fault_unlockable<'a, L, H, N, S, C>(
     guard: L::Guard<'a>,
     opts: &Options,
     stats: &mut Stats,
-) -> Locked<L::Guard<'a>>
+) -> MaybeLocked<L::Guard<'a>>
 where
     L: MmapLock + ?Sized,
     H: FaultHandler<L> + ?Sized,
@@ -248,7 +267,7 @@ where
     S: Signals + ?Sized,
     C: Clock + ?Sized,
 {
-    drive(env, range, Some(guard), opts, Mode::Unlockable, stats)
+    drive(env, range, Some(guard), opts, Mode::MayUnlock, stats)
 }
 
 /// The owning entry point (`hmm_range_fault_unlocked_timeout` semantics,
@@ -272,21 +291,133 @@ where
 {
     range.validate(env.lock.address_limit())?;
     range.notifier_seq = env.notifier.read_begin();
+    // The guard, if any, is dropped here: the call returns unlocked.
     drive(env, range, None, opts, Mode::Owning, stats).result
 }
 
+/// Which entry point is driving: it decides the fault flags, the errno of a
+/// failed fault, and whether the driver may restart by itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    Compat,
-    Unlockable,
+    /// [`range_fault`]: the caller's lock, never dropped.
+    Linux,
+    /// [`range_fault_unlockable`]: the caller's lock, which faults may drop.
+    MayUnlock,
+    /// [`range_fault_unlocked`]: the driver owns the lock and the sequence.
     Owning,
 }
 
-/// The retry budget.
+/// What the driver does after the sequence moved or a fault dropped the
+/// lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Walk on from where the last walk stopped, under the same sequence.
+    Resume,
+    /// Take a new sequence and walk again from `range.start`.
+    Restart,
+    /// End the call with this error.
+    Return(Error),
+}
+
+/// Whether the entries carry per-page requests (`pfn_flags_mask` selects
+/// `REQ_FAULT` or `REQ_WRITE`). A walk overwrites them with outputs, so
+/// such a range is never restarted by the driver: see the
+/// [module docs](self#per-page-requests-and-restarts).
+const fn has_per_page_requests(request: &Request) -> bool {
+    let req_bits = PfnFlags::REQ_FAULT.union(PfnFlags::REQ_WRITE).bits();
+    request.pfn_flags_mask & req_bits != 0
+}
+
+/// `check_retry(seq)` was true: entries already filled may be stale. Only
+/// the owning entry point restarts by itself, and only if a restart cannot
+/// misread outputs as requests; the others hand `-EBUSY` to the caller.
+const fn on_sequence_moved(mode: Mode, per_page: bool) -> Next {
+    match mode {
+        Mode::Owning if !per_page => Next::Restart,
+        _ => Next::Return(Error::Busy),
+    }
+}
+
+/// A fault dropped the lock (and no fatal signal is pending). Resuming is
+/// sound whatever the caller (the sequence check that follows the re-lock
+/// catches any invalidation); the restart policy restarts only where the
+/// driver may restart by itself. Linux mode never lets a fault drop the
+/// lock (see [`classify`]), so it never gets here.
+const fn after_drop(policy: Policy, mode: Mode, per_page: bool) -> Next {
+    match (mode, policy) {
+        (Mode::Linux, _) => Next::Return(Error::Fault),
+        (_, Policy::Resume) => Next::Resume,
+        (Mode::Owning, Policy::Restart) if !per_page => Next::Restart,
+        (_, Policy::Restart) => Next::Return(Error::Busy),
+    }
+}
+
+/// The flags every fault of a call carries (`WRITE` and `TRIED` are added
+/// per fault): `REMOTE` always; `ALLOW_RETRY | KILLABLE` where faults may
+/// drop the lock; `RETRY_NOWAIT` in no-wait mode.
+fn base_fault_flags(mode: Mode, nowait: bool) -> FaultFlags {
+    let mut base = FaultFlags::REMOTE;
+    if mode != Mode::Linux {
+        base |= FaultFlags::ALLOW_RETRY | FaultFlags::KILLABLE;
+        if nowait {
+            base |= FaultFlags::RETRY_NOWAIT;
+        }
+    }
+    base
+}
+
+/// What one fault left behind.
+#[derive(Debug, PartialEq, Eq)]
+enum Faulted<G> {
+    /// The lock is still held: walk again from the faulted page.
+    Held(G),
+    /// The handler dropped the lock; `completed` if the fault needs no retry
+    /// (`VM_FAULT_COMPLETED`), otherwise it is retried with `TRIED`.
+    Dropped {
+        /// The fault completed while the lock was dropped.
+        completed: bool,
+    },
+    /// The call ends with this error, with the guard if the lock is held.
+    Failed(Error, Option<G>),
+}
+
+/// Map a [`FaultOutcome`] to what the driver does with it. Linux mode
+/// reports every `VM_FAULT_ERROR` as `-EFAULT`, as the kernel does; the
+/// lock-dropping modes give the precise errno. A handler that dropped the
+/// lock without `ALLOW_RETRY`, or with `RETRY_NOWAIT`, broke its contract:
+/// `-EFAULT`, never a crash.
+fn classify<G>(outcome: FaultOutcome<G>, flags: FaultFlags, mode: Mode) -> Faulted<G> {
+    let may_drop =
+        flags.contains(FaultFlags::ALLOW_RETRY) && !flags.contains(FaultFlags::RETRY_NOWAIT);
+    match outcome {
+        FaultOutcome::Done(g) => Faulted::Held(g),
+        FaultOutcome::Error(g, _) if mode == Mode::Linux => Faulted::Failed(Error::Fault, Some(g)),
+        FaultOutcome::Error(g, e) => Faulted::Failed(e.to_error(), Some(g)),
+        FaultOutcome::WouldBlock(g) if flags.contains(FaultFlags::RETRY_NOWAIT) => {
+            Faulted::Failed(Error::Again, Some(g))
+        }
+        FaultOutcome::WouldBlock(g) => Faulted::Failed(Error::Fault, Some(g)),
+        FaultOutcome::Retry | FaultOutcome::Completed if !may_drop => {
+            Faulted::Failed(Error::Fault, None)
+        }
+        FaultOutcome::Retry => Faulted::Dropped { completed: false },
+        FaultOutcome::Completed => Faulted::Dropped { completed: true },
+    }
+}
+
+/// The retry budget and the progress that resets it (see the
+/// [module docs](self#progress-and-the-budget)).
 struct Budget<'c, C: ?Sized> {
     clock: &'c C,
+    /// 0: unbounded.
     timeout: u64,
     deadline: u64,
+    /// The page whose fault last dropped the lock without completing, until
+    /// a walk gets past it.
+    drop_mark: Option<u64>,
+    /// A fault dropped the lock and no walk since has shown whether it made
+    /// progress: expiry waits for that walk.
+    judge_after_walk: bool,
 }
 
 impl<'c, C: Clock + ?Sized> Budget<'c, C> {
@@ -295,6 +426,8 @@ impl<'c, C: Clock + ?Sized> Budget<'c, C> {
             clock,
             timeout,
             deadline: 0,
+            drop_mark: None,
+            judge_after_walk: false,
         };
         b.reset();
         b
@@ -307,30 +440,71 @@ impl<'c, C: Clock + ?Sized> Budget<'c, C> {
     fn expired(&self) -> bool {
         self.timeout != 0 && self.clock.now_ns() >= self.deadline
     }
-}
-
-fn finish<G>(mode: Mode, result: Result<(), Error>, guard: G) -> Locked<G> {
-    if mode == Mode::Owning {
-        drop(guard);
-        Locked {
-            result,
-            guard: None,
+    /// Before re-taking the lock: expired, unless a lock drop is still to
+    /// be judged by the next walk.
+    fn expired_at_relock(&self) -> bool {
+        !self.judge_after_walk && self.expired()
+    }
+    /// A walk stopped for a fault at `addr`: a walk past the page that
+    /// dropped the lock is progress; then judge the last drop, if any.
+    fn expired_at_fault(&mut self, addr: u64) -> bool {
+        if self.drop_mark.is_some_and(|d| addr > d) {
+            self.reset();
+            self.drop_mark = None;
         }
-    } else {
-        Locked {
-            result,
-            guard: Some(guard),
+        core::mem::take(&mut self.judge_after_walk) && self.expired()
+    }
+    /// The fault at `addr` dropped the lock; a completed fault is progress.
+    fn lock_dropped(&mut self, addr: u64, completed: bool) {
+        if completed {
+            self.drop_mark = None;
+            self.reset();
+        } else {
+            self.drop_mark = Some(addr);
         }
+        self.judge_after_walk = true;
     }
 }
 
-fn unlocked<G>(result: Result<(), Error>) -> Locked<G> {
-    Locked {
-        result,
-        guard: None,
+/// The loop's position between passes.
+///
+/// # Invariants
+///
+/// Entries below `cursor` were filled under the lock while the notifier
+/// sequence was `seq`; entries from `cursor` on still hold their input.
+struct Cursor {
+    /// The sequence the output is valid against (also in `range.notifier_seq`).
+    seq: u64,
+    /// Where the next walk starts.
+    cursor: u64,
+    /// The page whose fault last returned `Retry`: its next fault is `TRIED`.
+    tried: Option<u64>,
+    /// A resume is pending; it is counted once the sequence check passes.
+    resuming: bool,
+}
+
+impl Cursor {
+    /// Take a new sequence (never under the mmap lock: `read_begin` may sleep
+    /// on an invalidation that needs it) and go back to `range.start`.
+    fn restart<N: IntervalNotifier + ?Sized>(
+        &mut self,
+        notifier: &N,
+        range: &mut Range<'_>,
+        stats: &mut Stats,
+    ) {
+        self.seq = notifier.read_begin();
+        range.notifier_seq = self.seq;
+        // INVARIANT: nothing is below `range.start`.
+        self.cursor = range.start;
+        self.tried = None;
+        self.resuming = false;
+        stats.restarts = stats.restarts.saturating_add(1);
     }
 }
 
+/// The loop of all three entry points, in `mm/hmm.c`'s order: (re)lock,
+/// check the sequence, walk, fault, decide. It returns with the guard when
+/// the lock is held; the owning entry point drops it.
 fn drive<'a, L, H, N, S, C>(
     env: &Env<'a, L, H, N, S, C>,
     range: &mut Range<'_>,
@@ -338,7 +512,7 @@ fn drive<'a, L, H, N, S, C>(
     opts: &Options,
     mode: Mode,
     stats: &mut Stats,
-) -> Locked<L::Guard<'a>>
+) -> MaybeLocked<L::Guard<'a>>
 where
     L: MmapLock + ?Sized,
     H: FaultHandler<L> + ?Sized,
@@ -347,190 +521,324 @@ where
     C: Clock + ?Sized,
 {
     if let Err(e) = range.validate(env.lock.address_limit()) {
-        return Locked {
+        return MaybeLocked {
             result: Err(e),
             guard,
         };
     }
-    let unlockable = mode != Mode::Compat;
-    let mut base = FaultFlags::REMOTE;
-    if unlockable {
-        base |= FaultFlags::ALLOW_RETRY | FaultFlags::KILLABLE;
-        if opts.nowait {
-            base |= FaultFlags::RETRY_NOWAIT;
-        }
-    }
-    // Per-page requests live in the entries themselves, and a walk
-    // overwrites them with outputs: a restart from `range.start` could not
-    // tell the two apart. With per-page requests the driver therefore never
-    // restarts on its own; it returns -EBUSY and the caller re-initializes
-    // its array, exactly as with Linux's hmm_range_fault().
-    let req_bits = PfnFlags::REQ_FAULT.union(PfnFlags::REQ_WRITE).bits();
-    let per_page = range.request.pfn_flags_mask & req_bits != 0;
-    let mut seq = range.notifier_seq;
-    let mut cursor = range.start;
-    // The page whose fault last returned Retry: its next fault is TRIED.
-    let mut tried: Option<u64> = None;
-    // The page whose fault last dropped the lock, until a walk gets past it.
-    let mut drop_mark: Option<u64> = None;
-    let mut resuming = false;
-    let mut budget = Budget::new(env.clock, if unlockable { opts.timeout_ns } else { 0 });
-    // After a lock-dropping fault, expiry is judged only once the re-walk
-    // has shown whether the fault made progress.
-    let mut judge_after_walk = false;
+    let may_unlock = mode != Mode::Linux;
+    let per_page = has_per_page_requests(&range.request);
+    let base = base_fault_flags(mode, opts.nowait);
+    let mut budget = Budget::new(env.clock, if may_unlock { opts.timeout_ns } else { 0 });
+    // INVARIANT: nothing has been filled yet.
+    let mut at = Cursor {
+        seq: range.notifier_seq,
+        cursor: range.start,
+        tried: None,
+        resuming: false,
+    };
     let mut counters = WalkCounters::default();
 
-    let result = loop {
-        let g = match guard.take() {
-            Some(g) => g,
-            None => {
-                // Only reachable after a drop or a restart, never in Compat.
-                if env.signals.fatal_signal_pending() {
-                    break unlocked(Err(Error::Intr));
-                }
-                if !judge_after_walk && budget.expired() {
-                    break unlocked(Err(Error::Busy));
-                }
-                match env.lock.read_killable() {
-                    Ok(g) => g,
-                    Err(e) => break unlocked(Err(e)),
-                }
-            }
+    let out = loop {
+        // Relock: only after a drop or a restart, so never in Linux mode.
+        let g = match guard.take().map_or_else(|| relock(env, &budget), Ok) {
+            Ok(g) => g,
+            Err(e) => break MaybeLocked::dropped(Err(e)),
         };
-        if env.notifier.check_retry(seq) {
-            if mode != Mode::Owning || per_page {
-                break Locked {
-                    result: Err(Error::Busy),
-                    guard: Some(g),
-                };
+
+        // Check: has an invalidation made the filled entries stale?
+        if env.notifier.check_retry(at.seq) {
+            match on_sequence_moved(mode, per_page) {
+                Next::Return(e) => break MaybeLocked::held(Err(e), g),
+                Next::Resume | Next::Restart => {
+                    drop(g);
+                    at.restart(env.notifier, range, stats);
+                    budget.judge_after_walk = false;
+                    continue;
+                }
             }
-            // read_begin may sleep on an invalidation that needs the mmap
-            // lock: never call it with the lock held.
-            drop(g);
-            seq = env.notifier.read_begin();
-            range.notifier_seq = seq;
-            cursor = range.start;
-            tried = None;
-            resuming = false;
-            judge_after_walk = false;
-            stats.restarts = stats.restarts.saturating_add(1);
-            continue;
         }
-        if resuming {
+        if core::mem::take(&mut at.resuming) {
             stats.resumes = stats.resumes.saturating_add(1);
-            resuming = false;
         }
+
+        // Walk from the cursor until done or a page needs a fault.
         stats.walks = stats.walks.saturating_add(1);
-        let stop = walk(&g, range, cursor, &mut counters);
-        let (addr, write) = match stop {
-            Err(e) => break finish(mode, Err(e), g),
-            Ok(WalkStop::Done) => break finish(mode, Ok(()), g),
+        let (addr, write) = match walk(&g, range, at.cursor, &mut counters) {
+            Ok(WalkStop::NeedFault { addr, write, .. }) => (addr, write),
+            Ok(WalkStop::Done) => break MaybeLocked::held(Ok(()), g),
+            Err(e) => break MaybeLocked::held(Err(e), g),
             Ok(WalkStop::WaitMigration { addr }) => {
                 env.handler.migration_wait(&g, addr);
                 stats.migration_waits = stats.migration_waits.saturating_add(1);
-                // A fatal signal that arrived during the wait ends the call
-                // (GUP checks before every page), whether or not a fault
-                // follows.
-                if unlockable && env.signals.fatal_signal_pending() {
-                    break finish(mode, Err(Error::Intr), g);
+                // GUP checks for a fatal signal before every page, so one
+                // that arrived during the wait ends the call.
+                if may_unlock && env.signals.fatal_signal_pending() {
+                    break MaybeLocked::held(Err(Error::Intr), g);
                 }
-                cursor = addr;
+                // INVARIANT: the walk filled everything below `addr`.
+                at.cursor = addr;
                 guard = Some(g);
                 continue;
             }
-            Ok(WalkStop::NeedFault { addr, write, .. }) => (addr, write),
         };
-        if drop_mark.is_some_and(|d| addr > d) {
-            budget.reset();
-            drop_mark = None;
-        }
-        if core::mem::take(&mut judge_after_walk) && budget.expired() {
+
+        // Fault the page the walk stopped at.
+        if budget.expired_at_fault(addr) {
             // The walk after a lock drop got no further: no progress.
-            break finish(mode, Err(Error::Busy), g);
+            break MaybeLocked::held(Err(Error::Busy), g);
         }
-        if unlockable && env.signals.fatal_signal_pending() {
-            break finish(mode, Err(Error::Intr), g);
+        if may_unlock && env.signals.fatal_signal_pending() {
+            break MaybeLocked::held(Err(Error::Intr), g);
         }
-        let mut f = if write {
-            base | FaultFlags::WRITE
-        } else {
-            base
-        };
-        if tried == Some(addr) {
-            stats.tried_faults = stats.tried_faults.saturating_add(1);
-            f |= FaultFlags::TRIED;
-        }
-        stats.faults = stats.faults.saturating_add(1);
-        match env.handler.fault(g, addr, f) {
-            FaultOutcome::Done(g) => {
-                // GUP's pattern: one fault, then walk again from the faulted
-                // page. The walk sees the leaf the fault installed (a whole
-                // huge page when the fault mapped one) and stops at the next
-                // page that still needs a fault, so a huge leaf costs one
-                // fault, not one per 4 KiB page of the span.
-                tried = None;
-                cursor = addr;
+        let flags = fault_flags(base, write, at.tried == Some(addr), stats);
+        let completed = match classify(env.handler.fault(g, addr, flags), flags, mode) {
+            Faulted::Held(g) => {
+                // GUP's pattern: walk again from the faulted page, which
+                // sees the leaf the fault installed (a whole huge page
+                // when it mapped one). INVARIANT: the walk filled
+                // everything below `addr`.
+                at.tried = None;
+                at.cursor = addr;
                 guard = Some(g);
                 continue;
             }
-            FaultOutcome::Error(g, e) => {
-                let e = if unlockable {
-                    e.to_error()
-                } else {
-                    Error::Fault
-                };
-                break finish(mode, Err(e), g);
+            Faulted::Failed(e, g) => {
+                break MaybeLocked {
+                    result: Err(e),
+                    guard: g,
+                }
             }
-            FaultOutcome::WouldBlock(g) => {
-                let e = if f.contains(FaultFlags::RETRY_NOWAIT) {
-                    Error::Again
-                } else {
-                    Error::Fault
-                };
-                break finish(mode, Err(e), g);
-            }
-            FaultOutcome::Retry | FaultOutcome::Completed
-                if !f.contains(FaultFlags::ALLOW_RETRY) || f.contains(FaultFlags::RETRY_NOWAIT) =>
-            {
-                // The handler dropped a lock it was not allowed to drop.
-                break unlocked(Err(Error::Fault));
-            }
-            FaultOutcome::Retry => {
-                tried = Some(addr);
-                drop_mark = Some(addr);
-            }
-            FaultOutcome::Completed => {
-                tried = None;
-                drop_mark = None;
-                budget.reset();
-            }
-        }
+            Faulted::Dropped { completed } => completed,
+        };
+
+        // Decide: the fault dropped the lock.
+        at.tried = if completed { None } else { Some(addr) };
+        budget.lock_dropped(addr, completed);
         stats.lock_drops = stats.lock_drops.saturating_add(1);
-        judge_after_walk = true;
         if env.signals.fatal_signal_pending() {
-            break unlocked(Err(Error::Intr));
+            break MaybeLocked::dropped(Err(Error::Intr));
         }
-        match opts.policy {
-            Policy::Resume => {
-                // Resume at the page whose fault dropped the lock: it is
-                // where the last walk stopped, and entries from there on
-                // still hold their input (the partial-output contract).
-                cursor = addr;
-                resuming = true;
+        match after_drop(opts.policy, mode, per_page) {
+            Next::Resume => {
+                // INVARIANT: the walk filled everything below `addr`, and
+                // the sequence check after the re-lock vouches for it.
+                at.cursor = addr;
+                at.resuming = true;
             }
-            Policy::Restart if mode == Mode::Unlockable || per_page => {
-                break unlocked(Err(Error::Busy))
-            }
-            Policy::Restart => {
-                seq = env.notifier.read_begin();
-                range.notifier_seq = seq;
-                cursor = range.start;
-                tried = None;
-                stats.restarts = stats.restarts.saturating_add(1);
-            }
+            Next::Restart => at.restart(env.notifier, range, stats),
+            Next::Return(e) => break MaybeLocked::dropped(Err(e)),
         }
     };
     stats.pages_filled = stats.pages_filled.saturating_add(counters.pages_filled);
     stats.leaves = stats.leaves.saturating_add(counters.leaves);
-    result
+    out
+}
+
+/// Re-take the lock after a drop or a restart: not with a fatal signal
+/// pending (`-EINTR`) nor once the budget has expired (`-EBUSY`), and
+/// killably.
+fn relock<'a, L, H, N, S, C>(
+    env: &Env<'a, L, H, N, S, C>,
+    budget: &Budget<'_, C>,
+) -> Result<L::Guard<'a>, Error>
+where
+    L: MmapLock + ?Sized,
+    H: ?Sized,
+    N: ?Sized,
+    S: Signals + ?Sized,
+    C: Clock + ?Sized,
+{
+    if env.signals.fatal_signal_pending() {
+        return Err(Error::Intr);
+    }
+    if budget.expired_at_relock() {
+        return Err(Error::Busy);
+    }
+    env.lock.read_killable()
+}
+
+/// The flags of one fault: `base`, `WRITE` for a write fault, and `TRIED`
+/// when it retries the fault that last dropped the lock (counted).
+fn fault_flags(base: FaultFlags, write: bool, retry: bool, stats: &mut Stats) -> FaultFlags {
+    let mut flags = base;
+    if write {
+        flags |= FaultFlags::WRITE;
+    }
+    if retry {
+        stats.tried_faults = stats.tried_faults.saturating_add(1);
+        flags |= FaultFlags::TRIED;
+    }
+    stats.faults = stats.faults.saturating_add(1);
+    flags
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fault::VmFaultError;
+    use super::*;
+
+    const MODES: [Mode; 3] = [Mode::Linux, Mode::MayUnlock, Mode::Owning];
+    const BUSY: Next = Next::Return(Error::Busy);
+
+    #[test]
+    fn per_page_requests_are_the_req_bits_of_the_mask() {
+        let req = |mask: u64| Request {
+            default_flags: PfnFlags::REQ_FAULT.bits(),
+            pfn_flags_mask: mask,
+        };
+        let table: [(u64, bool); 5] = [
+            (0, false),
+            (PfnFlags::REQ_FAULT.bits(), true),
+            (PfnFlags::REQ_WRITE.bits(), true),
+            (PfnFlags::ERROR.bits(), false),
+            (u64::MAX, true),
+        ];
+        for (mask, want) in table {
+            assert_eq!(has_per_page_requests(&req(mask)), want, "{mask:#x}");
+        }
+    }
+
+    #[test]
+    fn sequence_moved_table() {
+        // (mode, per-page requests) -> next
+        let table = [
+            (Mode::Linux, false, BUSY),
+            (Mode::Linux, true, BUSY),
+            (Mode::MayUnlock, false, BUSY),
+            (Mode::MayUnlock, true, BUSY),
+            (Mode::Owning, false, Next::Restart),
+            (Mode::Owning, true, BUSY),
+        ];
+        for (mode, per_page, want) in table {
+            assert_eq!(
+                on_sequence_moved(mode, per_page),
+                want,
+                "{mode:?} {per_page}"
+            );
+        }
+    }
+
+    #[test]
+    fn after_drop_table() {
+        use Policy::{Restart, Resume};
+        // (mode, policy, per-page requests) -> next
+        let table = [
+            (Mode::Linux, Resume, false, Next::Return(Error::Fault)),
+            (Mode::Linux, Restart, true, Next::Return(Error::Fault)),
+            (Mode::MayUnlock, Resume, false, Next::Resume),
+            (Mode::MayUnlock, Resume, true, Next::Resume),
+            (Mode::MayUnlock, Restart, false, BUSY),
+            (Mode::MayUnlock, Restart, true, BUSY),
+            (Mode::Owning, Resume, false, Next::Resume),
+            (Mode::Owning, Resume, true, Next::Resume),
+            (Mode::Owning, Restart, false, Next::Restart),
+            (Mode::Owning, Restart, true, BUSY),
+        ];
+        for (mode, policy, per_page, want) in table {
+            assert_eq!(
+                after_drop(policy, mode, per_page),
+                want,
+                "{mode:?} {policy:?} {per_page}"
+            );
+        }
+    }
+
+    #[test]
+    fn base_flags_table() {
+        let drop = FaultFlags::REMOTE | FaultFlags::ALLOW_RETRY | FaultFlags::KILLABLE;
+        let table = [
+            (Mode::Linux, false, FaultFlags::REMOTE),
+            (Mode::Linux, true, FaultFlags::REMOTE),
+            (Mode::MayUnlock, false, drop),
+            (Mode::MayUnlock, true, drop | FaultFlags::RETRY_NOWAIT),
+            (Mode::Owning, false, drop),
+            (Mode::Owning, true, drop | FaultFlags::RETRY_NOWAIT),
+        ];
+        for (mode, nowait, want) in table {
+            assert_eq!(base_fault_flags(mode, nowait), want, "{mode:?} {nowait}");
+        }
+    }
+
+    #[test]
+    fn fault_flags_add_write_and_counted_tried() {
+        let mut stats = Stats::default();
+        let base = FaultFlags::REMOTE;
+        assert_eq!(fault_flags(base, false, false, &mut stats), base);
+        assert_eq!(
+            fault_flags(base, true, true, &mut stats),
+            base | FaultFlags::WRITE | FaultFlags::TRIED
+        );
+        assert_eq!((stats.faults, stats.tried_faults), (2, 1));
+    }
+
+    #[test]
+    fn classify_table() {
+        let fail = |e: Error, held: bool| Faulted::Failed(e, held.then_some(()));
+        let oom = VmFaultError::Oom;
+        for mode in MODES {
+            let flags = base_fault_flags(mode, false);
+            let nowait = base_fault_flags(mode, true);
+            let linux = mode == Mode::Linux;
+            let dropped = |completed| {
+                if linux {
+                    fail(Error::Fault, false)
+                } else {
+                    Faulted::Dropped { completed }
+                }
+            };
+            let table = [
+                (FaultOutcome::Done(()), flags, Faulted::Held(())),
+                (
+                    FaultOutcome::Error((), oom),
+                    flags,
+                    fail(if linux { Error::Fault } else { Error::NoMem }, true),
+                ),
+                (
+                    FaultOutcome::WouldBlock(()),
+                    flags,
+                    fail(Error::Fault, true),
+                ),
+                (
+                    FaultOutcome::WouldBlock(()),
+                    nowait,
+                    fail(if linux { Error::Fault } else { Error::Again }, true),
+                ),
+                (FaultOutcome::Retry, flags, dropped(false)),
+                (FaultOutcome::Completed, flags, dropped(true)),
+                // Dropping the lock in no-wait mode breaks the contract.
+                (FaultOutcome::Retry, nowait, fail(Error::Fault, false)),
+                (FaultOutcome::Completed, nowait, fail(Error::Fault, false)),
+            ];
+            for (i, (outcome, flags, want)) in table.into_iter().enumerate() {
+                assert_eq!(classify(outcome, flags, mode), want, "{mode:?} row {i}");
+            }
+        }
+    }
+
+    struct Tick(core::cell::Cell<u64>);
+    impl Clock for Tick {
+        fn now_ns(&self) -> u64 {
+            self.0.get()
+        }
+    }
+
+    #[test]
+    fn budget_judges_a_drop_after_the_next_walk() {
+        let clock = Tick(core::cell::Cell::new(0));
+        let mut b = Budget::new(&clock, 10);
+        clock.0.set(20);
+        assert!(b.expired_at_relock(), "no drop pending: judged at relock");
+        b.lock_dropped(0x1000, false);
+        assert!(!b.expired_at_relock(), "a drop waits for its walk");
+        assert!(b.expired_at_fault(0x1000), "the walk got no further");
+        b.lock_dropped(0x1000, false);
+        assert!(!b.expired_at_fault(0x2000), "past the mark: progress");
+        clock.0.set(40);
+        b.lock_dropped(0x2000, true);
+        assert!(!b.expired_at_fault(0x2000), "a completed fault is progress");
+        let unbounded = Budget::new(&clock, 0);
+        clock.0.set(u64::MAX);
+        assert!(!unbounded.expired());
+    }
 }

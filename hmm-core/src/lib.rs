@@ -119,7 +119,8 @@ pub mod walk;
 
 pub use clock::{Clock, NoClock};
 pub use driver::{
-    range_fault, range_fault_unlockable, range_fault_unlocked, Env, Locked, Options, Policy, Stats,
+    range_fault, range_fault_unlockable, range_fault_unlocked, Env, MaybeLocked, Options, Policy,
+    Stats,
 };
 pub use error::Error;
 pub use fault::{FaultFlags, FaultHandler, FaultOutcome, VmFaultError};
