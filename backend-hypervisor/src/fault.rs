@@ -6,7 +6,7 @@
 //!    ([`FaultError::Permission`]).
 //! 2. Fault the 2 MiB-aligned window around the GPA (clipped to the region)
 //!    through hmm-core's owning entry point
-//!    [`hmm_core::range_fault_unlocked`], which takes
+//!    [`hmm_core::range_fault_owning_lock`], which takes
 //!    the host mmap lock and the notifier sequence itself and survives host
 //!    faults that drop the lock (userfaultfd). Every page is requested
 //!    present; write is requested only for a write access (the region
@@ -44,7 +44,7 @@
 use core::sync::atomic::AtomicU64;
 
 use hmm_core::{
-    range_fault_unlocked, Env, Error, HmmPfn, IntervalNotifier, Options, PfnFlags, Range, Stats,
+    range_fault_owning_lock, Env, Error, HmmPfn, IntervalNotifier, Options, PfnFlags, Range, Stats,
     PAGE_SIZE,
 };
 
@@ -186,7 +186,7 @@ where
                 .with_signals(self.host.signals())
                 .with_clock(self.host.clock());
             let mut st = Stats::default();
-            let r = range_fault_unlocked(&env, &mut range, &opts, &mut st);
+            let r = range_fault_owning_lock(&env, &mut range, &opts, &mut st);
             bump(&self.counters.host_faults, st.faults);
             bump(&self.counters.host_lock_drops, st.lock_drops);
             bump(&self.counters.host_resumes, st.resumes);

@@ -80,7 +80,8 @@ pub struct GuestStats {
     pub host_faults: u64,
     /// Host faults that dropped the mmap lock.
     pub host_lock_drops: u64,
-    /// Host walks resumed at the faulting page after a lock drop.
+    /// Host walks resumed after a lock drop, at the address where the last
+    /// walk stopped (not restarted from the window start).
     pub host_resumes: u64,
     /// Host walks restarted from the window start (the sequence moved).
     pub host_restarts: u64,

@@ -41,7 +41,7 @@ pub mod vma;
 pub mod walk;
 
 pub use clock::Clock;
-pub use driver::{range_fault, range_fault_unlocked, Env, Options, Policy, Stats};
+pub use driver::{range_fault, range_fault_owning_lock, Env, Options, Policy, Stats};
 pub use error::Error;
 pub use fault::{FaultFlags, FaultHandler, FaultOutcome, VmFaultError};
 pub use leaf::{Leaf, Present};

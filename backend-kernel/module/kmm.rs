@@ -160,7 +160,7 @@ fn to_leaf(l: &RawLeaf) -> Leaf {
     // Orders are 0, 9 or 18 (or a hugetlb order below 32): always fit.
     let order = (l.order & 0x1f) as u8;
     match l.kind {
-        ffi::LEAF_NONE => Leaf::None,
+        ffi::LEAF_NONE => Leaf::Hole,
         ffi::LEAF_PRESENT => Leaf::Present(Present {
             pfn: l.pfn,
             order,

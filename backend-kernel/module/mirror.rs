@@ -18,7 +18,7 @@
 //!   per pass, and go on. The bounce buffer holds at most [`BOUNCE_PAGES`]
 //!   pages: the transfer moves through it chunk by chunk;
 //! * `READ_UNLOCKED` (nr 0x09) is `READ` faulting through
-//!   `range_fault_unlocked`, whose faults may drop the mmap lock
+//!   `range_fault_owning_lock`, whose faults may drop the mmap lock
 //!   (userfaultfd), with the retry budget of the module parameter
 //!   `unlocked_timeout_ms` (0: none);
 //! * `SNAPSHOT` encodes each page of a no-fault range walk as one byte
@@ -205,7 +205,7 @@ fn errno(e: core_::Error) -> Error {
 enum Path {
     /// `range_fault`: Linux `hmm_range_fault`, lock held throughout.
     Locked,
-    /// `range_fault_unlocked`: owns the lock; faults may drop it.
+    /// `range_fault_owning_lock`: owns the lock; faults may drop it.
     Unlocked,
 }
 
@@ -289,7 +289,7 @@ impl Mirror {
                         timeout_ns,
                         nowait: false,
                     };
-                    core_::range_fault_unlocked(&env, &mut range, &opts, &mut stats)
+                    core_::range_fault_owning_lock(&env, &mut range, &opts, &mut stats)
                 }
             };
             match res {

@@ -74,7 +74,7 @@ pub struct Config {
     pub invalidators: usize,
     /// Device threads faulting windows of the region.
     pub device_threads: usize,
-    /// Pages per `range_fault_unlocked` call (a 2 MiB window by default,
+    /// Pages per `range_fault_owning_lock` call (a 2 MiB window by default,
     /// like mshv's fault-in unit).
     pub chunk_pages: u64,
     /// Device windows completed per invalidation, per invalidator thread.
@@ -113,8 +113,8 @@ USAGE:
 
 OPTIONS:
     --policy resume|restart  after a fault drops the mmap lock, resume the
-                             walk at the faulting page (default) or restart
-                             it from the range start like the kernel patch
+                             walk where it stopped (default) or restart it
+                             from the range start like the kernel patch
     --size SIZE              region size, a multiple of 2M: e.g. 64M, 1G
                              (default 1G)
     --page-size 4k|thp|hugetlb

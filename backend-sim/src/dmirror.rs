@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use hmm_core::{
-    range_fault, range_fault_unlocked, Env, Error, HmmPfn, IntervalNotifier, Options, PfnFlags,
+    range_fault, range_fault_owning_lock, Env, Error, HmmPfn, IntervalNotifier, Options, PfnFlags,
     Range, Request, Stats, VmFlags, PAGE_SHIFT, PAGE_SIZE,
 };
 
@@ -552,7 +552,7 @@ impl Mirror {
     }
 
     /// Fault `[start, end)` into the device through hmm-core's owning,
-    /// lock-dropping entry point ([`hmm_core::range_fault_unlocked`]) in
+    /// lock-dropping entry point ([`hmm_core::range_fault_owning_lock`]) in
     /// `chunk`-page pieces, then validate under the driver lock and program
     /// the device. `opts.timeout_ns` also bounds the validation retries.
     /// Statistics accumulate in `stats`. `chunk` is at least 1 and at most
@@ -603,7 +603,7 @@ impl Mirror {
                 let mut range = Range::new(a, b, &mut pfns[..n])
                     .with_request(Request::new(flags.bits(), 0))
                     .with_owner(self.owner());
-                range_fault_unlocked(&env, &mut range, opts, stats)?;
+                range_fault_owning_lock(&env, &mut range, opts, stats)?;
                 let mut pt = self.inner.pt();
                 if notifier.read_retry(range.notifier_seq) {
                     continue;

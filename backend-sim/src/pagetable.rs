@@ -397,7 +397,7 @@ impl Tables {
                     while j < n && ptes[j].load(Ordering::Relaxed) == 0 {
                         j += 1;
                     }
-                    Leaf::NonePtes
+                    Leaf::EmptyPtes
                 } else {
                     if w & P_PRESENT != 0 && w >> PAYLOAD_SHIFT != ZERO_PFN {
                         let step = 1u64 << PAYLOAD_SHIFT;
@@ -421,7 +421,7 @@ impl Tables {
             let next = ((a | (size - 1)) + 1).min(end);
             let w = table.0[index(a, shift)].load(Ordering::Acquire);
             match Pte::decode(w, true) {
-                Pte::None => upper(f, a, next, Leaf::None)?,
+                Pte::None => upper(f, a, next, Leaf::Hole)?,
                 Pte::Table(id) => self.walk_level(id, shift - 9, a, next, frames, f)?,
                 Pte::Present {
                     pfn,
@@ -459,7 +459,7 @@ impl Tables {
                 }
                 // An absent PUD is a hole; anything else absent at the PMD
                 // level is a bad entry.
-                _ if shift == PUD_SHIFT => upper(f, a, next, Leaf::None)?,
+                _ if shift == PUD_SHIFT => upper(f, a, next, Leaf::Hole)?,
                 _ => upper(f, a, next, Leaf::Bad)?,
             }
             a = next;
@@ -567,7 +567,7 @@ fn pte_leaf(w: u64, frames: &Frames) -> Leaf {
         });
     }
     if w == 0 {
-        return Leaf::None;
+        return Leaf::Hole;
     }
     match Pte::decode(w, false) {
         Pte::Swap { .. } => Leaf::Swap,
@@ -583,7 +583,7 @@ fn pte_leaf(w: u64, frames: &Frames) -> Leaf {
         },
         Pte::DeviceExclusive { .. } => Leaf::DeviceExclusive,
         Pte::HwPoison { .. } => Leaf::HwPoison,
-        Pte::Marker(_) => Leaf::None,
+        Pte::Marker(_) => Leaf::Hole,
         _ => Leaf::Bad,
     }
 }
@@ -680,12 +680,12 @@ mod tests {
         assert_eq!(
             spans,
             [
-                (0x1000, 0x3000, Leaf::NonePtes),
+                (0x1000, 0x3000, Leaf::EmptyPtes),
                 (0x3000, 0x6000, present(0x999, true)),
                 (0x6000, 0x7000, present(0x99c, false)),
-                (0x7000, PMD_SIZE, Leaf::NonePtes),
+                (0x7000, PMD_SIZE, Leaf::EmptyPtes),
                 (PMD_SIZE, 2 * PMD_SIZE, huge),
-                (2 * PMD_SIZE, 3 * PMD_SIZE, Leaf::None),
+                (2 * PMD_SIZE, 3 * PMD_SIZE, Leaf::Hole),
             ]
         );
     }

@@ -356,10 +356,10 @@ pub fn render(home: &Path, extras: &BTreeMap<String, f64>, run: &RunInfo) -> Str
         o,
         "\n## 3. userfaultfd-backed fault-in with a handler thread\n\n\
          Every page of a fresh range registered with userfaultfd (MISSING) is faulted \
-         through `range_fault_unlocked` over the whole range; each fault queues a \
+         through `range_fault_owning_lock` over the whole range; each fault queues a \
          message, drops the mmap lock and sleeps until the handler thread's \
-         `UFFDIO_COPY` wakes it. `resume` re-walks from the faulting page after each \
-         drop (ours); `restart` re-walks from the range start (the seed series). \
+         `UFFDIO_COPY` wakes it. `resume` re-walks from where the last walk stopped \
+         after each drop (ours); `restart` re-walks from the range start (the seed series). \
          The walker's share is measured in a separate instrumented run of the same \
          size that sums the time from each walk pass's VMA lookup to the end of its \
          page-table iteration (timer cost included, so it is an upper bound).\n"

@@ -5,7 +5,7 @@
 //! registers it with a userfaultfd in MISSING mode and starts a handler
 //! thread that answers each page-fault message with `UFFDIO_COPY` of one
 //! page. [`UffdRange::fault_in`] then faults the whole range in with
-//! hmm-core's owning entry point ([`range_fault_unlocked`]) under a
+//! hmm-core's owning entry point ([`range_fault_owning_lock`]) under a
 //! [`Policy`]: with [`Policy::Resume`] each round trip re-walks from the
 //! faulting page; with [`Policy::Restart`] (the seed series) it re-walks
 //! from the range start, which is quadratic.
@@ -27,7 +27,7 @@ use backend_sim::task::Task;
 use backend_sim::userfaultfd::{CopyMode, Features, UffdCtx, UffdMsg};
 use backend_sim::{Errno, Machine};
 use hmm_core::{
-    range_fault_unlocked, Env, Error, FaultFlags, FaultHandler, FaultOutcome, HmmPfn,
+    range_fault_owning_lock, Env, Error, FaultFlags, FaultHandler, FaultOutcome, HmmPfn,
     IntervalNotifier, Leaf, MmView, MmapLock, Options, PfnFlags, Policy, Range, Stats, Vma,
     PAGE_SIZE,
 };
@@ -99,7 +99,7 @@ impl UffdRange {
         (self.len / PAGE_SIZE) as usize
     }
 
-    /// Fault the whole range in for read with [`range_fault_unlocked`]
+    /// Fault the whole range in for read with [`range_fault_owning_lock`]
     /// under `policy`, writing the output into `pfns`. Checks that every
     /// entry came back valid.
     pub fn fault_in(&self, policy: Policy, pfns: &mut [u64]) -> Result<FaultIn, Error> {
@@ -160,7 +160,7 @@ where
     let t0 = Instant::now();
     let mut range =
         Range::new(start, start + len, pfns).with_default_flags(PfnFlags::REQ_FAULT.bits());
-    range_fault_unlocked(env, &mut range, &Options::with_policy(policy), &mut stats)?;
+    range_fault_owning_lock(env, &mut range, &Options::with_policy(policy), &mut stats)?;
     let elapsed = t0.elapsed();
     if notifier.read_retry(range.notifier_seq) || !range.pfns.iter().all(|&p| HmmPfn(p).is_valid())
     {

@@ -417,7 +417,7 @@ impl MmView for TestGuard<'_> {
                     // A none PTE is one page; model empty PMDs as 2 MiB holes.
                     let pmd_end = (a | ((PAGE_SIZE << 9) - 1)).saturating_add(1);
                     let b = self.mm.next_mapping_start(a).min(pmd_end).min(end);
-                    (b, Leaf::None)
+                    (b, Leaf::Hole)
                 }
             };
             if f(a, b, leaf).is_break() {

@@ -12,14 +12,14 @@
 //!   faults never drop it (no `ALLOW_RETRY`, so a userfaultfd range fails
 //!   with `-EFAULT` exactly as in the kernel); a moved sequence is `-EBUSY`;
 //!   fault errors are all `-EFAULT` as in the kernel.
-//! * [`range_fault_unlockable`]: the seed patch's contract for callers that
+//! * [`range_fault_may_unlock`]: the seed patch's contract for callers that
 //!   must hold the lock. Faults may drop it (`ALLOW_RETRY | KILLABLE`). With
 //!   [`Policy::Resume`] the driver re-takes the lock killably, resumes where
 //!   the walk stopped (retrying the dropping page with `TRIED`) if the
 //!   sequence has not moved, and hands
 //!   the held guard back; with [`Policy::Restart`] it returns `-EBUSY` and no
 //!   guard (the seed v1 behaviour: the caller restarts from `range.start`).
-//! * [`range_fault_unlocked`]: the maintainers' design. The driver owns the
+//! * [`range_fault_owning_lock`]: the maintainers' design. The driver owns the
 //!   lock (`read_killable`), the notifier sequence (`read_begin`) and the
 //!   retry loop: it resumes after a lock drop when the sequence has not
 //!   moved and restarts from the range start with a new sequence when it
@@ -224,7 +224,20 @@ impl<'a, L: ?Sized, H: ?Sized, N: ?Sized, S: ?Sized, C: ?Sized> Env<'a, L, H, N,
 }
 
 /// Linux `hmm_range_fault()`: the caller holds the read lock and
-/// `range.notifier_seq`; faults never drop the lock.
+/// `range.notifier_seq`; faults never drop the lock, so the guard always
+/// comes back.
+///
+/// # Errors
+///
+/// On error the entries from the page that failed on are unspecified (the
+/// partial-output contract).
+///
+/// | error | when |
+/// |---|---|
+/// | [`Error::Inval`] | the range is unaligned, empty or inverted, ends past [`MmapLock::address_limit`], or `pfns` does not have one entry per page |
+/// | [`Error::Busy`] | `check_retry(range.notifier_seq)` is true: take a new sequence and call again |
+/// | [`Error::Perm`] | write requested on a VMA without `VM_WRITE` |
+/// | [`Error::Fault`] | a requested page cannot be made valid (no VMA, `VM_IO`, `VM_PFNMAP`, no `VM_READ`, hwpoison, a bad entry), or its fault failed for any reason, a fault that would need to drop the lock (userfaultfd) included |
 pub fn range_fault<'a, L, H, N, S, C>(
     env: &Env<'a, L, H, N, S, C>,
     range: &mut Range<'_>,
@@ -248,12 +261,26 @@ where
     )
 }
 
-/// The locked entry point with lock drop (`hmm_range_fault_unlockable`
-/// semantics): the caller holds the read lock and `range.notifier_seq`;
-/// faults may drop the lock. See the [module docs](self) for what each
-/// policy does after a drop. `-EBUSY` means: take a new sequence and call
-/// again.
-pub fn range_fault_unlockable<'a, L, H, N, S, C>(
+/// The caller's lock, which faults may drop (the seed patch's
+/// `hmm_range_fault_unlockable` semantics): the caller holds the read lock
+/// and `range.notifier_seq`; faults may drop the lock, and the driver
+/// re-takes it killably. See the [module docs](self) for what each policy
+/// does after a drop. The guard comes back if the lock is held on return,
+/// whatever the result.
+///
+/// # Errors
+///
+/// On error the entries from the page that failed on are unspecified.
+///
+/// | error | when | lock on return |
+/// |---|---|---|
+/// | [`Error::Inval`] | as for [`range_fault`] | held |
+/// | [`Error::Busy`] | the sequence moved (checked on entry and after every re-lock); or the budget (`opts.timeout_ns`) ran out without progress; or a fault dropped the lock under [`Policy::Restart`]. Take a new sequence and call again | held after a sequence check or an expiry judged at a fault; otherwise not |
+/// | [`Error::Perm`], [`Error::Fault`] | as for [`range_fault`], except that a fault may drop the lock; also a `VM_FAULT_SIGBUS` / `SIGSEGV`, and a handler that dropped the lock when it was not allowed to | held (not held after a handler broke its contract) |
+/// | [`Error::NoMem`], [`Error::HwPoison`] | the fault handler's `VM_FAULT_OOM`, `VM_FAULT_HWPOISON` | held |
+/// | [`Error::Intr`] | a fatal signal: before a fault, after a migration wait, after a drop, or while re-taking the lock | held before a fault or after a wait; otherwise not |
+/// | [`Error::Again`] | no-wait mode (`opts.nowait`) and a fault would have to sleep | held |
+pub fn range_fault_may_unlock<'a, L, H, N, S, C>(
     env: &Env<'a, L, H, N, S, C>,
     range: &mut Range<'_>,
     guard: L::Guard<'a>,
@@ -276,7 +303,21 @@ where
 /// released. On success `range.notifier_seq` holds the sequence the output
 /// is valid against; the caller checks it with `read_retry` under its update
 /// lock before programming the device.
-pub fn range_fault_unlocked<L, H, N, S, C>(
+///
+/// # Errors
+///
+/// The lock is never held on return. On error the entries from the page
+/// that failed on are unspecified; with per-page requests the caller
+/// re-initializes them before calling again.
+///
+/// | error | when |
+/// |---|---|
+/// | [`Error::Inval`] | as for [`range_fault`] |
+/// | [`Error::Busy`] | the budget (`opts.timeout_ns`) ran out without progress; or, for a range with per-page requests only, the sequence moved or a fault dropped the lock under [`Policy::Restart`] (ranges driven by `default_flags` restart by themselves) |
+/// | [`Error::Perm`], [`Error::Fault`], [`Error::NoMem`], [`Error::HwPoison`] | as for [`range_fault_may_unlock`] |
+/// | [`Error::Intr`] | a fatal signal, checked before every fault and every re-lock, and while waiting for the lock |
+/// | [`Error::Again`] | no-wait mode (`opts.nowait`) and a fault would have to sleep |
+pub fn range_fault_owning_lock<L, H, N, S, C>(
     env: &Env<'_, L, H, N, S, C>,
     range: &mut Range<'_>,
     opts: &Options,
@@ -301,9 +342,9 @@ where
 enum Mode {
     /// [`range_fault`]: the caller's lock, never dropped.
     Linux,
-    /// [`range_fault_unlockable`]: the caller's lock, which faults may drop.
+    /// [`range_fault_may_unlock`]: the caller's lock, which faults may drop.
     MayUnlock,
-    /// [`range_fault_unlocked`]: the driver owns the lock and the sequence.
+    /// [`range_fault_owning_lock`]: the driver owns the lock and the sequence.
     Owning,
 }
 

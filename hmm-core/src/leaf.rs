@@ -7,13 +7,13 @@
 //! * a PTE covers one page. A backend may report a *run* of PTEs as one
 //!   span, the way the kernel batches PTEs of one folio: [`Leaf::Present`]
 //!   with order 0 over several pages means consecutive PTEs mapping
-//!   consecutive PFNs with identical flags, and [`Leaf::NonePtes`] means
+//!   consecutive PFNs with identical flags, and [`Leaf::EmptyPtes`] means
 //!   consecutive none (or marker) PTEs. Runs keep per-PTE semantics: the
 //!   walker decides each entry on its own and faults only the first page
 //!   that needs it, exactly as if each PTE had been reported alone;
 //! * a PMD or PUD leaf (THP, hugetlb, device-private THP) covers its whole
 //!   extent, clipped to the requested range;
-//! * an empty entry above the PTE level ([`Leaf::None`]) covers that entry's
+//! * an empty entry above the PTE level ([`Leaf::Hole`]) covers that entry's
 //!   extent (up to 2 MiB for a none PMD, and so on); a none PTE reported
 //!   alone may also use it. As in the kernel, such a hole is the unit of a
 //!   hole fault: if any entry in it needs a fault, the whole span is
@@ -46,12 +46,15 @@ pub struct Present {
 /// One page-table leaf, as classified by the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Leaf {
-    /// No entry (`pmd_none`, `!pud_present`, or a single `pte_none`), or a
-    /// single PTE marker (uffd-wp marker, guard region, poison marker).
-    /// Hole semantics over the span (see the module docs).
-    None,
-    /// A run of none or marker PTEs, with per-PTE semantics.
-    NonePtes,
+    /// A hole: no entry (`pmd_none`, `!pud_present`, or a single
+    /// `pte_none`), or a single PTE marker (uffd-wp marker, guard region,
+    /// poison marker). If any page of the span needs a fault, the whole span
+    /// is faulted (see the module docs).
+    Hole,
+    /// A run of empty (none or marker) PTEs, each decided on its own: only
+    /// the first page that needs a fault is faulted. Unlike [`Leaf::Hole`],
+    /// never faulted as a whole.
+    EmptyPtes,
     /// A present mapping.
     Present(Present),
     /// A swap entry: faultable (swap-in).

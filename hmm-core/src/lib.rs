@@ -38,7 +38,7 @@
 //!    invalidate callback takes the same lock.
 //!
 //! See [`driver`] for the three entry points ([`range_fault`],
-//! [`range_fault_unlockable`], [`range_fault_unlocked`]) and [`mod@walk`] for the
+//! [`range_fault_may_unlock`], [`range_fault_owning_lock`]) and [`mod@walk`] for the
 //! output rules.
 //!
 //! ## Example
@@ -61,7 +61,7 @@
 //!     .with_default_flags((PfnFlags::REQ_FAULT | PfnFlags::REQ_WRITE).bits());
 //! let env = Env::new(&mm, &mm, &mm).with_signals(&mm).with_clock(&mm);
 //! let mut stats = Stats::default();
-//! range_fault_unlocked(&env, &mut range, &Options::default(), &mut stats)?;
+//! range_fault_owning_lock(&env, &mut range, &Options::default(), &mut stats)?;
 //!
 //! // The caller's final check, under its device update lock:
 //! assert!(!mm.read_retry(range.notifier_seq));
@@ -82,6 +82,13 @@
 //! assert_eq!(out.result.unwrap_err().to_errno(), -14);
 //! # Ok::<(), hmm_core::Error>(())
 //! ```
+//!
+//! ## Implementing a backend
+//!
+//! `examples/flat.rs` is a complete backend in about a hundred lines: one
+//! VMA over a flat array of PTEs, a counting "lock", a fault handler that
+//! installs a frame and a sequence counter as the notifier
+//! (`cargo run -p hmm-core --example flat`).
 //!
 //! ## Building without registry crates
 //!
@@ -119,8 +126,8 @@ pub mod walk;
 
 pub use clock::{Clock, NoClock};
 pub use driver::{
-    range_fault, range_fault_unlockable, range_fault_unlocked, Env, MaybeLocked, Options, Policy,
-    Stats,
+    range_fault, range_fault_may_unlock, range_fault_owning_lock, Env, MaybeLocked, Options,
+    Policy, Stats,
 };
 pub use error::Error;
 pub use fault::{FaultFlags, FaultHandler, FaultOutcome, VmFaultError};

@@ -315,7 +315,7 @@ fn leaf_span(
 ) -> Result<Option<WalkStop>, Error> {
     let b = a.wrapping_add((entries.len() as u64) << super::pfn::PAGE_SHIFT);
     match leaf {
-        Leaf::NonePtes => return pte_run(vma, request, entries, a, None, 0, false, counters),
+        Leaf::EmptyPtes => return pte_run(vma, request, entries, a, None, 0, false, counters),
         Leaf::Present(p) if p.order == 0 && !vma.is_hugetlb() => {
             let cpu = if p.protnone {
                 0
@@ -334,7 +334,7 @@ fn leaf_span(
                 counters,
             );
         }
-        Leaf::None | Leaf::Swap | Leaf::DeviceExclusive => {
+        Leaf::Hole | Leaf::Swap | Leaf::DeviceExclusive => {
             let need = request.need_fault_range(entries, 0);
             if !need.is_empty() {
                 return fault_stop(vma, a, b, need);

@@ -24,7 +24,7 @@ fn unlocked(
     let mut range = Range::new(BASE, end, pfns).with_default_flags(req);
     let env = Env::new(mm, mm, mm).with_signals(mm).with_clock(mm);
     let mut stats = Stats::default();
-    let r = range_fault_unlocked(&env, &mut range, &opts, &mut stats);
+    let r = range_fault_owning_lock(&env, &mut range, &opts, &mut stats);
     assert_eq!(
         mm.readers(),
         0,
@@ -111,7 +111,7 @@ fn bad_ranges_are_einval_with_the_guard_back() {
     drop(out);
     let mut one = [0u64; 1];
     let mut beyond = Range::new(TASK_SIZE, TASK_SIZE + 0x1000, &mut one);
-    let r = range_fault_unlocked(
+    let r = range_fault_owning_lock(
         &env,
         &mut beyond,
         &Options::default(),
@@ -121,7 +121,7 @@ fn bad_ranges_are_einval_with_the_guard_back() {
     let mut empty: [u64; 0] = [];
     let mut e = Range::new(BASE, BASE, &mut empty);
     assert_eq!(
-        range_fault_unlocked(&env, &mut e, &Options::default(), &mut Stats::default()),
+        range_fault_owning_lock(&env, &mut e, &Options::default(), &mut Stats::default()),
         Err(Error::Inval)
     );
 }
@@ -164,7 +164,7 @@ fn a_drop_inside_a_fault_span_resumes_at_the_span_start() {
         let mut range =
             Range::new(BASE, BASE + 0x4000, &mut pfns).with_request(Request::new(0, req));
         let env = Env::new(&mm, &mm, &mm);
-        let r = range_fault_unlocked(
+        let r = range_fault_owning_lock(
             &env,
             &mut range,
             &Options::with_policy(policy),
@@ -197,7 +197,7 @@ fn per_page_requests_are_never_reread_after_a_restart() {
     let mut pfns = [0, req];
     let mut range = Range::new(BASE, BASE + 0x2000, &mut pfns).with_request(Request::new(0, req));
     let env = Env::new(&mm, &mm, &mm);
-    let r = range_fault_unlocked(&env, &mut range, &Options::default(), &mut Stats::default());
+    let r = range_fault_owning_lock(&env, &mut range, &Options::default(), &mut Stats::default());
     assert_eq!(r, Err(Error::Busy));
     // The restart policy with per-page requests: -EBUSY after any drop.
     let mm = mm_with(2, RW, 0, FaultMode::Userfault { resolve: true });
@@ -206,7 +206,7 @@ fn per_page_requests_are_never_reread_after_a_restart() {
     let env = Env::new(&mm, &mm, &mm);
     let opts = Options::with_policy(Policy::Restart);
     assert_eq!(
-        range_fault_unlocked(&env, &mut range, &opts, &mut Stats::default()),
+        range_fault_owning_lock(&env, &mut range, &opts, &mut Stats::default()),
         Err(Error::Busy)
     );
     // With default flags only there is nothing to re-read: it restarts.
@@ -242,7 +242,7 @@ fn locked_entry_point_resumes_and_hands_back_the_retaken_lock() {
     range.notifier_seq = mm.read_begin();
     let env = Env::new(&mm, &mm, &mm).with_signals(&mm);
     let mut stats = Stats::default();
-    let out = range_fault_unlockable(&env, &mut range, mm.read(), &Options::default(), &mut stats);
+    let out = range_fault_may_unlock(&env, &mut range, mm.read(), &Options::default(), &mut stats);
     assert_eq!(out.result, Ok(()));
     assert!(out.guard.is_some());
     assert_eq!(mm.readers(), 1);
@@ -263,7 +263,7 @@ fn locked_entry_point_restart_policy_returns_busy_unlocked() {
     let mut range = Range::new(BASE, BASE + 0x4000, &mut pfns).with_default_flags(REQ_RW);
     let env = Env::new(&mm, &mm, &mm);
     let opts = Options::with_policy(Policy::Restart);
-    let out = range_fault_unlockable(&env, &mut range, mm.read(), &opts, &mut Stats::default());
+    let out = range_fault_may_unlock(&env, &mut range, mm.read(), &opts, &mut Stats::default());
     assert_eq!(out.result, Err(Error::Busy));
     assert!(out.guard.is_none());
     assert_eq!(mm.readers(), 0);
@@ -277,7 +277,7 @@ fn locked_entry_point_busy_when_sequence_moved_during_drop() {
     let mut range = Range::new(BASE, BASE + 0x4000, &mut pfns).with_default_flags(REQ_RW);
     range.notifier_seq = mm.read_begin();
     let env = Env::new(&mm, &mm, &mm);
-    let out = range_fault_unlockable(
+    let out = range_fault_may_unlock(
         &env,
         &mut range,
         mm.read(),
@@ -498,7 +498,7 @@ fn a_handler_dropping_the_lock_without_allow_retry_is_efault_not_a_crash() {
         nowait: true,
         ..Options::default()
     };
-    let r = range_fault_unlocked(&env, &mut range, &opts, &mut Stats::default());
+    let r = range_fault_owning_lock(&env, &mut range, &opts, &mut Stats::default());
     assert_eq!(r, Err(Error::Fault));
 }
 

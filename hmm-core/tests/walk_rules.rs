@@ -493,7 +493,7 @@ fn pte_runs_keep_per_pte_semantics() {
     // A run of none PTEs: only the requested page is faulted.
     let mut pfns = [0, 0, PfnFlags::REQ_FAULT.bits(), 0];
     let mut range = Range::new(BASE, BASE + 0x4000, &mut pfns).with_request(req);
-    let got = walk_span(Leaf::NonePtes, &mut range);
+    let got = walk_span(Leaf::EmptyPtes, &mut range);
     assert_eq!(
         got,
         Ok(WalkStop::NeedFault {
@@ -505,7 +505,7 @@ fn pte_runs_keep_per_pte_semantics() {
     assert_eq!(pfns, [0, 0, PfnFlags::REQ_FAULT.bits(), 0]);
     // The same as a PMD-level hole: the whole span is the fault unit.
     let mut range = Range::new(BASE, BASE + 0x4000, &mut pfns).with_request(req);
-    let got = walk_span(Leaf::None, &mut range);
+    let got = walk_span(Leaf::Hole, &mut range);
     assert_eq!(
         got,
         Ok(WalkStop::NeedFault {

@@ -14,7 +14,7 @@
 //!   inputs from it on (the partial-output contract).
 
 use hmm_core::{
-    range_fault, range_fault_unlockable, range_fault_unlocked, Env, Error, IntervalNotifier,
+    range_fault, range_fault_may_unlock, range_fault_owning_lock, Env, Error, IntervalNotifier,
     MmapLock, Options, Policy, Range, Request, Stats, VmFaultError, WalkCounters, WalkStop,
     PAGE_SIZE,
 };
@@ -29,23 +29,23 @@ use crate::space::{FaultKind, Space};
 pub enum EntryPoint {
     /// `range_fault` (Linux `hmm_range_fault`).
     Linux,
-    /// `range_fault_unlockable` with a policy.
-    Unlockable(Policy),
-    /// `range_fault_unlocked` with a policy.
-    Unlocked(Policy),
-    /// `range_fault_unlocked` in no-wait mode.
-    UnlockedNowait,
+    /// `range_fault_may_unlock` with a policy.
+    MayUnlock(Policy),
+    /// `range_fault_owning_lock` with a policy.
+    OwningLock(Policy),
+    /// `range_fault_owning_lock` in no-wait mode.
+    OwningLockNowait,
 }
 
 impl EntryPoint {
     /// Every entry point and policy.
     pub const ALL: [EntryPoint; 6] = [
         EntryPoint::Linux,
-        EntryPoint::Unlockable(Policy::Resume),
-        EntryPoint::Unlockable(Policy::Restart),
-        EntryPoint::Unlocked(Policy::Resume),
-        EntryPoint::Unlocked(Policy::Restart),
-        EntryPoint::UnlockedNowait,
+        EntryPoint::MayUnlock(Policy::Resume),
+        EntryPoint::MayUnlock(Policy::Restart),
+        EntryPoint::OwningLock(Policy::Resume),
+        EntryPoint::OwningLock(Policy::Restart),
+        EntryPoint::OwningLockNowait,
     ];
 
     /// Whether a lock drop resumes inside the range (rather than returning
@@ -53,7 +53,7 @@ impl EntryPoint {
     pub const fn resumes(self) -> bool {
         matches!(
             self,
-            EntryPoint::Unlockable(Policy::Resume) | EntryPoint::Unlocked(Policy::Resume)
+            EntryPoint::MayUnlock(Policy::Resume) | EntryPoint::OwningLock(Policy::Resume)
         )
     }
 }
@@ -142,7 +142,7 @@ fn fault_error(ep: EntryPoint, kind: FaultKind) -> Option<Error> {
         FaultKind::Fail(VmFaultError::HwPoison) => Some(Error::HwPoison),
         FaultKind::Fail(_) => Some(Error::Fault),
         FaultKind::Userfault if linux => Some(Error::Fault),
-        FaultKind::Userfault | FaultKind::FileIo if ep == EntryPoint::UnlockedNowait => {
+        FaultKind::Userfault | FaultKind::FileIo if ep == EntryPoint::OwningLockNowait => {
             Some(Error::Again)
         }
         _ => None,
@@ -178,10 +178,10 @@ pub fn driver_matches(case: &Case, ep: EntryPoint) -> Result<DriverRun, String> 
                 }
                 out.result
             }
-            EntryPoint::Unlockable(policy) => {
+            EntryPoint::MayUnlock(policy) => {
                 range.notifier_seq = mm.read_begin();
                 let opts = Options::with_policy(policy);
-                let out = range_fault_unlockable(&env, &mut range, mm.read(), &opts, &mut stats);
+                let out = range_fault_may_unlock(&env, &mut range, mm.read(), &opts, &mut stats);
                 if mm.readers() != u32::from(out.guard.is_some()) {
                     return Err(format!(
                         "guard returned: {}, readers held: {}",
@@ -191,16 +191,16 @@ pub fn driver_matches(case: &Case, ep: EntryPoint) -> Result<DriverRun, String> 
                 }
                 out.result
             }
-            EntryPoint::Unlocked(policy) => {
+            EntryPoint::OwningLock(policy) => {
                 let opts = Options::with_policy(policy);
-                range_fault_unlocked(&env, &mut range, &opts, &mut stats)
+                range_fault_owning_lock(&env, &mut range, &opts, &mut stats)
             }
-            EntryPoint::UnlockedNowait => {
+            EntryPoint::OwningLockNowait => {
                 let opts = Options {
                     nowait: true,
                     ..Options::default()
                 };
-                range_fault_unlocked(&env, &mut range, &opts, &mut stats)
+                range_fault_owning_lock(&env, &mut range, &opts, &mut stats)
             }
         };
         if mm.readers() != 0 {

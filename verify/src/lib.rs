@@ -9,7 +9,7 @@
 //!   `tests/driver_properties.rs`) and the fuzz targets in `../fuzz` build
 //!   random address spaces and requests from [`recipe`]s and compare.
 //! * **Model checking of the coherence protocol** ([`protocol`]): a faulter
-//!   running `hmm_core::range_fault_unlocked` against a concurrent address
+//!   running `hmm_core::range_fault_owning_lock` against a concurrent address
 //!   space whose locks and sequence counter go through [`sync`] (std types
 //!   normally, loom's under `--cfg loom`), with a userfaultfd handler
 //!   thread, an invalidator and a concurrent munmap. `tests/protocol_loom.rs`

@@ -68,7 +68,7 @@ impl ModelMm {
     /// Report runs of PTEs as one span, as a batching backend may: order-0
     /// present PTEs mapping consecutive PFNs with identical flags as one
     /// `Leaf::Present`, and consecutive empty PTE slots as one
-    /// `Leaf::NonePtes`. Outputs must not change.
+    /// `Leaf::EmptyPtes`. Outputs must not change.
     pub fn set_pte_batching(&self, on: bool) {
         self.batch_ptes.set(on);
     }
@@ -208,7 +208,7 @@ impl ModelMm {
                     });
                 }
             }
-            Leaf::None | Leaf::NonePtes => {
+            Leaf::Hole | Leaf::EmptyPtes => {
                 let e = if write || v.flags.contains(VmFlags::SHARED) {
                     fresh(0, addr, write)
                 } else {
@@ -292,7 +292,7 @@ impl MmView for ModelGuard<'_> {
             let leaf = leaf_from(leaf, us, a);
             if batch && ue - us == PAGE_SIZE {
                 let pte = match leaf {
-                    Leaf::None => Some(Leaf::NonePtes),
+                    Leaf::Hole => Some(Leaf::EmptyPtes),
                     Leaf::Present(p) if p.order == 0 => Some(leaf),
                     _ => None,
                 };
@@ -332,7 +332,7 @@ impl MmView for ModelGuard<'_> {
 /// with `next`: both empty, or consecutive PFNs with identical flags.
 fn extends(first: Leaf, len: u64, next: Leaf) -> bool {
     match (first, next) {
-        (Leaf::NonePtes, Leaf::NonePtes) => true,
+        (Leaf::EmptyPtes, Leaf::EmptyPtes) => true,
         (Leaf::Present(p), Leaf::Present(q)) => {
             q.pfn == p.pfn.wrapping_add(len / PAGE_SIZE) && Present { pfn: p.pfn, ..q } == p
         }
@@ -365,7 +365,7 @@ impl FaultHandler<ModelMm> for ModelMm {
             FaultKind::Fail(e) => FaultOutcome::Error(guard, e),
             FaultKind::Populate => done(guard),
             FaultKind::Userfault => {
-                let missing = matches!(self.space.borrow().unit_at(&v, addr).2, Leaf::None);
+                let missing = matches!(self.space.borrow().unit_at(&v, addr).2, Leaf::Hole);
                 if !missing {
                     done(guard)
                 } else if !may_drop {
@@ -384,7 +384,7 @@ impl FaultHandler<ModelMm> for ModelMm {
                 // Only a page that is not mapped at all needs the page cache.
                 let unmapped = matches!(
                     self.space.borrow().unit_at(&v, addr).2,
-                    Leaf::None | Leaf::Swap
+                    Leaf::Hole | Leaf::Swap
                 );
                 if !unmapped || self.cached.borrow().contains(&addr) || !may_drop {
                     done(guard)

@@ -1,11 +1,11 @@
 //! The coherence protocol as a concurrent model, driven by the real
-//! `hmm_core::range_fault_unlocked`.
+//! `hmm_core::range_fault_owning_lock`.
 //!
 //! One VMA of [`PAGES`] pages, registered with a userfaultfd-like handler.
 //! Threads:
 //!
 //! * the **faulter** mirrors the range into a device table: it calls
-//!   `range_fault_unlocked` (resume policy), then takes the driver lock,
+//!   `range_fault_owning_lock` (resume policy), then takes the driver lock,
 //!   checks `read_retry` and programs the device. Its fault handler queues a
 //!   request for a missing page, drops the mmap lock and sleeps until the
 //!   userfault handler wakes it;
@@ -34,7 +34,7 @@ use std::cell::Cell;
 use std::ops::ControlFlow;
 
 use hmm_core::{
-    range_fault_unlocked, Env, Error, FaultFlags, FaultHandler, FaultOutcome, HmmPfn,
+    range_fault_owning_lock, Env, Error, FaultFlags, FaultHandler, FaultOutcome, HmmPfn,
     IntervalNotifier, Leaf, MmView, MmapLock, Options, PfnFlags, Policy, Present, Range, Stats,
     VmFaultError, VmFlags, Vma, PAGE_SIZE,
 };
@@ -347,14 +347,14 @@ impl MmView for ProtoGuard<'_> {
         let ptes: [u64; PAGES] =
             core::array::from_fn(|i| self.proto.ptes[i].load(Ordering::SeqCst));
         if self.proto.pmd_hole && ptes.iter().all(|&p| p == 0) {
-            let _ = f(start, end, Leaf::None);
+            let _ = f(start, end, Leaf::Hole);
             return;
         }
         let mut a = start;
         while a < end {
             let pte = ptes[index(a)];
             let leaf = if pte == 0 {
-                Leaf::None
+                Leaf::Hole
             } else {
                 Leaf::Present(Present {
                     pfn: pte & !PTE_WRITE,
@@ -509,7 +509,7 @@ fn faulter(p: &Proto, s: &Scenario) -> Report {
         );
         let mut pfns = [0u64; PAGES];
         let mut range = Range::new(BASE, END, &mut pfns).with_default_flags(req);
-        match range_fault_unlocked(&env, &mut range, &opts, &mut stats) {
+        match range_fault_owning_lock(&env, &mut range, &opts, &mut stats) {
             Ok(()) => {}
             Err(Error::Busy) => {
                 caller_retries += 1;

@@ -117,7 +117,7 @@ fn leaf_verdict(req: &RefRequest, vma: &VmaDesc, leaf: Leaf, input: u64) -> Verd
     };
     match leaf {
         // Empty or marker, swap, device-exclusive: 0, faultable.
-        Leaf::None | Leaf::NonePtes | Leaf::Swap | Leaf::DeviceExclusive => none(0),
+        Leaf::Hole | Leaf::EmptyPtes | Leaf::Swap | Leaf::DeviceExclusive => none(0),
         Leaf::Present(p) => {
             let order = if vma.flags.contains(VmFlags::HUGETLB) {
                 vma.hugetlb_order

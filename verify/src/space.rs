@@ -205,7 +205,7 @@ impl Space {
 
     /// The page-table unit holding `addr` inside `vma`: the covering entry's
     /// extent and its leaf (PFNs of the extent's first page), or the extent of
-    /// the empty slot around it and [`Leaf::None`]. Not clipped to the VMA.
+    /// the empty slot around it and [`Leaf::Hole`]. Not clipped to the VMA.
     pub fn unit_at(&self, vma: &VmaDesc, addr: u64) -> (u64, u64, Leaf) {
         if let Some(e) = self.entry_at(addr) {
             return (e.base, e.end(), e.leaf);
@@ -221,7 +221,7 @@ impl Space {
             let s = addr & !(slot(pages) - 1);
             let e = s + slot(pages);
             if self.overlapping(s, e).next().is_none() {
-                return (s, e, Leaf::None);
+                return (s, e, Leaf::Hole);
             }
         }
         unreachable!("a page with no entry is an empty PTE slot")
@@ -273,7 +273,7 @@ mod tests {
         let mut s = Space::new();
         let v = vma(g, 3 * g, VmFlags::READ, 0);
         assert!(s.add_vma(v));
-        assert_eq!(s.unit_at(&v, g + 0x5000), (g, 2 * g, Leaf::None));
+        assert_eq!(s.unit_at(&v, g + 0x5000), (g, 2 * g, Leaf::Hole));
         let pte = Entry {
             base: g + slot(PMD_PAGES) + 0x3000,
             order: 0,
@@ -281,10 +281,10 @@ mod tests {
         };
         assert!(s.add_entry(pte));
         // Same PUD slot, other PMD slot: a PMD-sized hole.
-        assert_eq!(s.unit_at(&v, g), (g, g + slot(PMD_PAGES), Leaf::None));
+        assert_eq!(s.unit_at(&v, g), (g, g + slot(PMD_PAGES), Leaf::Hole));
         // Same PMD slot: one-page holes.
         let a = g + slot(PMD_PAGES);
-        assert_eq!(s.unit_at(&v, a), (a, a + PAGE_SIZE, Leaf::None));
+        assert_eq!(s.unit_at(&v, a), (a, a + PAGE_SIZE, Leaf::Hole));
         assert_eq!(s.unit_at(&v, pte.base), (pte.base, pte.end(), Leaf::Swap));
         // Overlap and misalignment are refused.
         let huge = Entry {

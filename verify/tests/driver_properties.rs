@@ -33,26 +33,26 @@ proptest! {
 
     #[test]
     fn unlockable_resume(r in common::recipe()) {
-        check(&r, EntryPoint::Unlockable(hmm_core::Policy::Resume))?;
+        check(&r, EntryPoint::MayUnlock(hmm_core::Policy::Resume))?;
     }
 
     #[test]
     fn unlockable_restart(r in common::recipe()) {
-        check(&r, EntryPoint::Unlockable(hmm_core::Policy::Restart))?;
+        check(&r, EntryPoint::MayUnlock(hmm_core::Policy::Restart))?;
     }
 
     #[test]
     fn unlocked_resume(r in common::recipe()) {
-        check(&r, EntryPoint::Unlocked(hmm_core::Policy::Resume))?;
+        check(&r, EntryPoint::OwningLock(hmm_core::Policy::Resume))?;
     }
 
     #[test]
     fn unlocked_restart(r in common::recipe()) {
-        check(&r, EntryPoint::Unlocked(hmm_core::Policy::Restart))?;
+        check(&r, EntryPoint::OwningLock(hmm_core::Policy::Restart))?;
     }
 
     #[test]
     fn unlocked_nowait(r in common::recipe()) {
-        check(&r, EntryPoint::UnlockedNowait)?;
+        check(&r, EntryPoint::OwningLockNowait)?;
     }
 }

@@ -1,6 +1,6 @@
 //! Model checking of the coherence protocol with loom: every interleaving
 //! (up to a preemption bound) of the faulter running the real
-//! `hmm_core::range_fault_unlocked`, the userfault handler thread, the
+//! `hmm_core::range_fault_owning_lock`, the userfault handler thread, the
 //! invalidator and munmap, with the invariants of
 //! [`hmm_verify::protocol`]; and each seeded bug caught.
 //!

@@ -17,8 +17,8 @@ mod common;
 use std::collections::BTreeSet;
 
 use hmm_core::{
-    range_fault_unlocked, Env, HmmPfn, IntervalNotifier, Options, PfnFlags, Policy, Range, Request,
-    Stats, VmFlags, PAGE_SIZE,
+    range_fault_owning_lock, Env, HmmPfn, IntervalNotifier, Options, PfnFlags, Policy, Range,
+    Request, Stats, VmFlags, PAGE_SIZE,
 };
 use hmm_verify::check::{driver_matches, EntryPoint};
 use hmm_verify::model_mm::ModelMm;
@@ -57,7 +57,7 @@ fn resume_after_a_later_page_drops_the_lock_fills_every_entry() {
             .with_request(Request::new(0, req));
         let env = Env::new(&mm, &mm, &mm);
         let opts = Options::with_policy(policy);
-        let r = range_fault_unlocked(&env, &mut range, &opts, &mut Stats::default());
+        let r = range_fault_owning_lock(&env, &mut range, &opts, &mut Stats::default());
         assert_eq!(r, Ok(()), "{policy:?}");
         assert_eq!(mm.readers(), 0);
         // Nothing was invalidated: the caller's final check passes.
@@ -90,7 +90,7 @@ proptest! {
     #[test]
     fn resume_policies_with_file_io(r in common::recipe()) {
         let case = r.build();
-        for ep in [EntryPoint::Unlocked(Policy::Resume), EntryPoint::Unlockable(Policy::Resume)] {
+        for ep in [EntryPoint::OwningLock(Policy::Resume), EntryPoint::MayUnlock(Policy::Resume)] {
             if let Err(e) = driver_matches(&case, ep) {
                 prop_assert!(false, "{ep:?}: {e}\ncase: {case:#x?}");
             }

@@ -189,7 +189,7 @@ impl HostPageTable {
             let b = (es + size).min(end);
             let d = t.0[index(a, level)].load(Ordering::Acquire);
             match decode(level, d) {
-                Entry::None => f(a, b, Leaf::None)?,
+                Entry::None => f(a, b, Leaf::Hole)?,
                 Entry::Table(next) => self.walk_table(next, level + 1, a, b, f)?,
                 Entry::Migration(_) => f(a, b, Leaf::Migration)?,
                 Entry::Leaf { pa, write } => {
