@@ -18,12 +18,12 @@
 //!   [`vmx`]: Intel EPT capabilities (`IA32_VMX_EPT_VPID_CAP`), the EPTP
 //!   and the `INVEPT` flush.
 //! * [`region`]: guest regions (GPA range -> host VA range, permissions).
-//! * [`guest`]: [`GuestMemory`], the manager.
-//! * [`fault`]: the guest-fault path (2 MiB windows through hmm-core's
-//!   owning entry point, notifier validation under the region lock,
-//!   largest-leaf mapping).
-//! * [`async_pf`]: no-wait faults deferred to a worker.
-//! * [`invalidate`]: the host notifier callback.
+//! * [`guest`]: [`GuestMemory`], the manager, one concern per file:
+//!   [`guest::fault`], the guest-fault path (2 MiB windows through
+//!   hmm-core's owning entry point, notifier validation under the region
+//!   lock, largest-leaf mapping); [`guest::async_pf`], no-wait faults
+//!   deferred to a worker; [`guest::invalidate`], the host notifier
+//!   callback; and the counters ([`GuestStats`]).
 //! * [`host`]: the host address space as a bundle of hmm-core traits.
 //! * [`audit`]: the coherence check of second-stage tables against the host.
 //!
@@ -72,14 +72,11 @@
 )]
 
 pub mod alloc;
-pub mod async_pf;
 pub mod audit;
 pub mod descriptor;
 pub mod ept;
-pub mod fault;
 pub mod guest;
 pub mod host;
-pub mod invalidate;
 pub mod layout;
 pub mod pagetable;
 pub mod region;
@@ -89,11 +86,11 @@ pub mod vmx;
 pub mod vtcr;
 
 pub use alloc::{SlicePool, StaticPool, TableAlloc, TablePage};
-pub use async_pf::{AsyncStatus, AsyncToken, Completion};
 pub use audit::{Disagreement, Mismatch};
 pub use descriptor::{Attrs, Descriptor, Format, MemType, PageSize, Perm};
 pub use ept::Ept;
-pub use fault::{Access, FaultError, GuestFault, WINDOW};
+pub use guest::async_pf::{AsyncStatus, AsyncToken, Completion};
+pub use guest::fault::{Access, FaultError, GuestFault, WINDOW};
 pub use guest::{Config, GuestMemory, GuestStats};
 pub use host::{Host, HostRefs};
 pub use layout::{LayoutError, LeafSizes, TableConfig};

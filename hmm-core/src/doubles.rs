@@ -9,7 +9,10 @@
 //! its faults do, including a userfaultfd-like mode that drops the lock.
 //!
 //! It is not a model of Linux mm (the simulator backend is); it exists so
-//! the walker and the driver can be tested without one.
+//! the walker and the driver can be tested without one. Like the rest of
+//! the crate it never panics: any input (an inverted VMA, a mapping at the
+//! top of the address space, a huge PFN) gives some answer, and what
+//! cannot be represented is refused (`add_vma` and `map` return false).
 
 use core::cell::Cell;
 use core::ops::ControlFlow;
@@ -20,7 +23,7 @@ use super::fault::{FaultFlags, FaultHandler, FaultOutcome, VmFaultError};
 use super::leaf::{Leaf, Present};
 use super::mm::{MmView, MmapLock};
 use super::notifier::IntervalNotifier;
-use super::pfn::PAGE_SIZE;
+use super::pfn::{PAGE_SIZE, PUD_ORDER};
 use super::signal::Signals;
 use super::vma::{VmFlags, Vma};
 
@@ -135,7 +138,8 @@ impl TestMm {
         }
     }
 
-    /// Add a VMA. Returns false if full or overlapping.
+    /// Add a VMA. Returns false if full, overlapping, empty or inverted, or
+    /// if `hugetlb_order` is above [`PUD_ORDER`].
     pub fn add_vma(
         &self,
         start: u64,
@@ -144,6 +148,9 @@ impl TestMm {
         hugetlb_order: u8,
         mode: FaultMode,
     ) -> bool {
+        if start >= end || hugetlb_order > PUD_ORDER {
+            return false;
+        }
         let mut v = self.vmas.get();
         if v.iter().flatten().any(|s| s.start < end && start < s.end) {
             return false;
@@ -274,6 +281,7 @@ impl TestMm {
     fn alloc_pfns(&self, n: u64) -> u64 {
         // Align huge allocations so the PFN is order aligned.
         let p = self.next_pfn.get();
+        let n = n.max(1);
         let p = p.div_ceil(n).saturating_mul(n);
         self.next_pfn.set(p.saturating_add(n));
         p
@@ -282,19 +290,21 @@ impl TestMm {
     fn populate(&self, v: &VmaSlot, addr: u64, write: bool) {
         let writable = write || v.flags.contains(VmFlags::WRITE);
         if v.flags.contains(VmFlags::HUGETLB) {
-            let size = PAGE_SIZE << v.hugetlb_order;
+            // add_vma keeps the order at most PUD_ORDER: no overflow.
+            let order = v.hugetlb_order.min(PUD_ORDER);
+            let size = PAGE_SIZE << order;
             let base = addr & !(size - 1);
-            self.unmap(base, base + size);
-            let pages = 1u64 << v.hugetlb_order;
+            self.unmap(base, base.saturating_add(size));
+            let pages = 1u64 << order;
             let leaf = Leaf::Present(Present {
                 pfn: self.alloc_pfns(pages),
-                order: v.hugetlb_order,
+                order,
                 write: writable,
                 ..Present::default()
             });
             self.map(base, pages, leaf);
         } else {
-            self.unmap(addr, addr + PAGE_SIZE);
+            self.unmap(addr, addr.saturating_add(PAGE_SIZE));
             let leaf = Leaf::Present(Present {
                 pfn: self.alloc_pfns(1),
                 write: writable,
@@ -381,13 +391,16 @@ impl MmView for TestGuard<'_> {
                 Some(m) => {
                     let off = (a - m.start) / PAGE_SIZE;
                     let mend = m.start.saturating_add(m.pages.saturating_mul(PAGE_SIZE));
+                    // Past the end of the address space the span ends at
+                    // `end` (the caller's bound), so the loop still ends.
+                    let next = a.saturating_add(PAGE_SIZE);
                     let (b, leaf) = match m.leaf {
                         Leaf::Present(p) => {
-                            let b = if p.order == 0 { a + PAGE_SIZE } else { mend };
+                            let b = if p.order == 0 { next } else { mend };
                             (
                                 b,
                                 Leaf::Present(Present {
-                                    pfn: p.pfn + off,
+                                    pfn: p.pfn.wrapping_add(off),
                                     ..p
                                 }),
                             )
@@ -398,18 +411,18 @@ impl MmView for TestGuard<'_> {
                             write,
                             order,
                         } => {
-                            let b = if order == 0 { a + PAGE_SIZE } else { mend };
+                            let b = if order == 0 { next } else { mend };
                             (
                                 b,
                                 Leaf::DevicePrivate {
                                     owner,
-                                    pfn: pfn + off,
+                                    pfn: pfn.wrapping_add(off),
                                     write,
                                     order,
                                 },
                             )
                         }
-                        other => (a + PAGE_SIZE, other),
+                        other => (next, other),
                     };
                     (b.min(end), leaf)
                 }
@@ -489,7 +502,10 @@ impl FaultHandler<TestMm> for TestMm {
         // The migration finishes: the entry becomes a present page.
         if let Some(m) = self.mapping_at(addr) {
             if m.leaf == Leaf::Migration {
-                self.unmap(m.start, m.start + m.pages * PAGE_SIZE);
+                self.unmap(
+                    m.start,
+                    m.start.saturating_add(m.pages.saturating_mul(PAGE_SIZE)),
+                );
                 let leaf = Leaf::Present(Present {
                     pfn: self.alloc_pfns(1),
                     write: true,
@@ -519,5 +535,43 @@ impl Signals for TestMm {
 impl Clock for TestMm {
     fn now_ns(&self) -> u64 {
         self.now.get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_inputs_are_refused_or_answered_without_panicking() {
+        let mm = TestMm::new();
+        let rw = VmFlags::READ | VmFlags::WRITE;
+        assert!(!mm.add_vma(0x2000, 0x1000, rw, 0, FaultMode::Populate));
+        assert!(!mm.add_vma(0x1000, 0x1000, rw, 0, FaultMode::Populate));
+        let huge = rw | VmFlags::HUGETLB;
+        assert!(!mm.add_vma(0, 1 << 40, huge, 64, FaultMode::Populate));
+        // A VMA and mappings at the very top of the address space, with
+        // PFNs that would overflow when offset.
+        let top = u64::MAX - 4 * PAGE_SIZE + 1;
+        assert!(mm.add_vma(top, u64::MAX, huge, PUD_ORDER, FaultMode::Populate));
+        let p = Present {
+            pfn: u64::MAX,
+            order: 9,
+            ..Present::default()
+        };
+        assert!(mm.map(top, u64::MAX, Leaf::Present(p)));
+        assert!(mm.map(0, 3, Leaf::Migration));
+        let g = mm.read();
+        let vma = Vma::new(top, u64::MAX, huge, PUD_ORDER);
+        let mut spans = 0;
+        g.walk_leaves(&vma, top, !(PAGE_SIZE - 1), |_, _, _| {
+            spans += 1;
+            ControlFlow::Continue(())
+        });
+        assert!(spans > 0);
+        let flags = FaultFlags::WRITE;
+        assert!(matches!(mm.fault(g, top, flags), FaultOutcome::Done(_)));
+        mm.migration_wait(&mm.read(), 0);
+        assert_eq!(mm.migration_waits(), 1);
     }
 }

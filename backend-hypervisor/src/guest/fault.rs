@@ -21,7 +21,7 @@
 //!    1 GiB block for a 1 GiB host leaf whose whole extent lies in the
 //!    region at matching alignment, else a 2 MiB block likewise, else 4 KiB,
 //!    using only the leaf sizes the table's
-//!    [`TableConfig`](super::layout::TableConfig) allows (the
+//!    [`TableConfig`](crate::layout::TableConfig) allows (the
 //!    hardware's capabilities and the walk's start level): a 1 GiB host
 //!    leaf becomes 2 MiB blocks where 1 GiB leaves are unsupported, 4 KiB
 //!    pages where 2 MiB ones are too. A leaf is writable only if the region
@@ -48,68 +48,19 @@ use hmm_core::{
     PAGE_SIZE,
 };
 
-use super::alloc::TableAlloc;
-use super::descriptor::{Attrs, Format, PageSize, Perm};
-use super::guest::{bump, GuestMemory};
-use super::host::Host;
-use super::pagetable::{Installed, MapError, PageTable};
-use super::region::{Region, RegionId, Regions};
-use super::tlb::TlbFlush;
+pub use super::outcome::{Access, FaultError, GuestFault};
+use super::{bump, GuestMemory};
+use crate::alloc::TableAlloc;
+use crate::descriptor::{Attrs, Format, PageSize, Perm};
+use crate::host::Host;
+use crate::pagetable::{Installed, MapError, PageTable};
+use crate::region::{Region, RegionId, Regions};
+use crate::tlb::TlbFlush;
 
 /// Size of the window one guest fault maps (`PTRS_PER_PMD` pages, as mshv).
 pub const WINDOW: u64 = 2 << 20;
 /// Pages in a window.
 pub const WINDOW_PAGES: usize = (WINDOW / PAGE_SIZE) as usize;
-
-/// A guest access that faulted.
-pub type Access = Perm;
-
-/// Why a guest fault cannot be resolved. The vCPU reflects it to the guest
-/// or to the VMM (an MMIO exit, a machine check, a kill).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FaultError {
-    /// No region contains the GPA.
-    NoRegion,
-    /// The region does not allow the access.
-    Permission {
-        /// What the region allows.
-        allowed: Perm,
-        /// What the guest attempted.
-        access: Perm,
-    },
-    /// The host could not provide the page: hmm-core's error (`-EFAULT`
-    /// for an unmapped or inaccessible host range, `-EPERM` for a write to
-    /// a read-only host mapping, `-EHWPOISON`, `-ENOMEM`, `-EINTR` for a
-    /// fatal signal, ...).
-    Host(Error),
-    /// No table page was available to map it.
-    NoTableMemory,
-    /// The second-stage table refused the mapping (a corrupt table).
-    Table(MapError),
-    /// The host frame's physical address does not fit the format's output
-    /// address field.
-    AddressTooWide,
-}
-
-/// What became of a guest fault.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum GuestFault {
-    /// The GPA is mapped; re-enter the guest.
-    Mapped {
-        /// Size of the leaf now mapping the faulting GPA.
-        size: PageSize,
-        /// Leaves this fault installed or updated.
-        leaves: u32,
-    },
-    /// Nothing was mapped because the host changed meanwhile; re-enter the
-    /// guest (it faults again).
-    Retry,
-    /// No-wait mode only: the host fault would block; a worker completes it
-    /// (see [`async_pf`](super::async_pf)).
-    Pending(super::async_pf::AsyncToken),
-    /// The fault cannot be resolved.
-    Error(FaultError),
-}
 
 /// The result of one window fault before async handling.
 pub(crate) enum WindowOutcome {

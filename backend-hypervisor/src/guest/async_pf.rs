@@ -24,38 +24,19 @@
 
 use hmm_core::IntervalNotifier;
 
-use super::alloc::TableAlloc;
-use super::descriptor::{Format, Perm};
-use super::fault::{Access, GuestFault, WindowOutcome};
-use super::guest::{bump, GuestMemory};
-use super::host::Host;
-use super::region::RegionId;
-use super::tlb::TlbFlush;
+use super::fault::WindowOutcome;
+pub use super::outcome::AsyncToken;
+use super::outcome::{Access, GuestFault};
+use super::{bump, GuestMemory};
+use crate::alloc::TableAlloc;
+use crate::descriptor::{Format, Perm};
+use crate::host::Host;
+use crate::region::RegionId;
+use crate::tlb::TlbFlush;
 
 /// How often a worker retries a deferred fault whose result was
 /// invalidated before it could map it.
 pub const ASYNC_ATTEMPTS: u32 = 8;
-
-/// Identifies one deferred fault.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct AsyncToken {
-    slot: u16,
-    gen: u32,
-}
-
-impl AsyncToken {
-    /// The token as one word (for a paravirtual "page not present" event).
-    pub const fn to_u64(self) -> u64 {
-        ((self.gen as u64) << 16) | self.slot as u64
-    }
-    /// The token from [`AsyncToken::to_u64`]'s word.
-    pub const fn from_u64(v: u64) -> Self {
-        AsyncToken {
-            slot: v as u16,
-            gen: (v >> 16) as u32,
-        }
-    }
-}
 
 /// The state of a deferred fault, as the vCPU sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

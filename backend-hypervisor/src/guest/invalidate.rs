@@ -14,12 +14,12 @@
 
 use hmm_core::IntervalNotifier;
 
-use super::alloc::TableAlloc;
-use super::descriptor::Format;
-use super::guest::{bump, GuestMemory};
-use super::host::Host;
-use super::region::{RegionId, Regions};
-use super::tlb::TlbFlush;
+use super::{bump, GuestMemory};
+use crate::alloc::TableAlloc;
+use crate::descriptor::Format;
+use crate::host::Host;
+use crate::region::{RegionId, Regions};
+use crate::tlb::TlbFlush;
 
 impl<'h, F, A, T, H, N, const R: usize, const P: usize> GuestMemory<'h, F, A, T, H, N, R, P>
 where
