@@ -17,9 +17,9 @@ use hmm_core::{IntervalNotifier, Leaf, MmView, MmapLock, PAGE_SIZE};
 use super::alloc::TableAlloc;
 use super::descriptor::{Format, Perm};
 use super::guest::GuestMemory;
-use super::host::Host;
 use super::pagetable::Mapping;
 use super::tlb::TlbFlush;
+use hmm_core::Host;
 
 /// How a second-stage page disagrees with the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +61,7 @@ where
     /// Check every second-stage page against the host page tables. Returns
     /// the number of 4 KiB guest pages checked.
     pub fn audit(&self) -> Result<u64, Disagreement> {
-        let guard = self.host.mm().read();
+        let guard = self.host.refs().lock.read();
         let mut result = Ok(0u64);
         self.table.lock().for_each_leaf(&self.alloc, |leaf| {
             if result.is_err() {

@@ -24,7 +24,9 @@
 //!   lock, largest-leaf mapping); [`guest::async_pf`], no-wait faults
 //!   deferred to a worker; [`guest::invalidate`], the host notifier
 //!   callback; and the counters ([`GuestStats`]).
-//! * [`host`]: the host address space as a bundle of hmm-core traits.
+//! * The host address space is hmm-core's [`Host`](hmm_core::Host) bundle
+//!   (mmap lock, fault handler, signals, clock); each region brings its own
+//!   interval notifier.
 //! * [`audit`]: the coherence check of second-stage tables against the host.
 //!
 //! `#![no_std]` and allocation-free: tables come from a [`TableAlloc`]
@@ -36,7 +38,7 @@
 //! ```
 //! use backend_hypervisor::*;
 //! use hmm_core::doubles::{FaultMode, TestMm};
-//! use hmm_core::VmFlags;
+//! use hmm_core::{HostRefs, VmFlags};
 //!
 //! struct NoTlb;
 //! impl TlbFlush for NoTlb {
@@ -76,7 +78,6 @@ pub mod audit;
 pub mod descriptor;
 pub mod ept;
 pub mod guest;
-pub mod host;
 pub mod layout;
 pub mod pagetable;
 pub mod region;
@@ -92,7 +93,6 @@ pub use ept::Ept;
 pub use guest::async_pf::{AsyncStatus, AsyncToken, Completion};
 pub use guest::fault::{Access, FaultError, GuestFault, WINDOW};
 pub use guest::{Config, GuestMemory, GuestStats};
-pub use host::{Host, HostRefs};
 pub use layout::{LayoutError, LeafSizes, TableConfig};
 pub use pagetable::{Installed, MapError, Mapping, PageTable, UnmapStats};
 pub use region::{RegionError, RegionId, RegionSpec};

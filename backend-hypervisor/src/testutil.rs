@@ -9,7 +9,8 @@ use std::vec::Vec;
 use hmm_core::doubles::TestMm;
 use hmm_core::IntervalNotifier;
 
-use crate::{Config, GuestMemory, HostRefs, Mapping, PageSize, StaticPool, TlbFlush};
+use crate::{Config, GuestMemory, Mapping, PageSize, StaticPool, TlbFlush};
+use hmm_core::HostRefs;
 
 pub const M2: u64 = 2 << 20;
 pub const G1: u64 = 1 << 30;

@@ -7,7 +7,7 @@ use std::cell::Cell;
 
 use backend_hypervisor::*;
 use hmm_core::doubles::{FaultMode, TestMm};
-use hmm_core::VmFlags;
+use hmm_core::{HostRefs, VmFlags};
 use proptest::prelude::*;
 
 const M2: u64 = 2 << 20;

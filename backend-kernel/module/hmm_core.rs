@@ -21,6 +21,8 @@ pub mod driver;
 pub mod error;
 #[path = "../../hmm-core/src/fault.rs"]
 pub mod fault;
+#[path = "../../hmm-core/src/host.rs"]
+pub mod host;
 #[path = "../../hmm-core/src/leaf.rs"]
 pub mod leaf;
 #[path = "../../hmm-core/src/mm.rs"]

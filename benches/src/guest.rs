@@ -17,15 +17,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use backend_hypervisor::{
-    Config, Ept, GuestFault, GuestMemory, HostRefs, Perm, RegionId, RegionSpec, SlicePool,
-    TablePage, TlbFlush, WINDOW,
+    Config, Ept, GuestFault, GuestMemory, Perm, RegionId, RegionSpec, SlicePool, TablePage,
+    TlbFlush, WINDOW,
 };
 use backend_sim::mm::{Mm, MmHandle};
 use backend_sim::notifier::{IntervalOps, IntervalSub, InvalidateRange};
 use backend_sim::ops::HUGE_2M;
 use backend_sim::task::{MonoClock, Task};
 use backend_sim::Machine;
-use hmm_core::PAGE_SIZE;
+use hmm_core::{HostRefs, PAGE_SIZE};
 
 use crate::sim::RW;
 

@@ -73,6 +73,7 @@
 use super::clock::{Clock, NoClock};
 use super::error::Error;
 use super::fault::{FaultFlags, FaultHandler, FaultOutcome};
+use super::host::HostRefs;
 use super::mm::MmapLock;
 use super::need::Request;
 use super::notifier::IntervalNotifier;
@@ -171,55 +172,40 @@ impl<G> MaybeLocked<G> {
     }
 }
 
-/// The outside world of one range fault: the mmap lock, the fault handler,
-/// the interval notifier, signals and a clock.
+/// The outside world of one range fault: the [host](HostRefs) (mmap lock,
+/// fault handler, signals, clock) and the interval notifier covering the
+/// range.
 #[derive(Debug)]
 pub struct Env<'a, L: ?Sized, H: ?Sized, N: ?Sized, S: ?Sized = NoSignals, C: ?Sized = NoClock> {
-    /// The mmap lock of the mirrored address space.
-    pub lock: &'a L,
-    /// The fault handler.
-    pub handler: &'a H,
+    /// The host side, the same for every range of the address space.
+    pub host: HostRefs<'a, L, H, S, C>,
     /// The interval notifier covering the range.
     pub notifier: &'a N,
-    /// The caller's signal state.
-    pub signals: &'a S,
-    /// The clock of the retry budget.
-    pub clock: &'a C,
 }
 
+impl<L: ?Sized, H: ?Sized, N: ?Sized, S: ?Sized, C: ?Sized> Clone for Env<'_, L, H, N, S, C> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<L: ?Sized, H: ?Sized, N: ?Sized, S: ?Sized, C: ?Sized> Copy for Env<'_, L, H, N, S, C> {}
+
 impl<'a, L: ?Sized, H: ?Sized, N: ?Sized> Env<'a, L, H, N> {
-    /// An environment that never sees signals and whose budget never expires.
+    /// An environment that never sees signals and whose budget never
+    /// expires: `HostRefs::new(lock, handler).with_notifier(notifier)`.
     pub fn new(lock: &'a L, handler: &'a H, notifier: &'a N) -> Self {
-        Env {
-            lock,
-            handler,
-            notifier,
-            signals: &NoSignals,
-            clock: &NoClock,
-        }
+        HostRefs::new(lock, handler).with_notifier(notifier)
     }
 }
 
 impl<'a, L: ?Sized, H: ?Sized, N: ?Sized, S: ?Sized, C: ?Sized> Env<'a, L, H, N, S, C> {
     /// Use `signals` for fatal-signal checks.
     pub fn with_signals<S2: ?Sized>(self, signals: &'a S2) -> Env<'a, L, H, N, S2, C> {
-        Env {
-            lock: self.lock,
-            handler: self.handler,
-            notifier: self.notifier,
-            signals,
-            clock: self.clock,
-        }
+        self.host.with_signals(signals).with_notifier(self.notifier)
     }
     /// Use `clock` for the retry budget.
     pub fn with_clock<C2: ?Sized>(self, clock: &'a C2) -> Env<'a, L, H, N, S, C2> {
-        Env {
-            lock: self.lock,
-            handler: self.handler,
-            notifier: self.notifier,
-            signals: self.signals,
-            clock,
-        }
+        self.host.with_clock(clock).with_notifier(self.notifier)
     }
 }
 
@@ -330,7 +316,7 @@ where
     S: Signals + ?Sized,
     C: Clock + ?Sized,
 {
-    range.validate(env.lock.address_limit())?;
+    range.validate(env.host.lock.address_limit())?;
     range.notifier_seq = env.notifier.read_begin();
     // The guard, if any, is dropped here: the call returns unlocked.
     drive(env, range, None, opts, Mode::Owning, stats).result
@@ -561,7 +547,7 @@ where
     S: Signals + ?Sized,
     C: Clock + ?Sized,
 {
-    if let Err(e) = range.validate(env.lock.address_limit()) {
+    if let Err(e) = range.validate(env.host.lock.address_limit()) {
         return MaybeLocked {
             result: Err(e),
             guard,
@@ -570,7 +556,7 @@ where
     let may_unlock = mode != Mode::Linux;
     let per_page = has_per_page_requests(&range.request);
     let base = base_fault_flags(mode, opts.nowait);
-    let mut budget = Budget::new(env.clock, if may_unlock { opts.timeout_ns } else { 0 });
+    let mut budget = Budget::new(env.host.clock, if may_unlock { opts.timeout_ns } else { 0 });
     // INVARIANT: nothing has been filled yet.
     let mut at = Cursor {
         seq: range.notifier_seq,
@@ -610,11 +596,11 @@ where
             Ok(WalkStop::Done) => break MaybeLocked::held(Ok(()), g),
             Err(e) => break MaybeLocked::held(Err(e), g),
             Ok(WalkStop::WaitMigration { addr }) => {
-                env.handler.migration_wait(&g, addr);
+                env.host.handler.migration_wait(&g, addr);
                 stats.migration_waits = stats.migration_waits.saturating_add(1);
                 // GUP checks for a fatal signal before every page, so one
                 // that arrived during the wait ends the call.
-                if may_unlock && env.signals.fatal_signal_pending() {
+                if may_unlock && env.host.signals.fatal_signal_pending() {
                     break MaybeLocked::held(Err(Error::Intr), g);
                 }
                 // INVARIANT: the walk filled everything below `addr`.
@@ -629,11 +615,11 @@ where
             // The walk after a lock drop got no further: no progress.
             break MaybeLocked::held(Err(Error::Busy), g);
         }
-        if may_unlock && env.signals.fatal_signal_pending() {
+        if may_unlock && env.host.signals.fatal_signal_pending() {
             break MaybeLocked::held(Err(Error::Intr), g);
         }
         let flags = fault_flags(base, write, at.tried == Some(addr), stats);
-        let completed = match classify(env.handler.fault(g, addr, flags), flags, mode) {
+        let completed = match classify(env.host.handler.fault(g, addr, flags), flags, mode) {
             Faulted::Held(g) => {
                 // GUP's pattern: walk again from the faulted page, which
                 // sees the leaf the fault installed (a whole huge page
@@ -657,7 +643,7 @@ where
         at.tried = if completed { None } else { Some(addr) };
         budget.lock_dropped(addr, completed);
         stats.lock_drops = stats.lock_drops.saturating_add(1);
-        if env.signals.fatal_signal_pending() {
+        if env.host.signals.fatal_signal_pending() {
             break MaybeLocked::dropped(Err(Error::Intr));
         }
         match after_drop(opts.policy, mode, per_page) {
@@ -690,13 +676,13 @@ where
     S: Signals + ?Sized,
     C: Clock + ?Sized,
 {
-    if env.signals.fatal_signal_pending() {
+    if env.host.signals.fatal_signal_pending() {
         return Err(Error::Intr);
     }
     if budget.expired_at_relock() {
         return Err(Error::Busy);
     }
-    env.lock.read_killable()
+    env.host.lock.read_killable()
 }
 
 /// The flags of one fault: `base`, `WRITE` for a write fault, and `TRIED`

@@ -37,6 +37,10 @@
 //!    `read_retry(seq)`, and programs the device only if it is false. The
 //!    invalidate callback takes the same lock.
 //!
+//! The entry points take an [`Env`]: the [`Host`] side ([`HostRefs`]: the
+//! mmap lock, the fault handler, signals and a clock, the same for every
+//! range of an address space) paired with the notifier covering the range.
+//!
 //! See [`driver`] for the three entry points ([`range_fault`],
 //! [`range_fault_may_unlock`], [`range_fault_owning_lock`]) and [`mod@walk`] for the
 //! output rules.
@@ -114,6 +118,7 @@ pub mod doubles;
 pub mod driver;
 pub mod error;
 pub mod fault;
+pub mod host;
 pub mod leaf;
 pub mod mm;
 pub mod need;
@@ -131,6 +136,7 @@ pub use driver::{
 };
 pub use error::Error;
 pub use fault::{FaultFlags, FaultHandler, FaultOutcome, VmFaultError};
+pub use host::{Host, HostRefs};
 pub use leaf::{Leaf, Present};
 pub use mm::{MmView, MmapLock, TASK_SIZE};
 pub use need::{NeedFault, Request};

@@ -25,10 +25,10 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use backend_hypervisor::{
-    Config, GuestMemory, HostRefs, PageSize, Perm, RegionId, RegionSpec, Stage2, Stage2Vtcr,
-    StaticPool, TlbFlush,
+    Config, GuestMemory, PageSize, Perm, RegionId, RegionSpec, Stage2, Stage2Vtcr, StaticPool,
+    TlbFlush,
 };
-use hmm_core::{Clock, NoSignals, VmFlags};
+use hmm_core::{Clock, HostRefs, NoSignals, VmFlags};
 
 use crate::hostmm::notifier::{IntervalOps, MmSeq, Subscription};
 use crate::hostmm::pgtable::HostTablePool;

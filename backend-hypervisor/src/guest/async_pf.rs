@@ -30,9 +30,9 @@ use super::outcome::{Access, GuestFault};
 use super::{bump, GuestMemory};
 use crate::alloc::TableAlloc;
 use crate::descriptor::{Format, Perm};
-use crate::host::Host;
 use crate::region::RegionId;
 use crate::tlb::TlbFlush;
+use hmm_core::Host;
 
 /// How often a worker retries a deferred fault whose result was
 /// invalidated before it could map it.

@@ -44,7 +44,7 @@
 use core::sync::atomic::AtomicU64;
 
 use hmm_core::{
-    range_fault_owning_lock, Env, Error, HmmPfn, IntervalNotifier, Options, PfnFlags, Range, Stats,
+    range_fault_owning_lock, Error, HmmPfn, IntervalNotifier, Options, PfnFlags, Range, Stats,
     PAGE_SIZE,
 };
 
@@ -52,10 +52,10 @@ pub use super::outcome::{Access, FaultError, GuestFault};
 use super::{bump, GuestMemory};
 use crate::alloc::TableAlloc;
 use crate::descriptor::{Attrs, Format, PageSize, Perm};
-use crate::host::Host;
 use crate::pagetable::{Installed, MapError, PageTable};
 use crate::region::{Region, RegionId, Regions};
 use crate::tlb::TlbFlush;
+use hmm_core::Host;
 
 /// Size of the window one guest fault maps (`PTRS_PER_PMD` pages, as mshv).
 pub const WINDOW: u64 = 2 << 20;
@@ -133,9 +133,7 @@ where
             let n = ((span.1 - span.0) / PAGE_SIZE) as usize;
             let mut range = Range::new(spec.hva_of(span.0), spec.hva_of(span.1), &mut pfns[..n])
                 .with_default_flags(req.bits());
-            let env = Env::new(self.host.mm(), self.host.handler(), region.notifier)
-                .with_signals(self.host.signals())
-                .with_clock(self.host.clock());
+            let env = self.host.refs().with_notifier(region.notifier);
             let mut st = Stats::default();
             let r = range_fault_owning_lock(&env, &mut range, &opts, &mut st);
             bump(&self.counters.host_faults, st.faults);

@@ -17,9 +17,9 @@ use hmm_core::IntervalNotifier;
 use super::{bump, GuestMemory};
 use crate::alloc::TableAlloc;
 use crate::descriptor::Format;
-use crate::host::Host;
 use crate::region::{RegionId, Regions};
 use crate::tlb::TlbFlush;
+use hmm_core::Host;
 
 impl<'h, F, A, T, H, N, const R: usize, const P: usize> GuestMemory<'h, F, A, T, H, N, R, P>
 where

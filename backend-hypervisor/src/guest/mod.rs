@@ -43,11 +43,11 @@ pub use self::stats::GuestStats;
 pub(crate) use self::stats::{bump, Counters};
 use crate::alloc::TableAlloc;
 use crate::descriptor::Format;
-use crate::host::Host;
 use crate::layout::TableConfig;
 use crate::pagetable::{MapError, Mapping, PageTable};
 use crate::region::{RegionError, RegionId, RegionSpec, Regions};
 use crate::tlb::TlbFlush;
+use hmm_core::Host;
 
 /// Tunables of the fault path and the layout of the second-stage table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

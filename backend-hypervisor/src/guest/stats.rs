@@ -8,8 +8,8 @@ use hmm_core::IntervalNotifier;
 use super::GuestMemory;
 use crate::alloc::TableAlloc;
 use crate::descriptor::Format;
-use crate::host::Host;
 use crate::tlb::TlbFlush;
+use hmm_core::Host;
 
 /// Monotonic counters (a snapshot from [`GuestMemory::stats`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -12,7 +12,7 @@ use backend_sim::mm::{Mm, MmHandle};
 use backend_sim::notifier::{IntervalOps, IntervalSub, InvalidateRange};
 use backend_sim::task::{MonoClock, Task};
 use backend_sim::Machine;
-use hmm_core::PAGE_SIZE;
+use hmm_core::{HostRefs, PAGE_SIZE};
 
 pub const M2: u64 = 2 << 20;
 pub const G1: u64 = 1 << 30;
