@@ -10,8 +10,9 @@
 //! back through the device and compared with what the handler supplied
 //! (data).
 //!
-//! [`Config::parse`] reads the command line; [`run`] runs the scenario and
-//! returns a [`Report`].
+//! [`run`] runs the scenario for a [`Config`] and returns a [`Report`].
+//! The command line (`hmm-sim`, in `backend-sim/cli`) is parsed there, so
+//! this library carries no CLI dependency.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,7 +42,8 @@ pub enum PageSize {
 }
 
 impl PageSize {
-    fn name(self) -> &'static str {
+    /// The page size's name on the command line and in the report.
+    pub fn name(self) -> &'static str {
         match self {
             PageSize::Small => "4k",
             PageSize::Thp => "thp",
@@ -97,128 +99,13 @@ impl Default for Config {
     }
 }
 
-/// Help text.
-pub const USAGE: &str = "\
-hmm-sim: mirror a userfaultfd-backed region into a simulated device
-
-The region's pages are supplied by a userfaultfd handler thread (post-copy
-migration), faulted into the device through hmm-core's lock-dropping entry
-point while CPU threads invalidate parts of it (MADV_DONTNEED, swap-out,
-migration, mprotect, THP split). Ends with a coherence check (device page
-table vs CPU page tables) and a data check (every byte read back through
-the device).
-
-USAGE:
-    hmm-sim [OPTIONS]
-
-OPTIONS:
-    --policy resume|restart  after a fault drops the mmap lock, resume the
-                             walk where it stopped (default) or restart it
-                             from the range start like the kernel patch
-    --size SIZE              region size, a multiple of 2M: e.g. 64M, 1G
-                             (default 1G)
-    --page-size 4k|thp|hugetlb
-                             4 KiB pages resolved one per fault (default),
-                             THP memory or 2 MiB hugetlb pages resolved
-                             2 MiB per fault
-    --latency-us N           handler latency per 4 KiB page supplied, in
-                             microseconds (default 0: as fast as the
-                             handler thread can copy; waits under 1 ms
-                             spin, longer ones sleep)
-    --seed N                 seed of the data pattern and of the
-                             invalidators' choices (default 1)
-    --invalidators N         CPU threads invalidating the region (default 2)
-    --device-threads N       device threads faulting the region (default 2)
-    --chunk PAGES            pages per range fault call (default 512)
-    --invalidate-every N     device windows completed per invalidation, per
-                             invalidator (default 2)
-    -h, --help               print this help
-";
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    let (num, mul) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m = match c.to_ascii_uppercase() {
-                'K' => 1u64 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                _ => return Err(format!("bad size suffix in '{s}' (use K, M or G)")),
-            };
-            (&s[..i], m)
-        }
-        _ => (s, 1),
-    };
-    let n: u64 = num.parse().map_err(|_| format!("bad size '{s}'"))?;
-    n.checked_mul(mul)
-        .ok_or_else(|| format!("size '{s}' too large"))
-}
-
-fn parse_num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
-    v.parse()
-        .map_err(|_| format!("{flag} needs a number, got '{v}'"))
-}
-
 impl Config {
-    /// Parse command-line arguments (without the program name). `Ok(None)`
-    /// means `--help` was asked for.
-    pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Option<Config>, String> {
-        let mut c = Config::default();
-        let mut it = args.iter().map(|s| s.as_ref());
-        while let Some(arg) = it.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((f, v)) if f.starts_with("--") => (f, Some(v)),
-                _ => (arg, None),
-            };
-            if flag == "-h" || flag == "--help" {
-                return Ok(None);
-            }
-            let known = [
-                "--policy",
-                "--size",
-                "--page-size",
-                "--latency-us",
-                "--seed",
-                "--invalidators",
-                "--device-threads",
-                "--chunk",
-                "--invalidate-every",
-            ];
-            if !known.contains(&flag) {
-                return Err(format!("unknown option '{arg}'"));
-            }
-            let v = match inline {
-                Some(v) => v,
-                None => it.next().ok_or_else(|| format!("{flag} needs a value"))?,
-            };
-            match flag {
-                "--policy" => {
-                    c.policy = match v {
-                        "resume" => Policy::Resume,
-                        "restart" => Policy::Restart,
-                        _ => return Err(format!("--policy must be resume or restart, got '{v}'")),
-                    }
-                }
-                "--size" => c.size = parse_size(v)?,
-                "--page-size" => {
-                    c.page_size = match v.to_ascii_lowercase().as_str() {
-                        "4k" | "4kb" | "small" => PageSize::Small,
-                        "thp" => PageSize::Thp,
-                        "hugetlb" | "2m" => PageSize::Hugetlb,
-                        _ => {
-                            return Err(format!(
-                                "--page-size must be 4k, thp or hugetlb, got '{v}'"
-                            ))
-                        }
-                    }
-                }
-                "--latency-us" => c.latency_us = parse_num(flag, v)?,
-                "--seed" => c.seed = parse_num(flag, v)?,
-                "--invalidators" => c.invalidators = parse_num(flag, v)?,
-                "--device-threads" => c.device_threads = parse_num(flag, v)?,
-                "--chunk" => c.chunk_pages = parse_num(flag, v)?,
-                _ => c.invalidate_every = parse_num(flag, v)?,
-            }
-        }
+    /// Check the settings: a size that is a non-zero multiple of 2 MiB up
+    /// to 16 GiB, at least one device thread, a chunk of 1 to 262144 pages
+    /// and a non-zero invalidation period. The error names the
+    /// command-line flag.
+    pub fn check(&self) -> Result<(), String> {
+        let c = self;
         if c.size == 0 || c.size % (2 << 20) != 0 {
             return Err(format!(
                 "--size must be a non-zero multiple of 2M, got {}",
@@ -237,7 +124,7 @@ impl Config {
         if c.invalidate_every == 0 {
             return Err("--invalidate-every must be at least 1".into());
         }
-        Ok(Some(c))
+        Ok(())
     }
 }
 
@@ -666,45 +553,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parse_defaults_and_flags() {
-        let none: [&str; 0] = [];
-        assert_eq!(Config::parse(&none).unwrap(), Some(Config::default()));
-        let c = Config::parse(&[
-            "--policy",
-            "restart",
-            "--size=64M",
-            "--page-size",
-            "thp",
-            "--latency-us",
-            "5",
-            "--seed",
-            "9",
-            "--invalidators",
-            "0",
-        ])
-        .unwrap()
-        .unwrap();
-        assert_eq!(c.policy, Policy::Restart);
-        assert_eq!(c.size, 64 << 20);
-        assert_eq!(c.page_size, PageSize::Thp);
-        assert_eq!((c.latency_us, c.seed, c.invalidators), (5, 9, 0));
-        assert_eq!(Config::parse(&["--help"]).unwrap(), None);
-    }
-
-    #[test]
-    fn bad_flags_are_clear_errors() {
-        for (args, needle) in [
-            (&["--bogus"][..], "unknown option"),
-            (&["--policy", "sideways"][..], "resume or restart"),
-            (&["--size", "3M"][..], "multiple of 2M"),
-            (&["--size", "12Q"][..], "suffix"),
-            (&["--page-size", "1g"][..], "4k, thp or hugetlb"),
-            (&["--seed"][..], "needs a value"),
-            (&["--latency-us", "x"][..], "needs a number"),
-        ] {
-            let e = Config::parse(args).unwrap_err();
-            assert!(e.contains(needle), "{args:?}: {e}");
-        }
+    fn check_names_the_bad_setting() {
+        assert_eq!(Config::default().check(), Ok(()));
+        let bad = |c: Config, needle: &str| {
+            let e = c.check().unwrap_err();
+            assert!(e.contains(needle), "{c:?}: {e}");
+        };
+        let d = Config::default;
+        bad(
+            Config {
+                size: 3 << 20,
+                ..d()
+            },
+            "multiple of 2M",
+        );
+        bad(Config { size: 0, ..d() }, "multiple of 2M");
+        bad(
+            Config {
+                size: 32 << 30,
+                ..d()
+            },
+            "16G",
+        );
+        bad(
+            Config {
+                device_threads: 0,
+                ..d()
+            },
+            "--device-threads",
+        );
+        bad(
+            Config {
+                chunk_pages: 0,
+                ..d()
+            },
+            "--chunk",
+        );
+        bad(
+            Config {
+                invalidate_every: 0,
+                ..d()
+            },
+            "--invalidate-every",
+        );
     }
 
     #[test]
