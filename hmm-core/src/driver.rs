@@ -510,28 +510,201 @@ struct Cursor {
     resuming: bool,
 }
 
-impl Cursor {
-    /// Take a new sequence (never under the mmap lock: `read_begin` may sleep
-    /// on an invalidation that needs it) and go back to `range.start`.
-    fn restart<N: IntervalNotifier + ?Sized>(
-        &mut self,
-        notifier: &N,
-        range: &mut Range<'_>,
-        stats: &mut Stats,
-    ) {
-        self.seq = notifier.read_begin();
-        range.notifier_seq = self.seq;
+/// What a walk from the cursor ended with.
+enum Walked {
+    /// The page at `addr` needs a fault (`write`: a write fault).
+    Fault {
+        /// The page.
+        addr: u64,
+        /// Write fault.
+        write: bool,
+    },
+    /// A migration entry was waited on: walk again from it.
+    Again,
+    /// The call ends with this result, the lock held.
+    End(Result<(), Error>),
+}
+
+/// One call of an entry point: what it was asked for and where it stands.
+struct Driver<'e, 'a, L: ?Sized, H: ?Sized, N: ?Sized, S: ?Sized, C: ?Sized> {
+    env: &'e Env<'a, L, H, N, S, C>,
+    mode: Mode,
+    policy: Policy,
+    /// The entries carry per-page requests (see [`has_per_page_requests`]).
+    per_page: bool,
+    /// The flags every fault of the call carries.
+    base: FaultFlags,
+    budget: Budget<'a, C>,
+    at: Cursor,
+    counters: WalkCounters,
+    stats: &'e mut Stats,
+}
+
+impl<'e, 'a, L, H, N, S, C> Driver<'e, 'a, L, H, N, S, C>
+where
+    L: MmapLock + ?Sized,
+    H: FaultHandler<L> + ?Sized,
+    N: IntervalNotifier + ?Sized,
+    S: Signals + ?Sized,
+    C: Clock + ?Sized,
+{
+    fn new(
+        env: &'e Env<'a, L, H, N, S, C>,
+        range: &Range<'_>,
+        opts: &Options,
+        mode: Mode,
+        stats: &'e mut Stats,
+    ) -> Self {
+        let timeout = if mode == Mode::Linux {
+            0
+        } else {
+            opts.timeout_ns
+        };
+        Driver {
+            env,
+            mode,
+            policy: opts.policy,
+            per_page: has_per_page_requests(&range.request),
+            base: base_fault_flags(mode, opts.nowait),
+            budget: Budget::new(env.host.clock, timeout),
+            // INVARIANT: nothing has been filled yet.
+            at: Cursor {
+                seq: range.notifier_seq,
+                cursor: range.start,
+                tried: None,
+                resuming: false,
+            },
+            counters: WalkCounters::default(),
+            stats,
+        }
+    }
+
+    fn fatal_signal(&self) -> bool {
+        self.env.host.signals.fatal_signal_pending()
+    }
+
+    /// Re-take the lock after a drop or a restart: not with a fatal signal
+    /// pending (`-EINTR`) nor once the budget has expired (`-EBUSY`), and
+    /// killably.
+    fn relock(&self) -> Result<L::Guard<'a>, Error> {
+        if self.fatal_signal() {
+            return Err(Error::Intr);
+        }
+        if self.budget.expired_at_relock() {
+            return Err(Error::Busy);
+        }
+        self.env.host.lock.read_killable()
+    }
+
+    /// Take a new sequence (never under the mmap lock: `read_begin` may
+    /// sleep on an invalidation that needs it) and go back to `range.start`.
+    fn restart(&mut self, range: &mut Range<'_>) {
+        self.at.seq = self.env.notifier.read_begin();
+        range.notifier_seq = self.at.seq;
         // INVARIANT: nothing is below `range.start`.
-        self.cursor = range.start;
-        self.tried = None;
-        self.resuming = false;
-        stats.restarts = stats.restarts.saturating_add(1);
+        self.at.cursor = range.start;
+        self.at.tried = None;
+        self.at.resuming = false;
+        self.stats.restarts = self.stats.restarts.saturating_add(1);
+    }
+
+    /// Walk from the cursor until the range is done or a page needs a
+    /// fault; wait on a migration entry and say to walk again.
+    fn walk_on(&mut self, g: &L::Guard<'a>, range: &mut Range<'_>) -> Walked {
+        if core::mem::take(&mut self.at.resuming) {
+            self.stats.resumes = self.stats.resumes.saturating_add(1);
+        }
+        self.stats.walks = self.stats.walks.saturating_add(1);
+        match walk(g, range, self.at.cursor, &mut self.counters) {
+            Ok(WalkStop::NeedFault { addr, write, .. }) => Walked::Fault { addr, write },
+            Ok(WalkStop::Done) => Walked::End(Ok(())),
+            Err(e) => Walked::End(Err(e)),
+            Ok(WalkStop::WaitMigration { addr }) => {
+                self.env.host.handler.migration_wait(g, addr);
+                self.stats.migration_waits = self.stats.migration_waits.saturating_add(1);
+                // GUP checks for a fatal signal before every page, so one
+                // that arrived during the wait ends the call.
+                if self.mode != Mode::Linux && self.fatal_signal() {
+                    return Walked::End(Err(Error::Intr));
+                }
+                // INVARIANT: the walk filled everything below `addr`.
+                self.at.cursor = addr;
+                Walked::Again
+            }
+        }
+    }
+
+    /// Fault the page at `addr` where the walk stopped, outside the walk:
+    /// unless the budget expired without progress or a fatal signal is
+    /// pending, call the handler (with `TRIED` if it retries the fault
+    /// that last dropped the lock) and say whether the lock is held.
+    fn fault(&mut self, g: L::Guard<'a>, addr: u64, write: bool) -> Faulted<L::Guard<'a>> {
+        if self.budget.expired_at_fault(addr) {
+            // The walk after a lock drop got no further: no progress.
+            return Faulted::Failed(Error::Busy, Some(g));
+        }
+        if self.mode != Mode::Linux && self.fatal_signal() {
+            return Faulted::Failed(Error::Intr, Some(g));
+        }
+        let retry = self.at.tried == Some(addr);
+        let flags = fault_flags(self.base, write, retry, self.stats);
+        let out = classify(
+            self.env.host.handler.fault(g, addr, flags),
+            flags,
+            self.mode,
+        );
+        match out {
+            Faulted::Held(_) => {
+                // GUP's pattern: walk again from the faulted page, which
+                // sees the leaf the fault installed (a whole huge page when
+                // it mapped one). INVARIANT: the walk filled everything
+                // below `addr`.
+                self.at.tried = None;
+                self.at.cursor = addr;
+            }
+            Faulted::Dropped { completed } => {
+                self.at.tried = if completed { None } else { Some(addr) };
+                self.budget.lock_dropped(addr, completed);
+                self.stats.lock_drops = self.stats.lock_drops.saturating_add(1);
+            }
+            Faulted::Failed(..) => {}
+        }
+        out
+    }
+
+    /// The fault at `addr` dropped the lock: resume there or restart, or
+    /// end the call (unlocked) with the error.
+    fn decide(&mut self, range: &mut Range<'_>, addr: u64) -> Result<(), Error> {
+        if self.fatal_signal() {
+            return Err(Error::Intr);
+        }
+        match after_drop(self.policy, self.mode, self.per_page) {
+            Next::Resume => {
+                // INVARIANT: the walk filled everything below `addr`, and
+                // the sequence check after the re-lock vouches for it.
+                self.at.cursor = addr;
+                self.at.resuming = true;
+            }
+            Next::Restart => self.restart(range),
+            Next::Return(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// Add the walks' counters to the caller's.
+    fn finish(self) {
+        let (s, c) = (self.stats, self.counters);
+        s.pages_filled = s.pages_filled.saturating_add(c.pages_filled);
+        s.leaves = s.leaves.saturating_add(c.leaves);
     }
 }
 
 /// The loop of all three entry points, in `mm/hmm.c`'s order: (re)lock,
 /// check the sequence, walk, fault, decide. It returns with the guard when
 /// the lock is held; the owning entry point drops it.
+///
+/// Loop invariant: entries below the cursor were filled under the current
+/// sequence; the rest still hold their input.
 fn drive<'a, L, H, N, S, C>(
     env: &Env<'a, L, H, N, S, C>,
     range: &mut Range<'_>,
@@ -553,136 +726,52 @@ where
             guard,
         };
     }
-    let may_unlock = mode != Mode::Linux;
-    let per_page = has_per_page_requests(&range.request);
-    let base = base_fault_flags(mode, opts.nowait);
-    let mut budget = Budget::new(env.host.clock, if may_unlock { opts.timeout_ns } else { 0 });
-    // INVARIANT: nothing has been filled yet.
-    let mut at = Cursor {
-        seq: range.notifier_seq,
-        cursor: range.start,
-        tried: None,
-        resuming: false,
-    };
-    let mut counters = WalkCounters::default();
-
+    let mut d = Driver::new(env, range, opts, mode, stats);
     let out = loop {
         // Relock: only after a drop or a restart, so never in Linux mode.
-        let g = match guard.take().map_or_else(|| relock(env, &budget), Ok) {
+        let g = match guard.take().map_or_else(|| d.relock(), Ok) {
             Ok(g) => g,
             Err(e) => break MaybeLocked::dropped(Err(e)),
         };
-
         // Check: has an invalidation made the filled entries stale?
-        if env.notifier.check_retry(at.seq) {
-            match on_sequence_moved(mode, per_page) {
+        if env.notifier.check_retry(d.at.seq) {
+            match on_sequence_moved(mode, d.per_page) {
                 Next::Return(e) => break MaybeLocked::held(Err(e), g),
                 Next::Resume | Next::Restart => {
                     drop(g);
-                    at.restart(env.notifier, range, stats);
-                    budget.judge_after_walk = false;
+                    d.restart(range);
+                    d.budget.judge_after_walk = false;
                     continue;
                 }
             }
         }
-        if core::mem::take(&mut at.resuming) {
-            stats.resumes = stats.resumes.saturating_add(1);
-        }
-
-        // Walk from the cursor until done or a page needs a fault.
-        stats.walks = stats.walks.saturating_add(1);
-        let (addr, write) = match walk(&g, range, at.cursor, &mut counters) {
-            Ok(WalkStop::NeedFault { addr, write, .. }) => (addr, write),
-            Ok(WalkStop::Done) => break MaybeLocked::held(Ok(()), g),
-            Err(e) => break MaybeLocked::held(Err(e), g),
-            Ok(WalkStop::WaitMigration { addr }) => {
-                env.host.handler.migration_wait(&g, addr);
-                stats.migration_waits = stats.migration_waits.saturating_add(1);
-                // GUP checks for a fatal signal before every page, so one
-                // that arrived during the wait ends the call.
-                if may_unlock && env.host.signals.fatal_signal_pending() {
-                    break MaybeLocked::held(Err(Error::Intr), g);
-                }
-                // INVARIANT: the walk filled everything below `addr`.
-                at.cursor = addr;
+        // Walk from the cursor.
+        let (addr, write) = match d.walk_on(&g, range) {
+            Walked::Fault { addr, write } => (addr, write),
+            Walked::Again => {
                 guard = Some(g);
                 continue;
             }
+            Walked::End(result) => break MaybeLocked::held(result, g),
         };
-
-        // Fault the page the walk stopped at.
-        if budget.expired_at_fault(addr) {
-            // The walk after a lock drop got no further: no progress.
-            break MaybeLocked::held(Err(Error::Busy), g);
-        }
-        if may_unlock && env.host.signals.fatal_signal_pending() {
-            break MaybeLocked::held(Err(Error::Intr), g);
-        }
-        let flags = fault_flags(base, write, at.tried == Some(addr), stats);
-        let completed = match classify(env.host.handler.fault(g, addr, flags), flags, mode) {
-            Faulted::Held(g) => {
-                // GUP's pattern: walk again from the faulted page, which
-                // sees the leaf the fault installed (a whole huge page
-                // when it mapped one). INVARIANT: the walk filled
-                // everything below `addr`.
-                at.tried = None;
-                at.cursor = addr;
-                guard = Some(g);
-                continue;
-            }
-            Faulted::Failed(e, g) => {
+        // Fault the page it stopped at, and decide after a lock drop.
+        match d.fault(g, addr, write) {
+            Faulted::Held(g) => guard = Some(g),
+            Faulted::Failed(e, guard) => {
                 break MaybeLocked {
                     result: Err(e),
-                    guard: g,
+                    guard,
                 }
             }
-            Faulted::Dropped { completed } => completed,
-        };
-
-        // Decide: the fault dropped the lock.
-        at.tried = if completed { None } else { Some(addr) };
-        budget.lock_dropped(addr, completed);
-        stats.lock_drops = stats.lock_drops.saturating_add(1);
-        if env.host.signals.fatal_signal_pending() {
-            break MaybeLocked::dropped(Err(Error::Intr));
-        }
-        match after_drop(opts.policy, mode, per_page) {
-            Next::Resume => {
-                // INVARIANT: the walk filled everything below `addr`, and
-                // the sequence check after the re-lock vouches for it.
-                at.cursor = addr;
-                at.resuming = true;
+            Faulted::Dropped { .. } => {
+                if let Err(e) = d.decide(range, addr) {
+                    break MaybeLocked::dropped(Err(e));
+                }
             }
-            Next::Restart => at.restart(env.notifier, range, stats),
-            Next::Return(e) => break MaybeLocked::dropped(Err(e)),
         }
     };
-    stats.pages_filled = stats.pages_filled.saturating_add(counters.pages_filled);
-    stats.leaves = stats.leaves.saturating_add(counters.leaves);
+    d.finish();
     out
-}
-
-/// Re-take the lock after a drop or a restart: not with a fatal signal
-/// pending (`-EINTR`) nor once the budget has expired (`-EBUSY`), and
-/// killably.
-fn relock<'a, L, H, N, S, C>(
-    env: &Env<'a, L, H, N, S, C>,
-    budget: &Budget<'_, C>,
-) -> Result<L::Guard<'a>, Error>
-where
-    L: MmapLock + ?Sized,
-    H: ?Sized,
-    N: ?Sized,
-    S: Signals + ?Sized,
-    C: Clock + ?Sized,
-{
-    if env.host.signals.fatal_signal_pending() {
-        return Err(Error::Intr);
-    }
-    if budget.expired_at_relock() {
-        return Err(Error::Busy);
-    }
-    env.host.lock.read_killable()
 }
 
 /// The flags of one fault: `base`, `WRITE` for a write fault, and `TRIED`
