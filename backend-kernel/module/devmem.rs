@@ -133,10 +133,27 @@ fn migrate_pfn(pfn: u64, write: bool) -> u64 {
     }
 }
 
-/// The owner of the device-private page `pfn`, or 0 for any other page.
-pub(crate) fn devmem_owner(pfn: u64) -> u64 {
-    // SAFETY: no preconditions; the shim checks `pfn_valid`.
-    unsafe { ffi::hmm_rs_pfn_devmem_owner(pfn) }
+/// What a page is, as far as device memory goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DevPage {
+    /// System memory (or no valid page).
+    System,
+    /// Device-private memory of the device whose owner token this is.
+    Private(u64),
+    /// Device-coherent memory of the device whose owner token this is.
+    Coherent(u64),
+}
+
+/// What the page `pfn` is.
+pub(crate) fn devmem(pfn: u64) -> DevPage {
+    let mut owner = 0u64;
+    // SAFETY: no preconditions; the shim checks `pfn_valid`; `owner` is a
+    // valid out-pointer.
+    match unsafe { ffi::hmm_rs_pfn_devmem(pfn, &mut owner) } {
+        ffi::DEVMEM_PRIVATE => DevPage::Private(owner),
+        ffi::DEVMEM_COHERENT => DevPage::Coherent(owner),
+        _ => DevPage::System,
+    }
 }
 
 /// The PFN span of all device memory, read once for a batch of pages: a
@@ -158,12 +175,12 @@ impl DevmemSpan {
         DevmemSpan { lo, hi }
     }
 
-    /// [`devmem_owner`], without the call for PFNs outside the span.
-    pub(crate) fn owner(self, pfn: u64) -> u64 {
+    /// [`devmem`], without the call for PFNs outside the span.
+    pub(crate) fn devmem(self, pfn: u64) -> DevPage {
         if pfn < self.lo || pfn >= self.hi {
-            0
+            DevPage::System
         } else {
-            devmem_owner(pfn)
+            devmem(pfn)
         }
     }
 }
@@ -188,8 +205,8 @@ fn copy_to_system(src: &[u64], dst: &mut [u64], vma: *mut VmAreaStruct, start: u
             continue;
         }
         let Some(spfn) = mpfn_page(*s) else { continue };
-        // Only device-private pages are selected; anything else is left.
-        if devmem_owner(spfn) == 0 {
+        // Only device pages are selected; anything else is left.
+        if devmem(spfn) == DevPage::System {
             continue;
         }
         // SAFETY: `vma` is null or valid under the caller's mmap lock.
@@ -236,7 +253,7 @@ pub(crate) fn to_device(m: &Mirror, mm: &KernelMm, start: u64, end: u64) -> Resu
             }
             // None: an empty or zero-page entry, migrated as zeroes.
             let spfn = mpfn_page(*s);
-            if spfn.is_some_and(|p| devmem_owner(p) != 0) {
+            if spfn.is_some_and(|p| devmem(p) != DevPage::System) {
                 continue;
             }
             // SAFETY: `m.raw` is live for the ioctl (Mirror invariant).
@@ -300,6 +317,12 @@ pub(crate) fn to_system(
 ) -> Result {
     let guard = mm.read();
     let owner = m.owner();
+    // SAFETY: `m.raw` is live for the ioctl (Mirror invariant).
+    let select = if unsafe { ffi::hmm_rs_mirror_coherent(m.raw) } {
+        ffi::SELECT_DEVICE_COHERENT
+    } else {
+        ffi::SELECT_DEVICE_PRIVATE
+    };
     let mut addr = start;
     while addr < end {
         if mm.fatal_signal_pending() {
@@ -310,7 +333,7 @@ pub(crate) fn to_system(
             .filter(|v| v.flags & ffi::VM_READ != 0)
             .ok_or(EINVAL)?;
         let next = chunk_end(addr, end).ok_or(EINVAL)?.min(vma.end);
-        let mut mig = Migration::new(vma.vma, addr, next, owner, ffi::SELECT_DEVICE_PRIVATE, 0);
+        let mut mig = Migration::new(vma.vma, addr, next, owner, select, 0);
         mig.setup()?;
         let n = mig.npages();
         copy_to_system(&mig.src[..n], &mut mig.dst[..n], vma.vma, addr);

@@ -89,6 +89,10 @@ pub(crate) const MIGRATE_PFN_WRITE: u64 = 0x8;
 pub(crate) const MIGRATE_PFN_SHIFT: u32 = 6;
 pub(crate) const SELECT_SYSTEM: u32 = 0x1;
 pub(crate) const SELECT_DEVICE_PRIVATE: u32 = 0x2;
+pub(crate) const SELECT_DEVICE_COHERENT: u32 = 0x4;
+
+pub(crate) const DEVMEM_PRIVATE: u32 = 1;
+pub(crate) const DEVMEM_COHERENT: u32 = 2;
 
 pub(crate) const EXCLUSIVE_BATCH: usize = 64;
 
@@ -157,7 +161,8 @@ extern "C" {
     pub(crate) fn hmm_rs_vma_insert_zeroed_page(vma: *mut VmAreaStruct, addr: u64) -> c_int;
     pub(crate) fn hmm_rs_vma_bounds(vma: *mut VmAreaStruct, start: *mut u64, end: *mut u64);
     pub(crate) fn hmm_rs_devmem_alloc(m: *mut RawMirror) -> u64;
-    pub(crate) fn hmm_rs_pfn_devmem_owner(pfn: u64) -> u64;
+    pub(crate) fn hmm_rs_pfn_devmem(pfn: u64, owner: *mut u64) -> u32;
+    pub(crate) fn hmm_rs_mirror_coherent(m: *mut RawMirror) -> bool;
     pub(crate) fn hmm_rs_devmem_pfn_bounds(lo: *mut u64, hi: *mut u64);
     pub(crate) fn hmm_rs_devmem_backing_pfn(dpfn: u64) -> u64;
     pub(crate) fn hmm_rs_devmem_unmap(dpfn: u64, addr: u64);

@@ -40,7 +40,7 @@ impl kernel::Module for HmmRs {
         if r != 0 {
             return Err(Error::from_errno(r));
         }
-        pr_info!("two devices registered\n");
+        pr_info!("devices registered\n");
         Ok(HmmRs)
     }
 }

@@ -61,7 +61,7 @@ use kernel::error::code::{EBUSY, EFAULT, EINTR, EINVAL, ENOMEM, ENOTTY, EPERM};
 use kernel::prelude::*;
 use kernel::uaccess::UserSlice;
 
-use crate::devmem;
+use crate::devmem::{self, DevPage};
 use crate::ffi::{self, RawMirror, VmAreaStruct};
 use crate::hmm_core::{
     self as core_, Clock, Env, HmmPfn, IntervalNotifier, MmapLock, Options, PfnFlags, Policy,
@@ -145,6 +145,8 @@ const PROT_PUD: u8 = 0x08;
 const PROT_ZERO: u8 = 0x10;
 const PROT_DEV_PRIVATE_LOCAL: u8 = 0x20;
 const PROT_DEV_PRIVATE_REMOTE: u8 = 0x30;
+const PROT_DEV_COHERENT_LOCAL: u8 = 0x40;
+const PROT_DEV_COHERENT_REMOTE: u8 = 0x50;
 
 /// Pages per range fault (the PFN array lives on the stack, as in test_hmm).
 const CHUNK: usize = 64;
@@ -313,10 +315,12 @@ impl Mirror {
                 }
                 // This device's own pages come back unfaulted: the device
                 // reads their backing pages.
-                let pfn = match span.owner(p.pfn()) {
-                    0 => p.pfn(),
-                    o if o == self.owner() => devmem::backing_pfn(p.pfn()),
-                    _ => return Err(EFAULT),
+                // Coherent memory (any device's) is CPU memory: the device
+                // reads it in place.
+                let pfn = match span.devmem(p.pfn()) {
+                    DevPage::System | DevPage::Coherent(_) => p.pfn(),
+                    DevPage::Private(o) if o == self.owner() => devmem::backing_pfn(p.pfn()),
+                    DevPage::Private(_) => return Err(EFAULT),
                 };
                 let tag = if p.is_writable() {
                     ffi::TAG_WRITE
@@ -746,11 +750,13 @@ fn prot(p: HmmPfn, zero_pfn: u64, owner: u64, span: devmem::DevmemSpan) -> u8 {
     if !p.is_valid() {
         return PROT_NONE;
     }
-    let mut b = match span.owner(p.pfn()) {
-        0 if p.pfn() == zero_pfn => PROT_ZERO,
-        0 => PROT_NONE,
-        o if o == owner => PROT_DEV_PRIVATE_LOCAL,
-        _ => PROT_DEV_PRIVATE_REMOTE,
+    let mut b = match span.devmem(p.pfn()) {
+        DevPage::System if p.pfn() == zero_pfn => PROT_ZERO,
+        DevPage::System => PROT_NONE,
+        DevPage::Private(o) if o == owner => PROT_DEV_PRIVATE_LOCAL,
+        DevPage::Private(_) => PROT_DEV_PRIVATE_REMOTE,
+        DevPage::Coherent(o) if o == owner => PROT_DEV_COHERENT_LOCAL,
+        DevPage::Coherent(_) => PROT_DEV_COHERENT_REMOTE,
     };
     b |= if p.is_writable() {
         PROT_WRITE

@@ -53,6 +53,7 @@ static_assert(HMM_RS_MIGRATE_PFN_WRITE == MIGRATE_PFN_WRITE);
 static_assert(HMM_RS_MIGRATE_PFN_SHIFT == MIGRATE_PFN_SHIFT);
 static_assert(HMM_RS_SELECT_SYSTEM == MIGRATE_VMA_SELECT_SYSTEM);
 static_assert(HMM_RS_SELECT_DEVICE_PRIVATE == MIGRATE_VMA_SELECT_DEVICE_PRIVATE);
+static_assert(HMM_RS_SELECT_DEVICE_COHERENT == MIGRATE_VMA_SELECT_DEVICE_COHERENT);
 static_assert(sizeof(unsigned long) == sizeof(u64));
 
 /* Device memory is added in chunks of this size, up to this many. */
@@ -89,6 +90,8 @@ struct hmm_rs_device {
 	char name[32];
 	bool registered;
 
+	bool coherent;			/* MEMORY_DEVICE_COHERENT at spm_addr */
+	u64 spm_addr;
 	struct mutex devmem_lock;	/* chunks[], nchunks */
 	struct hmm_rs_chunk *chunks[HMM_RS_MAX_CHUNKS];
 	unsigned int nchunks;
@@ -98,7 +101,19 @@ struct hmm_rs_device {
 	u64 calloc, cfree;
 };
 
-static struct hmm_rs_device hmm_rs_devices[HMM_RS_NDEVICES];
+static struct hmm_rs_device hmm_rs_devices[HMM_RS_MAX_DEVICES];
+static int hmm_rs_ndevices;
+
+/*
+ * Device-coherent memory, as test_hmm takes it: the physical addresses of
+ * two 256 MiB ranges of soft-reserved memory. With both set, devices 2 and
+ * 3 use them as MEMORY_DEVICE_COHERENT memory.
+ */
+static unsigned long spm_addr_dev0, spm_addr_dev1;
+module_param(spm_addr_dev0, ulong, 0444);
+MODULE_PARM_DESC(spm_addr_dev0, "start of 256 MiB of soft-reserved memory for device 2 (coherent)");
+module_param(spm_addr_dev1, ulong, 0444);
+MODULE_PARM_DESC(spm_addr_dev1, "start of 256 MiB of soft-reserved memory for device 3 (coherent)");
 
 /*
  * Retry budget of READ_UNLOCKED per 64-page chunk, in milliseconds, reset
@@ -754,7 +769,8 @@ static int hmm_rs_devmem_add_chunk(struct hmm_rs_device *d)
 	int ret;
 
 	mutex_lock(&d->devmem_lock);
-	if (d->nchunks == HMM_RS_MAX_CHUNKS) {
+	/* A coherent device has its one range of memory. */
+	if (d->nchunks == (d->coherent ? 1 : HMM_RS_MAX_CHUNKS)) {
 		ret = -ENOMEM;
 		goto out_unlock;
 	}
@@ -763,15 +779,22 @@ static int hmm_rs_devmem_add_chunk(struct hmm_rs_device *d)
 		ret = -ENOMEM;
 		goto out_unlock;
 	}
-	res = request_free_mem_region(&iomem_resource, HMM_RS_CHUNK_SIZE,
-				      "hmm_rs");
-	if (IS_ERR_OR_NULL(res)) {
-		ret = res ? PTR_ERR(res) : -ENOMEM;
-		goto out_free;
+	if (d->coherent) {
+		res = NULL;
+		c->pagemap.type = MEMORY_DEVICE_COHERENT;
+		c->pagemap.range.start = d->spm_addr;
+		c->pagemap.range.end = d->spm_addr + HMM_RS_CHUNK_SIZE - 1;
+	} else {
+		res = request_free_mem_region(&iomem_resource,
+					      HMM_RS_CHUNK_SIZE, "hmm_rs");
+		if (IS_ERR_OR_NULL(res)) {
+			ret = res ? PTR_ERR(res) : -ENOMEM;
+			goto out_free;
+		}
+		c->pagemap.type = MEMORY_DEVICE_PRIVATE;
+		c->pagemap.range.start = res->start;
+		c->pagemap.range.end = res->end;
 	}
-	c->pagemap.type = MEMORY_DEVICE_PRIVATE;
-	c->pagemap.range.start = res->start;
-	c->pagemap.range.end = res->end;
 	c->pagemap.nr_range = 1;
 	c->pagemap.ops = &hmm_rs_devmem_ops;
 	c->pagemap.owner = d;
@@ -803,7 +826,8 @@ static int hmm_rs_devmem_add_chunk(struct hmm_rs_device *d)
 	return 0;
 
 out_release:
-	release_mem_region(res->start, resource_size(res));
+	if (res)
+		release_mem_region(res->start, resource_size(res));
 out_free:
 	kfree(c);
 out_unlock:
@@ -826,35 +850,58 @@ static struct page *hmm_rs_devmem_take_free(struct hmm_rs_device *d)
 }
 
 /*
- * Allocate one device page of @m's device, with a zeroed backing page, and
- * return its PFN (the page is locked, as migrate_vma_pages expects), or 0:
- * no memory, or HMM_DMIRROR_FLAG_FAIL_ALLOC was set (and is consumed).
+ * Allocate one device page of @m's device and return its PFN (the page is
+ * locked, as migrate_vma_pages expects), or 0: no memory, or
+ * HMM_DMIRROR_FLAG_FAIL_ALLOC was set (and is consumed). A device-private
+ * page gets a zeroed backing page; a coherent page is its own storage.
  */
 u64 hmm_rs_devmem_alloc(struct hmm_rs_mirror *m)
 {
 	struct hmm_rs_device *d = m->dev;
-	struct page *dpage, *rpage;
+	struct page *dpage, *rpage = NULL;
 
 	if (READ_ONCE(m->flags) & HMM_RS_FLAG_FAIL_ALLOC) {
 		WRITE_ONCE(m->flags, m->flags & ~HMM_RS_FLAG_FAIL_ALLOC);
 		return 0;
 	}
-	rpage = alloc_page(GFP_HIGHUSER | __GFP_ZERO);
-	if (!rpage)
-		return 0;
+	if (!d->coherent) {
+		rpage = alloc_page(GFP_HIGHUSER | __GFP_ZERO);
+		if (!rpage)
+			return 0;
+	}
 	dpage = hmm_rs_devmem_take_free(d);
 	if (!dpage && hmm_rs_devmem_add_chunk(d) == 0)
 		dpage = hmm_rs_devmem_take_free(d);
 	if (!dpage) {
-		__free_page(rpage);
+		if (rpage)
+			__free_page(rpage);
 		return 0;
 	}
 	zone_device_page_init(dpage);
-	dpage->zone_device_data = rpage;
-	/* The backing page names the mirror that maps the device page. */
+	/*
+	 * The page names the mirror that maps it (a private page through its
+	 * backing page), which it holds a reference on until page_free.
+	 */
 	kref_get(&m->ref);
-	rpage->zone_device_data = m;
+	if (rpage) {
+		dpage->zone_device_data = rpage;
+		rpage->zone_device_data = m;
+	} else {
+		clear_highpage(dpage);
+		dpage->zone_device_data = m;
+	}
 	return page_to_pfn(dpage);
+}
+
+/* The mirror a device page in use names (see hmm_rs_devmem_alloc). */
+static struct hmm_rs_mirror *hmm_rs_page_mirror(struct page *dpage)
+{
+	struct page *rpage;
+
+	if (is_device_coherent_page(dpage))
+		return dpage->zone_device_data;
+	rpage = dpage->zone_device_data;
+	return rpage ? rpage->zone_device_data : NULL;
 }
 
 static void hmm_rs_mirror_free(struct kref *ref)
@@ -873,31 +920,53 @@ static void hmm_rs_mirror_free(struct kref *ref)
  */
 void hmm_rs_devmem_unmap(u64 dpfn, u64 addr)
 {
-	struct page *rpage = pfn_to_page(dpfn)->zone_device_data;
-	struct hmm_rs_mirror *m = rpage->zone_device_data;
+	struct hmm_rs_mirror *m = hmm_rs_page_mirror(pfn_to_page(dpfn));
 
+	if (!m)
+		return;
 	mutex_lock(&m->mutex);
 	xa_erase(&m->pt, addr >> PAGE_SHIFT);
 	mutex_unlock(&m->mutex);
 }
 
-/* pgmap->owner of the page at @pfn if it is device-private, else 0. */
-u64 hmm_rs_pfn_devmem_owner(u64 pfn)
+/*
+ * What the page at @pfn is: HMM_RS_DEVMEM_PRIVATE or _COHERENT device
+ * memory (with its pgmap->owner in @owner), or HMM_RS_DEVMEM_NONE.
+ */
+u32 hmm_rs_pfn_devmem(u64 pfn, u64 *owner)
 {
 	struct page *page;
 
+	*owner = 0;
 	if (!pfn_valid(pfn))
-		return 0;
+		return HMM_RS_DEVMEM_NONE;
 	page = pfn_to_page(pfn);
-	if (!is_device_private_page(page))
-		return 0;
-	return (u64)(uintptr_t)page->pgmap->owner;
+	if (is_device_private_page(page)) {
+		*owner = (u64)(uintptr_t)page->pgmap->owner;
+		return HMM_RS_DEVMEM_PRIVATE;
+	}
+	if (is_device_coherent_page(page)) {
+		*owner = (u64)(uintptr_t)page->pgmap->owner;
+		return HMM_RS_DEVMEM_COHERENT;
+	}
+	return HMM_RS_DEVMEM_NONE;
 }
 
-/* The backing page of the device page @dpfn (which must be in use). */
+bool hmm_rs_mirror_coherent(struct hmm_rs_mirror *m)
+{
+	return m->dev->coherent;
+}
+
+/*
+ * The page that holds the contents of the device page @dpfn (in use): its
+ * backing page, or for coherent memory the page itself.
+ */
 u64 hmm_rs_devmem_backing_pfn(u64 dpfn)
 {
 	struct page *rpage = pfn_to_page(dpfn)->zone_device_data;
+
+	if (is_device_coherent_page(pfn_to_page(dpfn)))
+		return dpfn;
 
 	return page_to_pfn(rpage);
 }
@@ -1024,8 +1093,9 @@ void hmm_rs_devmem_remove(struct hmm_rs_device *d)
 		struct hmm_rs_chunk *c = d->chunks[i];
 
 		memunmap_pages(&c->pagemap);
-		release_mem_region(c->pagemap.range.start,
-				   range_len(&c->pagemap.range));
+		if (c->pagemap.type == MEMORY_DEVICE_PRIVATE)
+			release_mem_region(c->pagemap.range.start,
+					   range_len(&c->pagemap.range));
 		kfree(c);
 		d->chunks[i] = NULL;
 	}
@@ -1043,11 +1113,11 @@ static void hmm_rs_devmem_page_free(struct page *page)
 {
 	struct hmm_rs_chunk *c = hmm_rs_page_chunk(page);
 	struct hmm_rs_device *d = c->dev;
-	struct page *rpage = page->zone_device_data;
-	struct hmm_rs_mirror *m = NULL;
+	struct hmm_rs_mirror *m = hmm_rs_page_mirror(page);
 
-	if (rpage) {
-		m = rpage->zone_device_data;
+	if (!is_device_coherent_page(page) && page->zone_device_data) {
+		struct page *rpage = page->zone_device_data;
+
 		rpage->zone_device_data = NULL;
 		__free_page(rpage);
 	}
@@ -1236,7 +1306,7 @@ void hmm_rs_unregister(void)
 {
 	int i;
 
-	for (i = 0; i < HMM_RS_NDEVICES; i++) {
+	for (i = 0; i < hmm_rs_ndevices; i++) {
 		if (hmm_rs_devices[i].registered)
 			misc_deregister(&hmm_rs_devices[i].misc);
 		hmm_rs_devices[i].registered = false;
@@ -1252,11 +1322,23 @@ int hmm_rs_register(void)
 
 	if (!devname || !*devname || strlen(devname) > 24)
 		return -EINVAL;
-	for (i = 0; i < HMM_RS_NDEVICES; i++) {
+	hmm_rs_ndevices = 2;
+	if (spm_addr_dev0 && spm_addr_dev1) {
+		/* Whole sections of memory, as memremap_pages needs. */
+		if (!IS_ALIGNED(spm_addr_dev0, HMM_RS_CHUNK_SIZE) ||
+		    !IS_ALIGNED(spm_addr_dev1, HMM_RS_CHUNK_SIZE))
+			return -EINVAL;
+		hmm_rs_devices[2].coherent = true;
+		hmm_rs_devices[2].spm_addr = spm_addr_dev0;
+		hmm_rs_devices[3].coherent = true;
+		hmm_rs_devices[3].spm_addr = spm_addr_dev1;
+		hmm_rs_ndevices = HMM_RS_MAX_DEVICES;
+	}
+	for (i = 0; i < hmm_rs_ndevices; i++) {
 		mutex_init(&hmm_rs_devices[i].devmem_lock);
 		spin_lock_init(&hmm_rs_devices[i].lock);
 	}
-	for (i = 0; i < HMM_RS_NDEVICES; i++) {
+	for (i = 0; i < hmm_rs_ndevices; i++) {
 		struct hmm_rs_device *d = &hmm_rs_devices[i];
 
 		snprintf(d->name, sizeof(d->name), "%s%d", devname, i);

@@ -8,7 +8,13 @@
 
 #include <linux/types.h>
 
-#define HMM_RS_NDEVICES 2
+/* Two device-private devices, and two device-coherent ones if configured. */
+#define HMM_RS_MAX_DEVICES 4
+
+/* hmm_rs_pfn_devmem() results. */
+#define HMM_RS_DEVMEM_NONE	0
+#define HMM_RS_DEVMEM_PRIVATE	1
+#define HMM_RS_DEVMEM_COHERENT	2
 
 /* Device page-table entry tags (xarray pointer tags, as lib/test_hmm.c). */
 #define HMM_RS_TAG_READ		0
@@ -25,6 +31,7 @@
 #define HMM_RS_MIGRATE_PFN_SHIFT	6
 #define HMM_RS_SELECT_SYSTEM		0x1
 #define HMM_RS_SELECT_DEVICE_PRIVATE	0x2
+#define HMM_RS_SELECT_DEVICE_COHERENT	0x4
 
 /* Pages per make_device_exclusive_range call. */
 #define HMM_RS_EXCLUSIVE_BATCH	64
@@ -130,7 +137,8 @@ int hmm_rs_pt_write_page(struct hmm_rs_mirror *m, u64 vpfn, const void *src);
 int hmm_rs_vma_insert_zeroed_page(struct vm_area_struct *vma, u64 addr);
 void hmm_rs_vma_bounds(struct vm_area_struct *vma, u64 *start, u64 *end);
 u64 hmm_rs_devmem_alloc(struct hmm_rs_mirror *m);
-u64 hmm_rs_pfn_devmem_owner(u64 pfn);
+u32 hmm_rs_pfn_devmem(u64 pfn, u64 *owner);
+bool hmm_rs_mirror_coherent(struct hmm_rs_mirror *m);
 void hmm_rs_devmem_pfn_bounds(u64 *lo, u64 *hi);
 u64 hmm_rs_devmem_backing_pfn(u64 dpfn);
 void hmm_rs_devmem_unmap(u64 dpfn, u64 addr);

@@ -254,6 +254,23 @@ pub fn build(log: &SerialLog, claims: &Claims) -> Report {
         ),
     );
 
+    // ------------------------------------------------------------ coherent memory
+    let spm = log
+        .events
+        .iter()
+        .find(|e| e.starts_with("SPM "))
+        .and_then(|e| event_field(e, "ranges"));
+    let _ = writeln!(
+        out,
+        "soft-reserved ranges for the device-coherent devices: {}",
+        spm.map_or("unknown".to_string(), |n| n.to_string())
+    );
+    checks.check(
+        spm.is_some_and(|n| n >= 2),
+        "the VM has no soft-reserved memory for the device-coherent devices (their cases \
+         would skip)",
+    );
+
     // ------------------------------------------------------------ fuzzer
     fuzz_report(log, &mut out, &mut checks);
     diff_report(log, &mut out, &mut checks);
@@ -464,7 +481,10 @@ fn diff_report(log: &SerialLog, out: &mut String, checks: &mut Checks) {
         .section(DIFF_SELFCHECK_SECTION)
         .map(|s| tap::parse(s.lines.iter().map(String::as_str)))
         .unwrap_or_default();
-    let caught = selfcheck.iter().filter(|t| t.outcome == Outcome::Fail).count();
+    let caught = selfcheck
+        .iter()
+        .filter(|t| t.outcome == Outcome::Fail)
+        .count();
     let _ = writeln!(
         out,
         "self-check (test_hmm's two devices compared with each other): {caught} of {} layouts \
@@ -686,7 +706,7 @@ mod tests {
                 rs_uffd: "ok",
                 rs_splat: "",
                 c_splat: "",
-                events: "@@HMM-HUGEPAGES rs free=8 total=8\n",
+                events: "@@HMM-HUGEPAGES rs free=8 total=8\n@@HMM-SPM ranges=2\n",
                 rs_fuzz_end:
                     "fuzz-done calls=10 elapsed_ms=5 violations=0\n@@HMM-SECTION END rc=0\n",
                 c_skips_s: true,
@@ -761,10 +781,10 @@ mod tests {
             .ends_with(&format!("{} passed, 0 failed, 1 skipped\n", r.passed)));
         assert!(r.text.contains("needs MIGRATE_TO_DEV"));
         // 1 claimed + unexplained + 2 uffd + uffd-ran + 1 hostile +
-        // hostile-ran + huge pages + fuzz + diff + diff self-check + bench +
-        // 3 module checks (completed, loaded, unloaded) + kernel log
-        // captured + no splat.
-        assert_eq!(r.passed, 17, "{}", r.text);
+        // hostile-ran + huge pages + coherent memory + fuzz + diff + diff
+        // self-check + bench + 3 module checks (completed, loaded,
+        // unloaded) + kernel log captured + no splat.
+        assert_eq!(r.passed, 18, "{}", r.text);
         assert!(r.text.contains("2 layouts compared, 0 with differences"));
         assert!(r.text.contains("0.50"), "{}", r.text); // min ratio 100/200
         assert!(r.text.contains("1.50"), "{}", r.text); // median ratio 300/200
@@ -855,7 +875,9 @@ mod tests {
         .report();
         assert!(!r.ok(), "{}", r.text);
         assert!(r.text.contains("differential test: 1 of 2 layouts differ"));
-        assert!(r.text.contains("  snapshot (page) at 5: A 2 (0x2), B 1 (0x1)"));
+        assert!(r
+            .text
+            .contains("  snapshot (page) at 5: A 2 (0x2), B 1 (0x1)"));
         assert!(r.text.contains("  layout 2: written +fork"));
         assert!(!r.text.contains("  layout 1: empty"));
     }
@@ -863,18 +885,29 @@ mod tests {
     #[test]
     fn missing_huge_pages_fail() {
         let r = Log {
-            events: "@@HMM-HUGEPAGES rs free=0 total=0\n",
+            events: "@@HMM-HUGEPAGES rs free=0 total=0\n@@HMM-SPM ranges=2\n",
             ..Log::default()
         }
         .report();
         assert_eq!(r.failed, 1);
         assert!(r.text.contains("huge pages free before hmm_rs's tests: 0"));
         let r = Log {
-            events: "",
+            events: "@@HMM-SPM ranges=2\n",
             ..Log::default()
         }
         .report();
         assert_eq!(r.failed, 1);
+    }
+
+    #[test]
+    fn missing_coherent_memory_fails() {
+        let r = Log {
+            events: "@@HMM-HUGEPAGES rs free=8 total=8\n@@HMM-SPM ranges=0\n",
+            ..Log::default()
+        }
+        .report();
+        assert_eq!(r.failed, 1, "{}", r.text);
+        assert!(r.text.contains("no soft-reserved memory"));
     }
 
     #[test]
@@ -896,7 +929,8 @@ mod tests {
 
     #[test]
     fn debug_kernel_needs_lockdep_on_and_runs_no_bench() {
-        let events = "@@HMM-HUGEPAGES rs free=8 total=8\n@@HMM-CONFIG flavor=debug benches=0\n";
+        let events = "@@HMM-HUGEPAGES rs free=8 total=8\n@@HMM-SPM ranges=2\n\
+                      @@HMM-CONFIG flavor=debug benches=0\n";
         let r = Log {
             events,
             ..Log::default()

@@ -16,7 +16,8 @@
 # Events (lines `@@HMM-<WHAT> ...` outside sections): INSMOD-FAILED and
 # RMMOD-FAILED <driver>, HUGEPAGES <driver> free=<n> total=<n> (before each
 # driver's tests), LOCKDEP <driver> debug_locks=<0|1> (after each driver's
-# phases, when the kernel has lockdep), CONFIG flavor=<release|debug>.
+# phases, when the kernel has lockdep), CONFIG flavor=<release|debug>,
+# SPM ranges=<n> (soft-reserved ranges for the device-coherent devices).
 echo 1 > /proc/sys/kernel/printk
 BENCH_MIB="${BENCH_MIB:-64}"
 BENCH_ROUNDS="${BENCH_ROUNDS:-5}"
@@ -26,6 +27,9 @@ FUZZ_SEED="${FUZZ_SEED:-1}"
 FUZZ_CALLS="${FUZZ_CALLS:-20000}"
 FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
 DIFF_LAYOUTS="${DIFF_LAYOUTS:-100}"
+# Module parameters giving both drivers device-coherent memory (the VM's
+# soft-reserved ranges); only the hmm-tests phases use them.
+SPM_ARGS="${SPM_ARGS:-}"
 
 echo "@@HMM-CONFIG flavor=$FLAVOR benches=$BENCH_PASSES fuzz_seed=$FUZZ_SEED"
 
@@ -55,9 +59,11 @@ lockdep() {  # lockdep DRIVER: is lockdep still validating?
     fi
 }
 
-load() {  # load DRIVER KO
-    insmod "$2" && return 0
-    echo "@@HMM-INSMOD-FAILED $1"
+load() {  # load DRIVER KO [PARAMS...]
+    drv="$1"; ko="$2"; shift 2
+    # shellcheck disable=SC2086 # PARAMS are words
+    insmod "$ko" "$@" && return 0
+    echo "@@HMM-INSMOD-FAILED $drv"
     return 1
 }
 
@@ -67,7 +73,8 @@ unload() {  # unload DRIVER MODNAME
 
 run_driver() {  # run_driver DRIVER KO MODNAME
     drv="$1"; ko="$2"; mod="$3"
-    load "$drv" "$ko" || { kernel_log "$drv.load"; return; }
+    # shellcheck disable=SC2086 # SPM_ARGS are words
+    load "$drv" "$ko" $SPM_ARGS || { kernel_log "$drv.load"; return; }
     kernel_log "$drv.load"
     hugepages "$drv"
     section "$drv.hmm-tests" ./hmm-tests
@@ -126,6 +133,7 @@ bench_driver() {  # bench_driver DRIVER KO MODNAME PASS BENCH_ARGS...
 }
 
 kernel_log boot
+echo "@@HMM-SPM ranges=$(grep -c 'Soft Reserved' /proc/iomem)"
 
 # On the debug kernel hmm_rs goes first: lockdep switches itself off at its
 # first report, and a report caused by the C driver must not leave hmm_rs

@@ -19,7 +19,12 @@
 #      HMM_BENCH_PASSES (default 3): the drivers take turns, one pass each;
 #      HMM_FUZZ_SEED (default: the current time), HMM_FUZZ_CALLS (default
 #      20000), HMM_FUZZ_SECONDS (default 60): the ioctl fuzzer, per driver.
-#   HMM_DIFF_LAYOUTS (default 100): layouts of the differential test.
+#      HMM_DIFF_LAYOUTS (default 100): layouts of the differential test.
+#
+# Device-coherent memory: the VM boots with two 256 MiB ranges of its RAM,
+# at 1 GiB and 1.25 GiB, turned into soft-reserved memory (E820 type
+# 0xefffffff, `memmap=256M%<addr>-1+0xefffffff`), and both drivers get them
+# as spm_addr_dev0/1 for their device-coherent devices 2 and 3.
 # Writes OUTDIR/serial.log, OUTDIR/stages.txt and OUTDIR/module-build.log.
 # Exit status: non-zero if a build failed or the VM run did not complete.
 set -euo pipefail
@@ -38,6 +43,8 @@ else
     qemu_timeout="${HMM_QEMU_TIMEOUT:-1500}"
 fi
 fuzz_seed="${HMM_FUZZ_SEED:-$(date +%s)}"
+spm0=0x40000000 spm1=0x50000000
+spm_append="memmap=256M%$spm0-1+0xefffffff memmap=256M%$spm1-1+0xefffffff"
 hmm_log "kernel flavor $HMM_KERNEL_FLAVOR; ioctl fuzzer seed $fuzz_seed"
 mkdir -p "$out"
 : > "$out/stages.txt"
@@ -85,6 +92,7 @@ FLAVOR=$HMM_KERNEL_FLAVOR \\
 BENCH_MIB=${HMM_BENCH_MIB:-64} BENCH_ROUNDS=${HMM_BENCH_ROUNDS:-5} BENCH_PASSES=$passes \\
 FUZZ_SEED=$fuzz_seed FUZZ_CALLS=${HMM_FUZZ_CALLS:-20000} FUZZ_SECONDS=${HMM_FUZZ_SECONDS:-60} \\
 DIFF_LAYOUTS=${HMM_DIFF_LAYOUTS:-100} \\
+SPM_ARGS="spm_addr_dev0=$spm0 spm_addr_dev1=$spm1" \\
     sh /hmm/guest.sh
 EOF
 timed initramfs "$harness/mkinitramfs.sh" -o "$out/initramfs.cpio.gz" -s "$out/test.sh" \
@@ -93,6 +101,7 @@ timed initramfs "$harness/mkinitramfs.sh" -o "$out/initramfs.cpio.gz" -s "$out/t
 
 set +e
 timed qemu "$harness/run-qemu.sh" -i "$out/initramfs.cpio.gz" -l "$out/serial.log" \
+    -a "$spm_append" \
     -t "$qemu_timeout" > /dev/null
 qrc=$?
 set -e
