@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 use hmm_core::{Options, Policy, Stats, VmFlags, PAGE_SIZE};
 
 use crate::dmirror::{Cmd, Device};
-use crate::inject::{storm_op, SplitMix64, StormOp};
+use crate::inject::SplitMix64;
 use crate::mm::Mm;
+use crate::storm::{storm_op, StormOp};
 use crate::task::Task;
 use crate::userfaultfd::{Features, UffdMsg};
 use crate::{Errno, Machine};

@@ -23,6 +23,7 @@
 //!   WRITEPROTECT, REMOVE / UNMAP events, lock-dropping waits;
 //! * [`task`]: tasks, fatal signals and killable sleeps;
 //! * [`inject`]: fault injection with deterministic seeds;
+//! * [`storm`]: invalidation storms from CPU threads;
 //! * [`dmirror`]: a device mirror like `lib/test_hmm.c`;
 //! * [`demo`]: the `hmm-sim` main job.
 //!
@@ -57,6 +58,7 @@ pub mod mm;
 pub mod notifier;
 pub mod ops;
 pub mod pagetable;
+pub mod storm;
 pub mod task;
 pub mod userfaultfd;
 pub mod vma;

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use backend_sim::dmirror::Cmd;
-use backend_sim::inject::{Pace, SplitMix64, Storm, StormOp};
+use backend_sim::inject::SplitMix64;
+use backend_sim::storm::{Pace, Storm, StormOp};
 use backend_sim::task::Task;
 use backend_sim::userfaultfd::Features;
 use common::*;

@@ -1,0 +1,238 @@
+//! Device memory (`mm/migrate_device.c`, `mm/rmap.c`'s
+//! `make_device_exclusive`): migration into device-private memory and
+//! back, and device-exclusive entries.
+
+use std::sync::atomic::Ordering;
+
+use hmm_core::{FaultFlags, FaultOutcome, VmFlags, PAGE_SIZE};
+
+use super::{store, MovedPage};
+use crate::fault::handle_mm_fault;
+use crate::frame::{FrameKind, ZERO_PFN};
+use crate::mm::{Mm, MmReadGuard};
+use crate::notifier::{Event, InvalidateRange};
+use crate::pagetable::{Pte, Slot, PTE_SHIFT};
+use crate::vma::VmaInfo;
+use crate::Errno;
+
+impl Mm {
+    /// The VMA a device migration of `[start, end)` works in, with
+    /// `migrate_vma_setup`'s checks: the range lies inside one VMA, which is
+    /// neither hugetlb nor `VM_PFNMAP` / `VM_IO` / `VM_MIXEDMAP`
+    /// (`VM_SPECIAL`); otherwise `-EINVAL`.
+    fn migrate_vma(&self, start: u64, end: u64) -> Result<VmaInfo, Errno> {
+        let v = self
+            .vmas()
+            .lookup(start)
+            .filter(|v| start < end && end <= v.end)
+            .cloned()
+            .ok_or(Errno::EINVAL)?;
+        let special = VmFlags::PFNMAP | VmFlags::IO | VmFlags::MIXEDMAP;
+        if v.is_hugetlb() || v.flags.intersects(special) {
+            return Err(Errno::EINVAL);
+        }
+        Ok(v)
+    }
+
+    /// One round of `migrate_vma_setup` (`MIGRATE_VMA_SELECT_SYSTEM`),
+    /// `migrate_vma_pages` and `migrate_vma_finalize` into device-private
+    /// memory, over `[start, end)` inside one VMA, holding the mmap read
+    /// lock `g`. `-EINVAL` where `migrate_vma_setup` refuses: the range is
+    /// not inside one VMA, or the VMA is hugetlb or `VM_PFNMAP` / `VM_IO` /
+    /// `VM_MIXEDMAP`.
+    ///
+    /// Which pages move, as in `mm/migrate_device.c`:
+    /// * an anonymous page mapped only here, in any VMA: so the
+    ///   copy-on-write copies inside a private file mapping move, while
+    ///   page-cache pages never do (`migrate_vma_pages` refuses a folio
+    ///   with a mapping). The simulator has no reverse map, so a page
+    ///   still shared with a forked process stays where Linux would move it
+    ///   for both;
+    /// * in an anonymous VMA, a hole or the zero page becomes a zero-filled
+    ///   device page, unless the VMA is registered for userfaultfd missing
+    ///   faults: there `migrate_vma_insert_page` backs off, so the page is
+    ///   still missing and the next fault reaches the handler. In a file
+    ///   VMA holes and the zero page stay;
+    /// * nothing else: device-private, swap, migration, device-exclusive,
+    ///   hwpoison and marker entries, special mappings.
+    ///
+    /// A page whose device page `alloc_dev` cannot provide stays, and the
+    /// next one is still tried. The migrated pages, `(addr, device pfn,
+    /// writable)` (a moved page keeps its PTE's write permission, a filled
+    /// hole gets the VMA's), go to `map` once their entries are in place,
+    /// before the old pages are released, as a driver maps them between
+    /// `migrate_vma_pages` and `migrate_vma_finalize`; they are also
+    /// returned. The invalidation carries `owner`, so the owner's own
+    /// mirror may keep its entries.
+    pub fn migrate_to_device(
+        &self,
+        g: &MmReadGuard<'_>,
+        start: u64,
+        end: u64,
+        owner: u64,
+        alloc_dev: &mut dyn FnMut() -> Option<u64>,
+        map: &mut dyn FnMut(&[MovedPage]),
+    ) -> Result<Vec<MovedPage>, Errno> {
+        debug_assert!(std::ptr::eq(g.mm(), self));
+        let v = self.migrate_vma(start, end)?;
+        let frames = &self.machine.frames;
+        // migrate_vma_insert_page: only anonymous memory is populated, and
+        // not under a userfaultfd MISSING registration.
+        let fill = v.is_anon() && !v.uffd_missing();
+        let vm_write = v.flags.contains(VmFlags::WRITE);
+        self.split_all(start, end);
+        let inv = self.notifiers.invalidate_range_start(
+            &InvalidateRange::new(start, end, Event::Migrate).with_owner(owner),
+        );
+        let mut out = Vec::new();
+        let mut old = Vec::new();
+        let ptl = self.ptl();
+        let mut a = start;
+        while a < end {
+            let here = a;
+            a += PAGE_SIZE;
+            let cur = match self.tables.slot(self.root, here, PTE_SHIFT, false) {
+                Slot::At(e) => Pte::decode(e.load(Ordering::Acquire), false),
+                Slot::Missing(_) => Pte::None,
+                // A huge leaf that did not split is skipped.
+                Slot::Huge(..) => continue,
+            };
+            let (src, write) = match cur {
+                Pte::None => (None, vm_write),
+                Pte::Present { pfn, .. } if pfn == ZERO_PFN => (None, vm_write),
+                Pte::Present {
+                    pfn,
+                    write,
+                    special: false,
+                    ..
+                } if frames.kind(pfn) == FrameKind::System
+                    && frames.order(pfn) == 0
+                    && frames.refcount(pfn) == 1
+                    && !v.maps_page_cache(here, pfn) =>
+                {
+                    (Some(pfn), write)
+                }
+                _ => continue,
+            };
+            if src.is_none() && !fill {
+                continue;
+            }
+            let Some(dev) = alloc_dev() else { continue };
+            let Slot::At(e) = self.tables.slot(self.root, here, PTE_SHIFT, true) else {
+                frames.put(dev);
+                continue;
+            };
+            if let Some(s) = src {
+                frames.copy_page(s, dev);
+                old.push(s);
+            }
+            store(e, Pte::DevicePrivate { pfn: dev, write });
+            out.push((here, dev, write));
+        }
+        drop(ptl);
+        drop(inv);
+        map(&out);
+        for s in old {
+            frames.put(s);
+        }
+        Ok(out)
+    }
+
+    /// One round of `migrate_vma_*` with `MIGRATE_VMA_SELECT_DEVICE_PRIVATE`
+    /// back to system memory, over `[start, end)` inside one VMA (the same
+    /// `-EINVAL` checks as [`Mm::migrate_to_device`]): every device-private
+    /// entry of `owner` gets a new system page with the device page's
+    /// contents, and the owner's pagemap is told (its mirrors drop their
+    /// entries) before the device page is released. A page whose system
+    /// page cannot be allocated stays on the device (as in Linux, no
+    /// error). Returns `(addr, device pfn)` per page moved.
+    pub fn migrate_from_device(
+        &self,
+        g: &MmReadGuard<'_>,
+        start: u64,
+        end: u64,
+        owner: u64,
+    ) -> Result<Vec<(u64, u64)>, Errno> {
+        debug_assert!(std::ptr::eq(g.mm(), self));
+        self.migrate_vma(start, end)?;
+        let frames = &self.machine.frames;
+        let inv = self.notifiers.invalidate_range_start(
+            &InvalidateRange::new(start, end, Event::Migrate).with_owner(owner),
+        );
+        let mut out = Vec::new();
+        let ptl = self.ptl();
+        self.tables
+            .for_each_leaf(self.root, start, end, &mut |a, shift, e| {
+                if shift != PTE_SHIFT {
+                    return;
+                }
+                if let Pte::DevicePrivate { pfn, write } =
+                    Pte::decode(e.load(Ordering::Acquire), false)
+                {
+                    if frames.kind(pfn) != FrameKind::DevicePrivate(owner) {
+                        return;
+                    }
+                    let Some(n) = self.machine.alloc(0, FrameKind::System) else {
+                        return;
+                    };
+                    frames.copy_page(pfn, n);
+                    store(e, Pte::present(n, write, false));
+                    out.push((a, pfn));
+                }
+            });
+        drop(ptl);
+        drop(inv);
+        let pagemap = self.machine.pagemap(owner);
+        for &(a, dev) in &out {
+            if let Some(pm) = &pagemap {
+                pm.migrated_to_ram(self.id(), a, dev);
+            }
+            frames.put(dev);
+        }
+        Ok(out)
+    }
+
+    /// `make_device_exclusive`: fault `addr` in for write (as GUP would),
+    /// then replace its PTE by a device-exclusive entry. Returns the PFN.
+    pub fn make_device_exclusive<'a>(
+        &'a self,
+        mut g: MmReadGuard<'a>,
+        addr: u64,
+        owner: u64,
+    ) -> (MmReadGuard<'a>, Result<u64, Errno>) {
+        loop {
+            match handle_mm_fault(g, addr, FaultFlags::WRITE | FaultFlags::REMOTE) {
+                FaultOutcome::Done(g2) => g = g2,
+                FaultOutcome::Error(g2, e) => return (g2, Err(Errno::from(e.to_error()))),
+                FaultOutcome::WouldBlock(g2) => return (g2, Err(Errno::EAGAIN)),
+                FaultOutcome::Retry | FaultOutcome::Completed => {
+                    unreachable!("fault without ALLOW_RETRY dropped the lock")
+                }
+            }
+            let _inv = self.notifiers.invalidate_range_start(
+                &InvalidateRange::new(addr, addr + PAGE_SIZE, Event::Exclusive).with_owner(owner),
+            );
+            let _ptl = self.ptl();
+            let Slot::At(e) = self.tables.slot(self.root, addr, PTE_SHIFT, false) else {
+                // A THP: split and try again.
+                drop(_ptl);
+                drop(_inv);
+                self.split_pmd(addr);
+                continue;
+            };
+            match Pte::decode(e.load(Ordering::Acquire), false) {
+                Pte::Present {
+                    pfn,
+                    write: true,
+                    special: false,
+                    ..
+                } => {
+                    store(e, Pte::DeviceExclusive { pfn, write: true });
+                    return (g, Ok(pfn));
+                }
+                Pte::DeviceExclusive { pfn, .. } => return (g, Ok(pfn)),
+                _ => continue,
+            }
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! `fork` (`kernel/fork.c`'s `dup_mmap`, `mm/memory.c`'s
+//! `copy_page_range`): the child's VMAs and copy-on-write sharing of
+//! private pages.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::store;
+use crate::mm::Mm;
+use crate::notifier::{Event, InvalidateRange};
+use crate::pagetable::{Pte, Slot, PTE_SHIFT};
+use crate::task::Task;
+use crate::vma::{Backing, VmaInfo};
+
+impl Mm {
+    /// `fork`: a child mm with copies of the VMAs. Private mappings share
+    /// their pages copy-on-write (both sides write-protected, the parent's
+    /// change invalidated); device-exclusive entries are restored first;
+    /// device-private entries become read-only in both; swap entries are
+    /// duplicated. Shared file mappings are refaulted by the child. The
+    /// child has no userfaultfd registrations and no notifiers.
+    pub fn fork(&self, task: &Task) -> Arc<Mm> {
+        let child = Mm::new(&self.machine);
+        let _w = self.write();
+        self.wait_no_migration(0, hmm_core::TASK_SIZE);
+        let vmas: Vec<VmaInfo> = self.vmas().iter().cloned().collect();
+        let frames = &self.machine.frames;
+        for v in &vmas {
+            let mut cv = v.clone();
+            cv.uffd = None;
+            child.vmas_mut().insert(cv);
+            let copy_shared = matches!(v.backing, Backing::Pfnmap { .. } | Backing::Mixedmap);
+            if !v.is_cow() && !copy_shared {
+                continue;
+            }
+            let _inv = if v.is_cow() {
+                self.notifiers
+                    .invalidate_range_start(&InvalidateRange::new(
+                        v.start,
+                        v.end,
+                        Event::ProtectionPage,
+                    ))
+                    .ok()
+            } else {
+                None
+            };
+            let _ptl = self.ptl();
+            let _cptl = child.ptl();
+            self.tables
+                .for_each_leaf(self.root, v.start, v.end, &mut |a, shift, e| {
+                    let p = Pte::decode(e.load(Ordering::Acquire), shift != PTE_SHIFT);
+                    let cp = match p {
+                        Pte::Present {
+                            pfn,
+                            write,
+                            huge,
+                            special,
+                            protnone,
+                            ..
+                        } => {
+                            if !special {
+                                frames.get(pfn);
+                            }
+                            let cow = v.is_cow();
+                            let np = Pte::Present {
+                                pfn,
+                                write: write && !cow,
+                                huge,
+                                special,
+                                protnone,
+                                uffd_wp: false,
+                            };
+                            if cow {
+                                store(e, np);
+                            }
+                            np
+                        }
+                        Pte::DeviceExclusive { pfn, write } => {
+                            frames.get(pfn);
+                            let np = Pte::present(pfn, false, false);
+                            let _ = write;
+                            store(e, np);
+                            np
+                        }
+                        Pte::DevicePrivate { pfn, .. } => {
+                            frames.get(pfn);
+                            let np = Pte::DevicePrivate { pfn, write: false };
+                            store(e, np);
+                            np
+                        }
+                        Pte::Swap { slot, write } => Pte::Swap {
+                            slot: self.machine.swap_dup(slot),
+                            write,
+                        },
+                        Pte::HwPoison { .. } | Pte::Marker(_) => p,
+                        _ => Pte::None,
+                    };
+                    if cp != Pte::None {
+                        if let Slot::At(ce) = child.tables.slot(child.root, a, shift, true) {
+                            store(ce, cp);
+                        }
+                    }
+                });
+        }
+        let _ = task;
+        child
+    }
+}

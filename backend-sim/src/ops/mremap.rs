@@ -1,0 +1,87 @@
+//! `mremap` (`mm/mremap.c`) with `MREMAP_MAYMOVE | MREMAP_FIXED` and
+//! optionally `MREMAP_DONTUNMAP`: the page-table entries move with the
+//! mapping.
+
+use std::sync::atomic::Ordering;
+
+use super::page_aligned;
+use crate::mm::Mm;
+use crate::notifier::{Event, InvalidateRange};
+use crate::pagetable::{Slot, PTE_SHIFT};
+use crate::task::Task;
+use crate::vma::{Backing, VmaInfo};
+use crate::Errno;
+
+impl Mm {
+    /// `mremap(old, len, len, MREMAP_MAYMOVE | MREMAP_FIXED [|
+    /// MREMAP_DONTUNMAP], new)`: move a mapping (its pages move with it).
+    /// `[new, new + len)` is unmapped first. The old range must lie inside
+    /// one VMA.
+    pub fn mremap(
+        &self,
+        task: &Task,
+        old: u64,
+        len: u64,
+        new: u64,
+        dontunmap: bool,
+    ) -> Result<u64, Errno> {
+        if !page_aligned(old) || !page_aligned(len) || !page_aligned(new) || len == 0 {
+            return Err(Errno::EINVAL);
+        }
+        if old < new + len && new < old + len {
+            return Err(Errno::EINVAL);
+        }
+        let vma = {
+            let _g = self.read(task);
+            self.vmas().lookup(old).cloned().ok_or(Errno::EFAULT)?
+        };
+        if vma.end < old + len || vma.is_hugetlb() {
+            return Err(Errno::EFAULT);
+        }
+        if self.vmas().overlaps(new, new + len) {
+            self.munmap(task, new, len)?;
+        }
+        let _w = self.write();
+        self.split_all(old, old + len);
+        let _inv = self.notifiers.invalidate_range_start(&InvalidateRange::new(
+            old,
+            old + len,
+            Event::Unmap,
+        ));
+        let mut moved = VmaInfo {
+            start: new,
+            end: new + len,
+            ..vma.clone()
+        };
+        if let Backing::File { offset, .. } = &mut moved.backing {
+            *offset += old - vma.start;
+        }
+        {
+            let _ptl = self.ptl();
+            let mut entries = Vec::new();
+            self.tables
+                .for_each_leaf(self.root, old, old + len, &mut |a, _, e| {
+                    entries.push((a, e.swap(0, Ordering::AcqRel)));
+                });
+            for (a, w) in entries {
+                if let Slot::At(e) = self.tables.slot(self.root, a - old + new, PTE_SHIFT, true) {
+                    e.store(w, Ordering::Release);
+                }
+            }
+        }
+        let mut vmas = self.vmas_mut();
+        let removed = vmas.remove_range(old, old + len);
+        if dontunmap {
+            for mut v in removed {
+                v.uffd = None;
+                vmas.insert(v);
+            }
+        }
+        vmas.insert(moved);
+        drop(vmas);
+        if !dontunmap {
+            self.tables.free_range(self.root, old, old + len);
+        }
+        Ok(new)
+    }
+}
