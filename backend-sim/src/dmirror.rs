@@ -9,7 +9,8 @@
 //! (`struct hmm_dmirror_cmd`): [`Mirror::read`], [`Mirror::write`],
 //! [`Mirror::snapshot`], [`Mirror::migrate_to_dev`],
 //! [`Mirror::migrate_to_sys`], [`Mirror::exclusive`],
-//! [`Mirror::check_exclusive`], plus [`Mirror::read_unlocked`], the READ
+//! [`Mirror::check_exclusive`], [`Mirror::release`],
+//! [`Mirror::set_flags`], plus [`Mirror::read_unlocked`], the READ
 //! through hmm-core's lock-dropping entry point (the seed's
 //! `HMM_DMIRROR_READ_UNLOCKED`).
 //!
@@ -77,6 +78,13 @@ pub const HMM_RANGE_DEFAULT_TIMEOUT: Duration = Duration::from_millis(1000);
 pub const FAULT_CHUNK: u64 = 64;
 /// Pages per fault of the lock-dropping READ (the seed's v7/v8 driver).
 pub const UNLOCKED_CHUNK: u64 = 32;
+/// Pages per round of the migrate commands (`PTRS_PER_PTE`: a whole THP
+/// fits in one round).
+pub const MIGRATE_CHUNK: u64 = 512;
+/// `HMM_DMIRROR_FLAG_FAIL_ALLOC`: the next device or system page
+/// allocation of a migration (or of a device THP's fault back to RAM)
+/// fails, once; a THP then falls back to small pages.
+pub const FLAG_FAIL_ALLOC: u64 = 1 << 0;
 
 const DEV_VALID: u64 = 1 << 63;
 const DEV_WRITE: u64 = 1 << 62;
@@ -281,6 +289,20 @@ impl Pagemap for DeviceInner {
             }
         }
     }
+
+    fn fail_huge_alloc(&self, mm_id: u64) -> bool {
+        let mirrors: Vec<Arc<MirrorInner>> = self
+            .mirrors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        mirrors
+            .iter()
+            .filter(|m| m.mm.id() == mm_id)
+            .any(|m| m.take_fail_alloc())
+    }
 }
 
 impl Device {
@@ -308,6 +330,7 @@ impl Device {
             device: self.inner.clone(),
             pt: Mutex::new(DevPt::default()),
             notifier: std::sync::OnceLock::new(),
+            flags: AtomicU64::new(0),
         });
         let ops = MirrorOps(Arc::downgrade(&inner));
         let sub = mm
@@ -328,6 +351,8 @@ struct MirrorInner {
     device: Arc<DeviceInner>,
     pt: Mutex<DevPt>,
     notifier: std::sync::OnceLock<Arc<IntervalSub>>,
+    /// `dmirror->flags` (HMM_DMIRROR_FLAGS).
+    flags: AtomicU64,
 }
 
 impl MirrorInner {
@@ -336,6 +361,10 @@ impl MirrorInner {
     }
     fn notifier(&self) -> &Arc<IntervalSub> {
         self.notifier.get().expect("notifier set at open")
+    }
+    /// Consume a pending [`FLAG_FAIL_ALLOC`]: true if it was set.
+    fn take_fail_alloc(&self) -> bool {
+        self.flags.fetch_and(!FLAG_FAIL_ALLOC, Ordering::AcqRel) & FLAG_FAIL_ALLOC != 0
     }
 }
 
@@ -861,15 +890,15 @@ impl Mirror {
 
     /// test_hmm's per-chunk VMA check of the migrate commands: the VMA
     /// containing `a` (`vma_lookup`) must exist and be readable (else
-    /// `-EINVAL`); the chunk ends 64 pages on, at `end` or at the VMA's
-    /// end, whichever comes first.
+    /// `-EINVAL`); the chunk ends [`MIGRATE_CHUNK`] pages on, at `end` or
+    /// at the VMA's end, whichever comes first.
     fn migrate_chunk(&self, a: u64, end: u64) -> Result<u64, Errno> {
         let vmas = self.inner.mm.vmas();
         let v = vmas.lookup(a).ok_or(Errno::EINVAL)?;
         if !v.flags.contains(VmFlags::READ) {
             return Err(Errno::EINVAL);
         }
-        Ok(chunk_end(a, FAULT_CHUNK * PAGE_SIZE, end).min(v.end))
+        Ok(chunk_end(a, MIGRATE_CHUNK * PAGE_SIZE, end).min(v.end))
     }
 
     /// `dmirror_migrate_finalize_and_map`: map the pages a migration has
@@ -880,7 +909,8 @@ impl Mirror {
         let mm = &self.inner.mm;
         let mut pt = self.inner.pt();
         for &(a, dev, write) in moved {
-            if matches!(mm.pte_at(a).0, Pte::DevicePrivate { pfn, .. } if pfn == dev) {
+            let (pte, pfn) = mm.pte_at(a);
+            if matches!(pte, Pte::DevicePrivate { .. }) && pfn == Some(dev) {
                 pt.set(a, DEV_VALID | dev | if write { DEV_WRITE } else { 0 });
             } else {
                 pt.set(a, 0);
@@ -889,7 +919,8 @@ impl Mirror {
     }
 
     /// `HMM_DMIRROR_MIGRATE_TO_DEV`: migrate the range into this device's
-    /// private memory chunk by chunk (64 pages, within one VMA:
+    /// private memory chunk by chunk ([`MIGRATE_CHUNK`] pages, within one
+    /// VMA, so a whole THP moves as one device THP:
     /// [`Mm::migrate_to_device`] says which pages move), map what moved in
     /// the device, then read the range back into `cmd.buf` (pages the
     /// device already mapped count too). `-EINVAL` at
@@ -906,7 +937,12 @@ impl Mirror {
         let machine = self.inner.device.machine.clone();
         {
             let g = mm.read(task);
-            let mut alloc = || machine.alloc(0, FrameKind::DevicePrivate(owner));
+            let mut alloc = |order: u8| {
+                if self.inner.take_fail_alloc() {
+                    return None;
+                }
+                machine.alloc(order, FrameKind::DevicePrivate(owner))
+            };
             let mut a = start;
             while a < end {
                 let b = self.migrate_chunk(a, end)?;
@@ -927,13 +963,22 @@ impl Mirror {
         let (start, end) = cmd_range(cmd)?;
         let mm = &self.inner.mm;
         let mut cpages = 0;
+        let machine = self.inner.device.machine.clone();
+        let mut alloc = |order: u8| {
+            if self.inner.take_fail_alloc() {
+                return None;
+            }
+            machine.alloc(order, FrameKind::System)
+        };
         let g = mm.read(task);
         let mut a = start;
         while a < end {
             let b = self.migrate_chunk(a, end)?;
             // The pagemap callback drops this device's entries of the
             // pages that move.
-            cpages += mm.migrate_from_device(&g, a, b, self.owner())?.len() as u64;
+            cpages += mm
+                .migrate_from_device(&g, a, b, self.owner(), &mut alloc)?
+                .len() as u64;
             a = b;
         }
         cmd.cpages = cpages;
@@ -992,6 +1037,58 @@ impl Mirror {
         self.read_back(cmd, start, end)
     }
 
+    /// `HMM_DMIRROR_FLAGS`: set the mirror's flags to `cmd.npages` (after
+    /// the ioctl's range check, which every command runs):
+    /// [`FLAG_FAIL_ALLOC`] makes the next page allocation of a migration
+    /// fail once.
+    pub fn set_flags(&self, _task: &Task, cmd: &mut Cmd) -> Result<(), Errno> {
+        cmd_range(cmd)?;
+        self.inner.flags.store(cmd.npages, Ordering::SeqCst);
+        cmd.cpages = 0;
+        cmd.faults = 0;
+        Ok(())
+    }
+
+    /// `HMM_DMIRROR_RELEASE` (`dmirror_device_remove_chunks`): evict all of
+    /// the device's memory back to system RAM, whatever the range (after
+    /// the ioctl's range check). Without a reverse map the simulator finds
+    /// the device's pages through the mms its mirrors mirror: every VMA of
+    /// each is migrated back ([`Mm::migrate_from_device`]); a device page
+    /// mapped only by an mm no mirror of this device mirrors (a forked
+    /// child's) stays.
+    ///
+    /// [`Mm::migrate_from_device`]: crate::mm::Mm::migrate_from_device
+    pub fn release(&self, task: &Task, cmd: &mut Cmd) -> Result<(), Errno> {
+        cmd_range(cmd)?;
+        let dev = &self.inner.device;
+        let mut mms: Vec<Arc<Mm>> = Vec::new();
+        for m in dev
+            .mirrors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+        {
+            if !mms.iter().any(|x| Arc::ptr_eq(x, &m.mm)) {
+                mms.push(m.mm.clone());
+            }
+        }
+        let machine = dev.machine.clone();
+        for mm in mms {
+            let g = mm.read(task);
+            for v in mm.vma_list() {
+                // migrate_vma refuses hugetlb and special VMAs: they hold
+                // no device pages.
+                let _ = mm.migrate_from_device(&g, v.start, v.end, dev.owner, &mut |order| {
+                    machine.alloc(order, FrameKind::System)
+                });
+            }
+        }
+        cmd.cpages = 0;
+        cmd.faults = 0;
+        Ok(())
+    }
+
     /// `HMM_DMIRROR_CHECK_EXCLUSIVE`: `-EPERM` if a page of the range is
     /// still mapped ATOMIC (CPU access did not revoke exclusivity). Only
     /// the existing device entries are looked at, so any range is quick.
@@ -1022,8 +1119,8 @@ impl Mirror {
                 Pte::Present { write, .. } => {
                     !d.atomic && pfn == Some(d.pfn) && (!d.write || write)
                 }
-                Pte::DevicePrivate { pfn: p, write } => {
-                    !d.atomic && p == d.pfn && (!d.write || write)
+                Pte::DevicePrivate { write, .. } => {
+                    !d.atomic && pfn == Some(d.pfn) && (!d.write || write)
                 }
                 Pte::DeviceExclusive { pfn: p, .. } => d.atomic && p == d.pfn,
                 _ => false,

@@ -10,18 +10,18 @@
 //! private file pages and huge pages); swap-in; migration-entry waits;
 //! device-private pages (`migrate_to_ram` through the owner's pagemap);
 //! device-exclusive entries; hwpoison and PTE markers; and userfaultfd
-//! MISSING / WP faults, which may drop the mmap lock (see
+//! MISSING / WP / MINOR faults, which may drop the mmap lock (see
 //! [`userfaultfd`](crate::userfaultfd)).
 
 use std::sync::atomic::Ordering;
 
 use hmm_core::{FaultFlags, FaultHandler, FaultOutcome, VmFaultError, VmFlags, PAGE_SIZE};
 
-use crate::frame::{FrameKind, ZERO_PFN};
+use crate::frame::{FrameKind, HUGE_ZERO_PFN, ZERO_PFN};
 use crate::mm::{Mm, MmHandle, MmReadGuard};
 use crate::notifier::{Event, InvalidateRange};
 use crate::pagetable::{
-    Pte, Slot, MARKER_GUARD, MARKER_POISON, MARKER_UFFD_WP, PMD_SHIFT, PTE_SHIFT,
+    Pte, Slot, MARKER_GUARD, MARKER_POISON, MARKER_UFFD_WP, PMD_SHIFT, PMD_SIZE, PTE_SHIFT,
 };
 use crate::userfaultfd::{handle_userfault, Reason};
 use crate::vma::{Backing, VmaInfo};
@@ -174,6 +174,12 @@ fn fault_once(mm: &Mm, vma: &VmaInfo, addr: u64, write: bool) -> Step {
                 if uffd_missing(vma) {
                     return Step::Userfault(Reason::Missing);
                 }
+                if !write {
+                    // do_huge_pmd_anonymous_page with use_zero_page: a
+                    // read maps the huge zero page.
+                    store(pmd, Pte::present(HUGE_ZERO_PFN, false, true));
+                    return Step::Done;
+                }
                 if let Some(head) = mm.machine.alloc(9, FrameKind::System) {
                     store(pmd, Pte::present(head, vm_write, true));
                     return Step::Done;
@@ -197,16 +203,24 @@ fn fault_once(mm: &Mm, vma: &VmaInfo, addr: u64, write: bool) -> Step {
             if let Some(step) = present_first(vma, write, pw, wp) {
                 return step;
             }
-            if frames.refcount(pfn) == 1 {
+            if pfn != HUGE_ZERO_PFN && frames.refcount(pfn) == 1 {
                 store(pmd, Pte::present(pfn, true, true));
                 return Step::Done;
             }
             drop(ptl);
-            // Shared THP: split the mapping and break COW on the small page.
+            // Shared THP or the huge zero page: split the mapping and
+            // break COW on the small page.
             mm.split_pmd(addr);
             return Step::Again;
         }
         Pte::Migration { .. } => return Step::WaitMigration,
+        Pte::DevicePrivate { pfn, write: dw } => {
+            drop(ptl);
+            return match mm.migrate_to_ram_huge(pmd, w, addr, pfn, dw && vm_write) {
+                Ok(()) => Step::Done,
+                Err(e) => Step::Error(e),
+            };
+        }
         _ => return Step::Error(VmFaultError::Sigbus),
     }
     let Slot::At(pte) = mm.tables.slot(mm.root, addr, PTE_SHIFT, true) else {
@@ -226,7 +240,16 @@ fn fault_once(mm: &Mm, vma: &VmaInfo, addr: u64, write: bool) -> Step {
                     return Step::Userfault(Reason::Wp);
                 }
             }
-            if uffd_missing(vma) {
+            // shmem_get_folio: a cached page goes to a MINOR registration,
+            // a missing one to a MISSING registration.
+            let cached = match &vma.backing {
+                Backing::File { file, .. } => file.lookup(vma.file_offset(addr)).is_some(),
+                _ => false,
+            };
+            if cached && vma.uffd_minor() {
+                return Step::Userfault(Reason::Minor);
+            }
+            if !cached && uffd_missing(vma) {
                 return Step::Userfault(Reason::Missing);
             }
             match &vma.backing {
@@ -353,8 +376,16 @@ fn hugetlb_fault(mm: &Mm, vma: &VmaInfo, addr: u64, write: bool) -> Step {
     };
     let w = e.load(Ordering::Acquire);
     match Pte::decode(w, true) {
+        Pte::Marker(m) if m & MARKER_POISON != 0 => Step::Error(VmFaultError::HwPoison),
         Pte::None => {
-            if uffd_missing(vma) {
+            let cached = match &vma.backing {
+                Backing::File { file, .. } => file.lookup(vma.file_offset(base)).is_some(),
+                _ => false,
+            };
+            if cached && vma.uffd_minor() {
+                return Step::Userfault(Reason::Minor);
+            }
+            if !cached && uffd_missing(vma) {
                 return Step::Userfault(Reason::Missing);
             }
             match &vma.backing {
@@ -456,6 +487,66 @@ impl Mm {
             pm.migrated_to_ram(self.id(), addr, dev_pfn);
         }
         frames.put(dev_pfn);
+        self.stats.migrate_to_ram.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// `migrate_to_ram` for a device-private PMD (a device THP) faulted at
+    /// `addr`: the whole folio comes back as a system THP. When the
+    /// owner's driver fails the large allocation ([`Pagemap::fail_huge_alloc`],
+    /// test_hmm's `HMM_DMIRROR_FLAG_FAIL_ALLOC`) or the machine has no
+    /// huge page, the device PMD is split and only the faulting page comes
+    /// back, as test_hmm falls back to one small page.
+    ///
+    /// [`Pagemap::fail_huge_alloc`]: crate::machine::Pagemap::fail_huge_alloc
+    fn migrate_to_ram_huge(
+        &self,
+        pmd: &std::sync::atomic::AtomicU64,
+        w: u64,
+        addr: u64,
+        dev_head: u64,
+        write: bool,
+    ) -> Result<(), VmFaultError> {
+        let frames = &self.machine.frames;
+        let base = addr & !(PMD_SIZE - 1);
+        let owner = match frames.kind(dev_head) {
+            FrameKind::DevicePrivate(o) => o,
+            FrameKind::System => 0,
+        };
+        let pagemap = self.machine.pagemap(owner);
+        let fail = pagemap
+            .as_ref()
+            .is_some_and(|pm| pm.fail_huge_alloc(self.id()));
+        let new = if fail {
+            None
+        } else {
+            self.machine.alloc(9, FrameKind::System)
+        };
+        let Some(new) = new else {
+            // Split the device folio; the retried fault moves the page at
+            // `addr` alone.
+            self.split_pmd(addr);
+            return Ok(());
+        };
+        for i in 0..512 {
+            frames.copy_page(dev_head + i, new + i);
+        }
+        let _inv = self.notifiers.invalidate_range_start(
+            &InvalidateRange::new(base, base + PMD_SIZE, Event::Migrate).with_owner(owner),
+        );
+        let ptl = self.ptl();
+        if pmd.load(Ordering::Acquire) != w {
+            frames.put(new);
+            return Ok(());
+        }
+        store(pmd, Pte::present(new, write, true));
+        drop(ptl);
+        if let Some(pm) = &pagemap {
+            for i in 0..512 {
+                pm.migrated_to_ram(self.id(), base + i * PAGE_SIZE, dev_head + i);
+            }
+        }
+        frames.put(dev_head);
         self.stats.migrate_to_ram.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

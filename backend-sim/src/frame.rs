@@ -9,8 +9,9 @@
 //! locks), and are allocated lazily per 512-frame chunk: a frame never
 //! written reads as zeroes.
 //!
-//! [`ZERO_PFN`] is the shared zero page: always allocated, never freed,
-//! never written.
+//! [`ZERO_PFN`] is the shared zero page and [`HUGE_ZERO_PFN`] the head of
+//! the huge zero page (a PMD-sized run): always allocated, never freed,
+//! never written, and their reference counts are never touched.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -26,6 +27,17 @@ const MAX_CHUNKS: usize = 1 << 15;
 
 /// PFN of the shared zero page.
 pub const ZERO_PFN: u64 = 1;
+/// Head PFN of the huge zero page (`huge_zero_folio`): the last chunk of
+/// frames, mapped read-only by a PMD on a read fault of an untouched
+/// THP-eligible anonymous range. The allocator never hands it out.
+pub const HUGE_ZERO_PFN: u64 = (MAX_CHUNKS as u64 - 1) * CHUNK_FRAMES;
+
+/// Whether `pfn` is the zero page or a page of the huge zero page
+/// (`is_zero_pfn` / `is_huge_zero_folio`): never referenced, never freed.
+#[inline]
+pub fn is_zero_frame(pfn: u64) -> bool {
+    pfn == ZERO_PFN || (HUGE_ZERO_PFN..HUGE_ZERO_PFN + CHUNK_FRAMES).contains(&pfn)
+}
 
 /// What a frame is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +131,10 @@ impl Frames {
         }
         let m = f.meta(ZERO_PFN);
         m.refcount.store(1, Ordering::Relaxed);
+        for p in HUGE_ZERO_PFN..HUGE_ZERO_PFN + CHUNK_FRAMES {
+            f.meta(p).order.store(9, Ordering::Relaxed);
+        }
+        f.meta(HUGE_ZERO_PFN).refcount.store(1, Ordering::Relaxed);
         f
     }
 
@@ -167,7 +183,8 @@ impl Frames {
                 Some(p) => p,
                 None => {
                     let start = fl.bump.div_ceil(n) * n;
-                    if (start + n) / CHUNK_FRAMES >= MAX_CHUNKS as u64 {
+                    // The last chunk is the huge zero page.
+                    if (start + n).div_ceil(CHUNK_FRAMES) >= MAX_CHUNKS as u64 {
                         return None;
                     }
                     // Alignment padding goes to the order-0 list.
@@ -220,7 +237,7 @@ impl Frames {
 
     /// Take a reference on the page containing `pfn` (`get_page`).
     pub fn get(&self, pfn: u64) {
-        if pfn == ZERO_PFN {
+        if is_zero_frame(pfn) {
             return;
         }
         self.meta(self.head(pfn))
@@ -230,7 +247,7 @@ impl Frames {
 
     /// Take `n` references at once.
     pub fn get_many(&self, pfn: u64, n: u32) {
-        if pfn == ZERO_PFN || n == 0 {
+        if is_zero_frame(pfn) || n == 0 {
             return;
         }
         self.meta(self.head(pfn))
@@ -240,7 +257,7 @@ impl Frames {
 
     /// Drop a reference (`put_page`); the run is freed at zero.
     pub fn put(&self, pfn: u64) {
-        if pfn == ZERO_PFN {
+        if is_zero_frame(pfn) {
             return;
         }
         let head = self.head(pfn);

@@ -16,11 +16,13 @@
 //!   (implementing [`hmm_core::MmapLock`]; its read guard is the
 //!   [`hmm_core::MmView`]);
 //! * [`fault`]: `handle_mm_fault` (implementing [`hmm_core::FaultHandler`]);
-//! * [`ops`]: CPU-side operations (touch, mmap, munmap, mprotect, mremap,
-//!   madvise, fork, swap, migration, hwpoison, THP split, OOM reaping);
+//! * [`ops`]: CPU-side operations, one file per concern (touch, mmap,
+//!   munmap, mprotect, mremap, madvise, fork, swap, migration, device
+//!   memory, GUP, hwpoison, THP split and collapse, OOM reaping);
 //! * [`notifier`]: MMU interval notifiers with the kernel's sequence rules;
-//! * [`userfaultfd`]: MISSING / WP registration, COPY / ZEROPAGE / WAKE /
-//!   WRITEPROTECT, REMOVE / UNMAP events, lock-dropping waits;
+//! * [`userfaultfd`]: MISSING / WP / MINOR registration, COPY / ZEROPAGE
+//!   / CONTINUE / POISON / MOVE / WAKE / WRITEPROTECT, REMOVE / UNMAP /
+//!   FORK / REMAP events, lock-dropping waits;
 //! * [`task`]: tasks, fatal signals and killable sleeps;
 //! * [`inject`]: fault injection with deterministic seeds;
 //! * [`storm`]: invalidation storms from CPU threads;

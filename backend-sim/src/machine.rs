@@ -22,6 +22,15 @@ pub trait Pagemap: Send + Sync {
     /// `mm_id`, back to system memory (`migrate_to_ram` has copied it).
     /// The driver drops its own references to it.
     fn migrated_to_ram(&self, mm_id: u64, addr: u64, dev_pfn: u64);
+
+    /// Whether the driver fails the next large (THP) system-page allocation
+    /// of a fault back to RAM in mm `mm_id` (test_hmm's one-shot
+    /// `HMM_DMIRROR_FLAG_FAIL_ALLOC`); a `true` consumes it. The default
+    /// never fails.
+    fn fail_huge_alloc(&self, mm_id: u64) -> bool {
+        let _ = mm_id;
+        false
+    }
 }
 
 /// Physical memory, swap, device memory owners and fault injection.

@@ -457,6 +457,9 @@ impl Tables {
                     };
                     upper(f, a, next, leaf)?
                 }
+                // A marker (a hugetlb entry poisoned by UFFDIO_POISON) reads
+                // as none, as `huge_pte_none_mostly`.
+                Pte::Marker(_) => upper(f, a, next, Leaf::Hole)?,
                 // An absent PUD is a hole; anything else absent at the PMD
                 // level is a bad entry.
                 _ if shift == PUD_SHIFT => upper(f, a, next, Leaf::Hole)?,

@@ -1,7 +1,8 @@
 //! userfaultfd emulation (`fs/userfaultfd.c`, `mm/userfaultfd.c`).
 //!
-//! A [`UffdCtx`] is one userfaultfd. Ranges are registered in MISSING and/or
-//! WP mode ([`UffdCtx::register`]). A fault on a registered range goes to
+//! A [`UffdCtx`] is one userfaultfd. Ranges are registered in MISSING, WP
+//! and/or MINOR mode ([`UffdCtx::register_modes`]; MINOR on shmem and
+//! hugetlb only). A fault on a registered range goes to
 //! `handle_userfault`, which follows Linux's order of checks:
 //!
 //! * no `ALLOW_RETRY` in the fault flags: `VM_FAULT_SIGBUS` (this is what
@@ -12,13 +13,18 @@
 //!   needed, **release the mmap lock**, sleep (killably when the fault is
 //!   `KILLABLE`) until a handler wakes the address, and return retry.
 //!
+//! In a file (shmem or hugetlbfs) VMA a page already in the page cache
+//! faults to a MINOR registration and a page not there to a MISSING one.
+//!
 //! A handler thread reads messages with [`UffdCtx::read`] and resolves them
-//! with [`UffdCtx::copy`], [`UffdCtx::zeropage`], [`UffdCtx::wake`] or
+//! with [`UffdCtx::copy`], [`UffdCtx::zeropage`],
+//! [`UffdCtx::continue_minor`], [`UffdCtx::poison`],
+//! [`UffdCtx::move_pages`], [`UffdCtx::wake`] or
 //! [`UffdCtx::writeprotect`]. Non-cooperative events (REMOVE from
-//! `MADV_DONTNEED`, UNMAP from munmap) are delivered when the matching
-//! feature is enabled; the operation waits until the handler has read the
-//! event, and while one is pending COPY and ZEROPAGE fail with `-EAGAIN`
-//! (`mmap_changing`).
+//! `MADV_DONTNEED`, UNMAP from munmap, FORK, REMAP from mremap) are
+//! delivered when the matching feature is enabled; the operation waits
+//! until the handler has read the event, and while one is pending the
+//! resolving ioctls fail with `-EAGAIN` (`mmap_changing`).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,9 +35,9 @@ use hmm_core::{FaultFlags, FaultOutcome, VmFaultError, VmFlags, PAGE_SIZE};
 use crate::frame::{FrameKind, ZERO_PFN};
 use crate::mm::{Mm, MmReadGuard};
 use crate::notifier::{Event, InvalidateRange};
-use crate::pagetable::{Pte, Slot, PMD_SHIFT, PTE_SHIFT};
+use crate::pagetable::{Pte, Slot, MARKER_POISON, PMD_SHIFT, PTE_SHIFT};
 use crate::task::{Task, WaitEnd, WaitQueue};
-use crate::vma::{UffdReg, VmaInfo};
+use crate::vma::{Backing, UffdReg, VmaInfo};
 use crate::Errno;
 
 /// Why a fault went to userfaultfd.
@@ -41,6 +47,8 @@ pub enum Reason {
     Missing,
     /// `VM_UFFD_WP`: write to a write-protected page.
     Wp,
+    /// `VM_UFFD_MINOR`: the page is in the page cache but not mapped.
+    Minor,
 }
 
 /// Features negotiated with `UFFDIO_API`.
@@ -50,6 +58,33 @@ pub struct Features {
     pub event_remove: bool,
     /// `UFFD_FEATURE_EVENT_UNMAP`.
     pub event_unmap: bool,
+    /// `UFFD_FEATURE_EVENT_FORK`: a fork gives the child its own context,
+    /// announced to the parent's handler.
+    pub event_fork: bool,
+    /// `UFFD_FEATURE_EVENT_REMAP`: mremap keeps the registration and is
+    /// announced.
+    pub event_remap: bool,
+}
+
+/// `UFFDIO_REGISTER` modes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RegisterMode {
+    /// `UFFDIO_REGISTER_MODE_MISSING`.
+    pub missing: bool,
+    /// `UFFDIO_REGISTER_MODE_WP`.
+    pub wp: bool,
+    /// `UFFDIO_REGISTER_MODE_MINOR`.
+    pub minor: bool,
+}
+
+/// `UFFDIO_MOVE` modes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MoveMode {
+    /// `UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES`: skip source holes instead of
+    /// failing with `-ENOENT`.
+    pub allow_src_holes: bool,
+    /// `UFFDIO_MOVE_MODE_DONTWAKE`.
+    pub dontwake: bool,
 }
 
 /// A message read from the userfaultfd (`struct uffd_msg`).
@@ -63,8 +98,25 @@ pub enum UffdMsg {
         write: bool,
         /// `UFFD_PAGEFAULT_FLAG_WP`.
         wp: bool,
+        /// `UFFD_PAGEFAULT_FLAG_MINOR`.
+        minor: bool,
         /// Thread id of the faulting task.
         tid: u64,
+    },
+    /// `UFFD_EVENT_FORK`: the child's new userfaultfd, to be taken with
+    /// [`UffdCtx::take_forked`].
+    Fork {
+        /// The new descriptor (`arg.fork.ufd`).
+        ufd: u64,
+    },
+    /// `UFFD_EVENT_REMAP` (mremap of a registered range).
+    Remap {
+        /// Old start.
+        from: u64,
+        /// New start.
+        to: u64,
+        /// Length moved.
+        len: u64,
     },
     /// `UFFD_EVENT_REMOVE` (madvise DONTNEED / REMOVE).
     Remove {
@@ -97,6 +149,8 @@ struct State {
     mmap_changing: u32,
     released: bool,
     next_id: u64,
+    /// Contexts of forked children not yet taken, by descriptor.
+    forked: Vec<(u64, Arc<UffdCtx>)>,
 }
 
 /// One userfaultfd context (`struct userfaultfd_ctx`).
@@ -156,6 +210,7 @@ pub(crate) fn handle_userfault<'a>(
         addr,
         write: flags.contains(FaultFlags::WRITE),
         wp: reason == Reason::Wp,
+        minor: reason == Reason::Minor,
         tid: task.id(),
     };
     st.msgs.push_back((id, msg));
@@ -207,7 +262,7 @@ fn must_wait(mm: &Mm, vma: &VmaInfo, addr: u64, reason: Reason) -> bool {
     };
     matches!(
         (reason, Pte::decode(word, table_level)),
-        (Reason::Missing, Pte::None | Pte::Marker(_))
+        (Reason::Missing | Reason::Minor, Pte::None | Pte::Marker(_))
             | (
                 Reason::Wp,
                 Pte::Present { uffd_wp: true, .. } | Pte::Marker(_)
@@ -234,6 +289,8 @@ impl Mm {
             let wanted = match msg {
                 UffdMsg::Remove { .. } => ctx.features.event_remove,
                 UffdMsg::Unmap { .. } => ctx.features.event_unmap,
+                UffdMsg::Fork { .. } => ctx.features.event_fork,
+                UffdMsg::Remap { .. } => ctx.features.event_remap,
                 UffdMsg::Pagefault { .. } => false,
             };
             if !wanted {
@@ -294,16 +351,39 @@ impl UffdCtx {
         missing: bool,
         wp: bool,
     ) -> Result<(), Errno> {
+        self.register_modes(
+            start,
+            len,
+            RegisterMode {
+                missing,
+                wp,
+                minor: false,
+            },
+        )
+    }
+
+    /// `UFFDIO_REGISTER` with any modes: MINOR only on shmem and hugetlb
+    /// VMAs (`-EINVAL` elsewhere).
+    pub fn register_modes(
+        self: &Arc<Self>,
+        start: u64,
+        len: u64,
+        mode: RegisterMode,
+    ) -> Result<(), Errno> {
+        let RegisterMode { missing, wp, minor } = mode;
         let mm = self.mm()?;
         let end = start.checked_add(len).ok_or(Errno::EINVAL)?;
-        if start % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 || len == 0 || !(missing || wp) {
+        if start % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 || len == 0 || !(missing || wp || minor) {
             return Err(Errno::EINVAL);
         }
         let _w = mm.write();
         let mut vmas = mm.vmas_mut();
         let mut a = start;
         for v in vmas.overlapping(start, end) {
-            if v.start > a || v.flags.intersects(VmFlags::PFNMAP | VmFlags::IO) {
+            if v.start > a
+                || v.flags.intersects(VmFlags::PFNMAP | VmFlags::IO)
+                || (minor && !v.minor_capable())
+            {
                 return Err(Errno::EINVAL);
             }
             if v.uffd.as_ref().is_some_and(|r| !Arc::ptr_eq(&r.ctx, self)) {
@@ -319,6 +399,7 @@ impl UffdCtx {
                 ctx: self.clone(),
                 missing,
                 wp,
+                minor,
             });
         }
         Ok(())
@@ -702,6 +783,295 @@ impl UffdCtx {
             self.wake(start, len);
         }
         Ok(())
+    }
+
+    /// Record the context of a forked child (`dup_userfaultfd`) and return
+    /// its descriptor for the `UFFD_EVENT_FORK` message.
+    pub(crate) fn add_forked(&self, child: Arc<UffdCtx>) -> u64 {
+        let mut st = self.wq.lock();
+        let ufd = st.next_id;
+        st.next_id += 1;
+        st.forked.push((ufd, child));
+        ufd
+    }
+
+    /// The child's context announced by `UFFD_EVENT_FORK` with descriptor
+    /// `ufd` (what reading the message installs in the handler's process).
+    pub fn take_forked(&self, ufd: u64) -> Option<Arc<UffdCtx>> {
+        let mut st = self.wq.lock();
+        let i = st.forked.iter().position(|(u, _)| *u == ufd)?;
+        Some(st.forked.swap_remove(i).1)
+    }
+
+    /// The features of this context.
+    pub fn features(&self) -> Features {
+        self.features
+    }
+
+    /// The PTE slot at `addr` for a userfaultfd fill, allocating tables:
+    /// `-EEXIST` when a huge leaf maps it. Caller holds the page-table lock.
+    fn pte_slot(mm: &Mm, addr: u64) -> Result<&AtomicU64, Errno> {
+        let pmd = match mm.tables.slot(mm.root, addr, PMD_SHIFT, true) {
+            Slot::At(e) => e,
+            _ => return Err(Errno::EEXIST),
+        };
+        if !matches!(
+            Pte::decode(pmd.load(Ordering::Acquire), true),
+            Pte::Table(_) | Pte::None
+        ) {
+            return Err(Errno::EEXIST);
+        }
+        match mm.tables.slot(mm.root, addr, PTE_SHIFT, true) {
+            Slot::At(e) => Ok(e),
+            _ => Err(Errno::EEXIST),
+        }
+    }
+
+    /// Run `one(guard, addr, left)` over `[start, start + len)` under the
+    /// mmap read lock, each call handling one page (or huge page) and
+    /// returning the bytes done: the `mfill_atomic` loop. `-EINVAL` for an
+    /// unaligned or empty range, `-EAGAIN` while an event is pending. The
+    /// first error ends the loop; it is returned if nothing was done, else
+    /// the partial count is. Wakes faulters on what was done unless
+    /// `dontwake`.
+    fn mfill(
+        &self,
+        task: &Task,
+        start: u64,
+        len: u64,
+        dontwake: bool,
+        one: &mut dyn FnMut(&MmReadGuard<'_>, u64, u64) -> Result<u64, Errno>,
+    ) -> Result<u64, Errno> {
+        if start % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 || len == 0 {
+            return Err(Errno::EINVAL);
+        }
+        start.checked_add(len).ok_or(Errno::EINVAL)?;
+        let mm = self.mm()?;
+        let done = {
+            let g = mm.read(task);
+            self.check_changing()?;
+            let mut done = 0u64;
+            while done < len {
+                match one(&g, start + done, len - done) {
+                    Ok(n) => done += n,
+                    Err(e) if done == 0 => return Err(e),
+                    Err(_) => break,
+                }
+            }
+            done
+        };
+        if !dontwake {
+            self.wake(start, done);
+        }
+        Ok(done)
+    }
+
+    /// `UFFDIO_CONTINUE`: map the page-cache pages of a MINOR-registered
+    /// shmem or hugetlb range over `[start, start + len)` (whole huge pages
+    /// in hugetlb VMAs), write-protected with `mode.wp`. `-ENOENT` outside
+    /// a range registered with this context, `-EINVAL` where it is not
+    /// registered MINOR or a hugetlb range is not huge-page aligned,
+    /// `-EFAULT` for a page not in the page cache, `-EEXIST` for one
+    /// already mapped. Returns the bytes mapped; wakes faulters unless
+    /// `mode.dontwake`.
+    pub fn continue_minor(
+        &self,
+        task: &Task,
+        start: u64,
+        len: u64,
+        mode: CopyMode,
+    ) -> Result<u64, Errno> {
+        self.mfill(task, start, len, mode.dontwake, &mut |g, addr, left| {
+            let mm = g.mm();
+            let frames = &mm.machine.frames;
+            let vma = self.registered_vma(mm, addr)?;
+            if !vma.uffd_minor() {
+                return Err(Errno::EINVAL);
+            }
+            let Backing::File { file, .. } = &vma.backing else {
+                return Err(Errno::EINVAL);
+            };
+            let vm_write = vma.flags.contains(VmFlags::WRITE) && !mode.wp;
+            let order = vma.hugetlb_order;
+            let size = PAGE_SIZE << order;
+            if addr % size != 0 || left < size {
+                return Err(Errno::EINVAL);
+            }
+            let pfn = file.lookup(vma.file_offset(addr)).ok_or(Errno::EFAULT)?;
+            let _ptl = mm.ptl();
+            let e = if order > 0 {
+                match mm
+                    .tables
+                    .slot(mm.root, addr, PTE_SHIFT + u32::from(order), true)
+                {
+                    Slot::At(e) => e,
+                    _ => return Err(Errno::EEXIST),
+                }
+            } else {
+                Self::pte_slot(mm, addr)?
+            };
+            if !matches!(
+                Pte::decode(e.load(Ordering::Acquire), order > 0),
+                Pte::None | Pte::Marker(_)
+            ) {
+                return Err(Errno::EEXIST);
+            }
+            frames.get(pfn);
+            let p = Pte::Present {
+                pfn,
+                write: vm_write,
+                huge: order > 0,
+                special: false,
+                protnone: false,
+                uffd_wp: mode.wp,
+            };
+            e.store(p.encode(), Ordering::Release);
+            Ok(size)
+        })
+    }
+
+    /// `UFFDIO_POISON`: install poison markers over the empty entries of
+    /// `[start, start + len)` (whole huge pages in hugetlb VMAs) in a range
+    /// registered with this context: a later fault there is
+    /// `VM_FAULT_HWPOISON`. `-ENOENT` outside a registered range, `-EEXIST`
+    /// for an entry that is not empty. Returns the bytes poisoned; wakes
+    /// faulters unless `dontwake`.
+    pub fn poison(&self, task: &Task, start: u64, len: u64, dontwake: bool) -> Result<u64, Errno> {
+        self.mfill(task, start, len, dontwake, &mut |g, addr, left| {
+            let mm = g.mm();
+            let vma = self.registered_vma(mm, addr)?;
+            let order = vma.hugetlb_order;
+            let size = PAGE_SIZE << order;
+            if addr % size != 0 || left < size {
+                return Err(Errno::EINVAL);
+            }
+            let _ptl = mm.ptl();
+            let e = if order > 0 {
+                match mm
+                    .tables
+                    .slot(mm.root, addr, PTE_SHIFT + u32::from(order), true)
+                {
+                    Slot::At(e) => e,
+                    _ => return Err(Errno::EEXIST),
+                }
+            } else {
+                Self::pte_slot(mm, addr)?
+            };
+            if e.load(Ordering::Acquire) != 0 {
+                return Err(Errno::EEXIST);
+            }
+            e.store(Pte::Marker(MARKER_POISON).encode(), Ordering::Release);
+            Ok(size)
+        })
+    }
+
+    /// `UFFDIO_MOVE` within this context's mm: move the pages of `[src, src
+    /// + len)` to `[dst, dst + len)` without copying (the frames change
+    /// address; a swapped-out page moves as its swap entry, the zero page
+    /// as the zero page). Both ranges lie in private anonymous VMAs, the
+    /// destination registered with this context (`-ENOENT` for a missing
+    /// or unregistered VMA, `-EINVAL` for overlapping, unaligned or
+    /// unsuitable ranges); THPs in either range are split first. Per page:
+    /// a source hole is `-ENOENT` unless `mode.allow_src_holes` skips it, a
+    /// page shared with another mapping is `-EBUSY`, a migration entry
+    /// `-EAGAIN`, any other non-present entry (device-private, hwpoison)
+    /// `-EFAULT`, and a destination entry that is not empty `-EEXIST`. The
+    /// source range is invalidated. Returns the bytes moved (or skipped);
+    /// wakes faulters on the destination unless `mode.dontwake`.
+    pub fn move_pages(
+        &self,
+        task: &Task,
+        dst: u64,
+        src: u64,
+        len: u64,
+        mode: MoveMode,
+    ) -> Result<u64, Errno> {
+        if src % PAGE_SIZE != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let src_end = src.checked_add(len).ok_or(Errno::EINVAL)?;
+        let dst_end = dst.checked_add(len).ok_or(Errno::EINVAL)?;
+        if src < dst_end && dst < src_end {
+            return Err(Errno::EINVAL);
+        }
+        {
+            let mm = self.mm()?;
+            let _g = mm.read(task);
+            let dv = self.registered_vma(&mm, dst)?;
+            let sv = mm.vmas().lookup(src).cloned().ok_or(Errno::ENOENT)?;
+            for v in [&dv, &sv] {
+                if !v.is_anon() || !v.is_cow() || v.is_hugetlb() {
+                    return Err(Errno::EINVAL);
+                }
+            }
+            if dv.end < dst_end || sv.end < src_end {
+                return Err(Errno::EINVAL);
+            }
+            mm.split_all(src, src_end);
+            mm.split_all(dst, dst_end);
+        }
+        self.mfill(task, dst, len, mode.dontwake, &mut |g, addr, _| {
+            let mm = g.mm();
+            let frames = &mm.machine.frames;
+            let from = src + (addr - dst);
+            let dv = self.registered_vma(mm, addr)?;
+            let vm_write = dv.flags.contains(VmFlags::WRITE);
+            let _inv = mm.notifiers.invalidate_range_start(&InvalidateRange::new(
+                from,
+                from + PAGE_SIZE,
+                Event::Clear,
+            ));
+            let _ptl = mm.ptl();
+            let se = match mm.tables.slot(mm.root, from, PTE_SHIFT, false) {
+                Slot::At(e) => Some(e),
+                Slot::Missing(_) => None,
+                Slot::Huge(..) => return Err(Errno::EBUSY),
+            };
+            let sw = se.map_or(0, |e| e.load(Ordering::Acquire));
+            let moved = match Pte::decode(sw, false) {
+                Pte::None | Pte::Marker(_) => {
+                    if mode.allow_src_holes {
+                        return Ok(PAGE_SIZE);
+                    }
+                    return Err(Errno::ENOENT);
+                }
+                Pte::Present { pfn, .. } if pfn == ZERO_PFN => Pte::present(ZERO_PFN, false, false),
+                Pte::Present {
+                    pfn,
+                    special: false,
+                    uffd_wp,
+                    ..
+                } if frames.kind(pfn) == FrameKind::System
+                    && frames.order(pfn) == 0
+                    && frames.refcount(pfn) == 1 =>
+                {
+                    Pte::Present {
+                        pfn,
+                        write: vm_write,
+                        huge: false,
+                        special: false,
+                        protnone: false,
+                        uffd_wp,
+                    }
+                }
+                Pte::Present { .. } => return Err(Errno::EBUSY),
+                Pte::Swap { slot, write } => Pte::Swap {
+                    slot,
+                    write: write && vm_write,
+                },
+                Pte::Migration { .. } => return Err(Errno::EAGAIN),
+                _ => return Err(Errno::EFAULT),
+            };
+            let de = Self::pte_slot(mm, addr)?;
+            if de.load(Ordering::Acquire) != 0 {
+                return Err(Errno::EEXIST);
+            }
+            de.store(moved.encode(), Ordering::Release);
+            if let Some(se) = se {
+                se.store(0, Ordering::Release);
+            }
+            Ok(PAGE_SIZE)
+        })
     }
 }
 

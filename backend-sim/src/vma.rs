@@ -140,6 +140,8 @@ pub struct UffdReg {
     pub missing: bool,
     /// `UFFDIO_REGISTER_MODE_WP`.
     pub wp: bool,
+    /// `UFFDIO_REGISTER_MODE_MINOR` (shmem and hugetlb only).
+    pub minor: bool,
 }
 
 /// One VMA.
@@ -190,6 +192,21 @@ impl VmaInfo {
     /// `userfaultfd_missing(vma)`: registered for missing faults.
     pub fn uffd_missing(&self) -> bool {
         self.uffd.as_ref().is_some_and(|r| r.missing)
+    }
+
+    /// `userfaultfd_minor(vma)`: registered for minor faults.
+    pub fn uffd_minor(&self) -> bool {
+        self.uffd.as_ref().is_some_and(|r| r.minor)
+    }
+
+    /// Whether shmem or hugetlb memory, the only kinds that take
+    /// userfaultfd MINOR registrations (`vma_can_userfault`): a shared file
+    /// mapping (`MAP_SHARED | MAP_ANONYMOUS` is a shmem file here) or any
+    /// hugetlb mapping.
+    pub fn minor_capable(&self) -> bool {
+        self.is_hugetlb()
+            || (self.flags.contains(VmFlags::SHARED)
+                && matches!(self.backing, Backing::File { .. }))
     }
 
     /// Whether `pfn`, mapped at `addr`, is the backing file's page-cache

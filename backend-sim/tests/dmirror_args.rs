@@ -23,6 +23,8 @@
 //!   (`-EINVAL`, after the chunks before it have moved);
 //! * EXCLUSIVE (6.12): a page that cannot be made exclusive is `-EBUSY`;
 //! * CHECK_EXCLUSIVE: `-EPERM` iff an ATOMIC entry lies in the range;
+//! * RELEASE evicts all of the device's memory and FLAGS stores `npages`
+//!   as the flags, whatever the range once the ioctl accepted it;
 //! * a failing command leaves the caller's `cpages` / `faults` untouched,
 //!   and READ, MIGRATE_TO_DEV and EXCLUSIVE copy to the user only at the
 //!   end, after their work (`-EFAULT` for a bad pointer comes last).
@@ -101,9 +103,11 @@ enum Op {
     MigrateToSys,
     Exclusive,
     CheckExclusive,
+    Release,
+    Flags,
 }
 
-const OPS: [Op; 8] = [
+const OPS: [Op; 10] = [
     Op::Read,
     Op::ReadUnlocked,
     Op::Write,
@@ -112,6 +116,8 @@ const OPS: [Op; 8] = [
     Op::MigrateToSys,
     Op::Exclusive,
     Op::CheckExclusive,
+    Op::Release,
+    Op::Flags,
 ];
 
 /// A process with one read-write page at `p` holding [`DATA`], prepared
@@ -122,7 +128,9 @@ fn process(op: Op) -> (Hmm, u64) {
     let p = h.mm.mmap_anon(None, PAGE_SIZE, RW).unwrap();
     h.mm.write_bytes(&h.task, p, &[DATA; PG]).unwrap();
     match op {
-        Op::MigrateToSys => h.fd.migrate_to_dev(&h.task, &mut Cmd::new(p, 1)).unwrap(),
+        Op::MigrateToSys | Op::Release => {
+            h.fd.migrate_to_dev(&h.task, &mut Cmd::new(p, 1)).unwrap()
+        }
         Op::CheckExclusive => h.fd.exclusive(&h.task, &mut Cmd::new(p, 1)).unwrap(),
         _ => {}
     }
@@ -140,6 +148,8 @@ fn run(h: &Hmm, op: Op, cmd: &mut Cmd) -> Result<(), Errno> {
         Op::MigrateToSys => fd.migrate_to_sys(t, cmd),
         Op::Exclusive => fd.exclusive(t, cmd),
         Op::CheckExclusive => fd.check_exclusive(t, cmd),
+        Op::Release => fd.release(t, cmd),
+        Op::Flags => fd.set_flags(t, cmd),
     }
 }
 
@@ -363,5 +373,36 @@ fn every_command_answers_hostile_arguments_like_test_hmm() {
     {
         let (_, _, cmd) = case(Op::CheckExclusive, addr, npages, bad, Ok(()));
         assert_eq!((cmd.cpages, cmd.faults), (0, 0));
+    }
+
+    // RELEASE: the page at p starts on the device; any accepted range
+    // evicts it.
+    for (addr, npages) in [
+        (|p| p, 1),
+        (|_| 0, u64::MAX),
+        (|_| LIMIT, 1 << 32),
+        (|_| TOP, 1),
+        (|_| LAST, 1),
+    ] as [(Addr, u64); 5]
+    {
+        for buf in [one, bad] {
+            let (h, p, cmd) = case(Op::Release, addr, npages, buf, Ok(()));
+            assert_eq!((cmd.cpages, cmd.faults), (0, 0));
+            assert!(!on_device(&h, p));
+            assert_eq!(h.ints(p, 1), [i32::from_ne_bytes([DATA; 4])]);
+        }
+    }
+
+    // FLAGS: npages is the flag word; FAIL_ALLOC fails the next
+    // allocation of a migration, so the page stays and the read-back
+    // answers -ENOENT; the one after that succeeds.
+    for (addr, npages) in [(|p| p, 1), (|_| 0, u64::MAX), (|_| TOP, 1)] as [(Addr, u64); 3] {
+        let (h, p, cmd) = case(Op::Flags, addr, npages, bad, Ok(()));
+        assert_eq!((cmd.cpages, cmd.faults), (0, 0));
+        let mut m = Cmd::new(p, 1);
+        assert_eq!(h.fd.migrate_to_dev(&h.task, &mut m), Err(E::ENOENT));
+        assert!(!on_device(&h, p));
+        h.fd.migrate_to_dev(&h.task, &mut m).unwrap();
+        assert!(on_device(&h, p));
     }
 }

@@ -5,6 +5,8 @@
 mod common;
 
 use backend_sim::dmirror::{self, Cmd, Mirror};
+use backend_sim::frame::{FrameKind, HUGE_ZERO_PFN};
+use backend_sim::pagetable::Pte;
 use backend_sim::task::Task;
 use backend_sim::userfaultfd::Features;
 use backend_sim::vma::File;
@@ -634,4 +636,234 @@ fn userfaultfd_read() {
     assert!(cmd.buf.iter().all(|&b| b == 0xAB));
     let seen = handler.stop(&uffd);
     assert_eq!(seen.len() as u64, npages);
+}
+
+#[test]
+fn migrate_release() {
+    let h = Hmm::new();
+    let p = anon_filled(&h, HMM_BUFFER_SIZE, |i| i);
+    let cmd = migrate_all(&h.fd, &h.task, p, NPAGES);
+    assert_eq!(cmd.i32s(), iota(N, |i| i));
+    // Release device memory.
+    let mut cmd = Cmd::new(p, NPAGES);
+    h.fd.release(&h.task, &mut cmd).unwrap();
+    // Beyond the kernel test: every page is back in system memory and
+    // the device maps none of them.
+    assert_eq!(h.fd.entries(), 0);
+    for i in 0..NPAGES {
+        assert!(matches!(
+            h.mm.pte_at(p + i * PAGE_SIZE).0,
+            Pte::Present { huge: false, .. }
+        ));
+    }
+    // Fault half the pages back to system memory and check them.
+    assert_eq!(h.ints(p, N / 2), iota(N / 2, |i| i));
+}
+
+/// A 2 MiB-aligned THP-advised buffer: `mmap(2 * size)` with `prot`, the
+/// aligned half `madvise(MADV_HUGEPAGE)`d. Returns `(old_ptr, map)`.
+fn huge_buffer(h: &Hmm, prot: VmFlags) -> (u64, u64) {
+    let old = h.mm.mmap_anon(None, 2 * TWOMEG, prot).unwrap();
+    let map = old.next_multiple_of(TWOMEG);
+    h.mm.madvise_hugepage(map, TWOMEG).unwrap();
+    (old, map)
+}
+
+/// Beyond the kernel tests: SNAPSHOT of the PMD at `map` gives `want` for
+/// every page.
+fn snapshot_is(h: &Hmm, map: u64, want: u8) {
+    let cmd = snapshot_all(h, map, TWOMEG / PAGE_SIZE);
+    assert!(
+        cmd.buf.iter().all(|&m| m == want),
+        "snapshot {:#x?}, want {want:#x}",
+        &cmd.buf[..4]
+    );
+}
+
+const HUGE_DEV_RO: u8 = dmirror::PROT_DEV_PRIVATE_LOCAL | dmirror::PROT_READ | dmirror::PROT_PMD;
+const HUGE_DEV_RW: u8 = dmirror::PROT_DEV_PRIVATE_LOCAL | dmirror::PROT_WRITE | dmirror::PROT_PMD;
+const SMALL_DEV_RW: u8 = dmirror::PROT_DEV_PRIVATE_LOCAL | dmirror::PROT_WRITE;
+
+/// `HMM_DMIRROR_FLAGS` with `HMM_DMIRROR_FLAG_FAIL_ALLOC`.
+fn fail_alloc(h: &Hmm, p: u64) {
+    let mut cmd = Cmd::with_buf(p, dmirror::FLAG_FAIL_ALLOC, Vec::new());
+    h.fd.set_flags(&h.task, &mut cmd).unwrap();
+}
+
+#[test]
+fn migrate_anon_huge_empty() {
+    let h = Hmm::new();
+    let npages = TWOMEG / PAGE_SIZE;
+    let (_, map) = huge_buffer(&h, RO);
+    let cmd = migrate_all(&h.fd, &h.task, map, npages);
+    assert!(cmd.i32s().iter().all(|&v| v == 0));
+    // The hole became one device THP, read-only as the VMA.
+    snapshot_is(&h, map, HUGE_DEV_RO);
+    assert_eq!(h.fd.entries(), npages);
+}
+
+#[test]
+fn migrate_anon_huge_zero() {
+    let h = Hmm::new();
+    let npages = TWOMEG / PAGE_SIZE;
+    let n = (TWOMEG / 4) as usize;
+    let (_, map) = huge_buffer(&h, RO);
+    // Initialize a read-only zero huge page.
+    assert_eq!(h.ints(map, 1), [0]);
+    assert_eq!(
+        h.mm.pte_at(map + PAGE_SIZE),
+        (
+            Pte::present(HUGE_ZERO_PFN, false, true),
+            Some(HUGE_ZERO_PFN + 1)
+        )
+    );
+    // The huge zero page is not the zero pfn: READ | PMD.
+    snapshot_is(&h, map, dmirror::PROT_READ | dmirror::PROT_PMD);
+    let cmd = migrate_all(&h.fd, &h.task, map, npages);
+    assert!(cmd.i32s().iter().all(|&v| v == 0));
+    snapshot_is(&h, map, HUGE_DEV_RO);
+    // Fault pages back to system memory and check them.
+    assert_eq!(h.ints(map, n), vec![0; n]);
+}
+
+#[test]
+fn migrate_anon_huge_free() {
+    let h = Hmm::new();
+    let npages = TWOMEG / PAGE_SIZE;
+    let n = (TWOMEG / 4) as usize;
+    let (_, map) = huge_buffer(&h, RW);
+    h.fill(map, n, |i| i);
+    let cmd = migrate_all(&h.fd, &h.task, map, npages);
+    assert_eq!(cmd.i32s(), iota(n, |i| i));
+    snapshot_is(&h, map, HUGE_DEV_RW);
+    // Try freeing it.
+    assert_eq!(h.mm.madvise_free(&h.task, map, TWOMEG), Ok(()));
+}
+
+#[test]
+fn migrate_anon_huge_fault() {
+    let h = Hmm::new();
+    let npages = TWOMEG / PAGE_SIZE;
+    let n = (TWOMEG / 4) as usize;
+    let old = h.mm.mmap_anon(None, 2 * TWOMEG, RW).unwrap();
+    let map = old.next_multiple_of(TWOMEG);
+    h.fill(map, n, |i| i);
+    assert_eq!(h.mm.madvise_collapse(&h.task, map, TWOMEG), Ok(()));
+    assert!(matches!(
+        h.mm.pte_at(map).0,
+        Pte::Present { huge: true, .. }
+    ));
+    let cmd = migrate_all(&h.fd, &h.task, map, npages);
+    assert_eq!(cmd.i32s(), iota(n, |i| i));
+    snapshot_is(&h, map, HUGE_DEV_RW);
+    // /proc/self/pagemap: every page is a non-present (swap-type) entry.
+    for i in 0..npages {
+        assert!(matches!(
+            h.mm.pte_at(map + i * PAGE_SIZE).0,
+            Pte::DevicePrivate { write: true, .. }
+        ));
+    }
+    // Fault pages back to system memory and check them.
+    assert_eq!(h.ints(map, n), iota(n, |i| i));
+    // Beyond the kernel test: the THP came back whole.
+    assert!(matches!(
+        h.mm.pte_at(map).0,
+        Pte::Present { huge: true, .. }
+    ));
+    assert_eq!(h.fd.entries(), 0);
+}
+
+#[test]
+fn migrate_anon_huge_err() {
+    let h = Hmm::new();
+    let npages = TWOMEG / PAGE_SIZE;
+    let n = (TWOMEG / 4) as usize;
+    let (old, map) = huge_buffer(&h, RW);
+    h.fill(map, n, |i| i);
+    // Migrate memory to device but force a THP allocation error.
+    fail_alloc(&h, map);
+    let cmd = migrate_all(&h.fd, &h.task, map, npages);
+    assert_eq!(cmd.i32s(), iota(n, |i| i));
+    // Beyond the kernel test: the fallback gave small device pages.
+    snapshot_is(&h, map, SMALL_DEV_RW);
+    // Try faulting back a single (PAGE_SIZE) page.
+    assert_eq!(h.ints(map + 2048 * 4, 1), [2048]);
+    let snap = snapshot_all(&h, map, npages);
+    assert_eq!(snap.buf[2], dmirror::PROT_WRITE);
+    assert_eq!(snap.buf[3], SMALL_DEV_RW);
+    // Unmap and remap the region to reset things.
+    h.mm.munmap(&h.task, old, 2 * TWOMEG).unwrap();
+    let (_, map) = huge_buffer(&h, RW);
+    h.fill(map, n, |i| i);
+    // Migrate THP to device.
+    migrate_all(&h.fd, &h.task, map, npages);
+    snapshot_is(&h, map, HUGE_DEV_RW);
+    // Force an allocation error when faulting back a THP resident in the
+    // device.
+    fail_alloc(&h, map);
+    let mut cmd = Cmd::new(map, npages);
+    h.fd.migrate_to_sys(&h.task, &mut cmd).unwrap();
+    assert_eq!(h.ints(map + 2048 * 4, 1), [2048]);
+    // Beyond the kernel test: the device THP was split and every page came
+    // back as a small page.
+    assert_eq!(cmd.cpages, npages);
+    snapshot_is(&h, map, dmirror::PROT_WRITE);
+    assert_eq!(h.ints(map, n), iota(n, |i| i));
+}
+
+#[test]
+fn migrate_anon_huge_zero_err() {
+    let h = Hmm::new();
+    let npages = TWOMEG / PAGE_SIZE;
+    let n = (TWOMEG / 4) as usize;
+    let (old, map) = huge_buffer(&h, RO);
+    // Migrate memory to device but force a THP allocation error.
+    fail_alloc(&h, map);
+    let cmd = migrate_all(&h.fd, &h.task, map, npages);
+    assert!(cmd.i32s().iter().all(|&v| v == 0));
+    snapshot_is(
+        &h,
+        map,
+        dmirror::PROT_DEV_PRIVATE_LOCAL | dmirror::PROT_READ,
+    );
+    // Try faulting back a single (PAGE_SIZE) page.
+    assert_eq!(h.ints(map + 2048 * 4, 1), [0]);
+    // Unmap and remap the region to reset things.
+    h.mm.munmap(&h.task, old, 2 * TWOMEG).unwrap();
+    let (_, map) = huge_buffer(&h, RO);
+    // Initialize buffer in system memory (zero THP page).
+    assert_eq!(h.ints(map, 1), [0]);
+    // Migrate memory to device but force a THP allocation error.
+    fail_alloc(&h, map);
+    migrate_all(&h.fd, &h.task, map, npages);
+    // Fault the device memory back and check it.
+    assert_eq!(h.ints(map, n), vec![0; n]);
+}
+
+#[test]
+fn hmm_gup_test() {
+    let h = Hmm::new();
+    let npages = 4;
+    let n = (npages * PAGE_SIZE / 4) as usize;
+    let p = h.mm.mmap_anon(None, npages * PAGE_SIZE, RW).unwrap();
+    h.fill(p, n, |i| i);
+    let cmd = migrate_all(&h.fd, &h.task, p, npages);
+    assert_eq!(cmd.i32s(), iota(n, |i| i));
+    // GUP_BASIC_TEST, GUP_FAST_BENCHMARK, PIN_FAST_BENCHMARK with
+    // FOLL_LONGTERM and PIN_LONGTERM_BENCHMARK, one page each, all with
+    // FOLL_WRITE: each takes the page and releases it.
+    for i in 0..npages {
+        let pins =
+            h.mm.get_user_pages(&h.task, p + i * PAGE_SIZE, 1, true)
+                .unwrap();
+        assert_eq!(pins.len(), 1);
+        // GUP never hands out a device-private page.
+        assert_eq!(h.machine.frames.kind(pins[0]), FrameKind::System);
+        h.mm.unpin_user_pages(&pins);
+    }
+    // Take snapshot to CPU pagetables.
+    let cmd = snapshot_all(&h, p, npages);
+    assert!(cmd.buf.iter().all(|&m| m == dmirror::PROT_WRITE));
+    // Check again the content on the pages.
+    assert_eq!(h.ints(p, n), iota(n, |i| i));
 }

@@ -176,6 +176,7 @@ fn munmap_event_reaches_the_handler() {
     let uffd = h.mm.userfaultfd(Features {
         event_unmap: true,
         event_remove: true,
+        ..Features::default()
     });
     uffd.register(p, 4 * PAGE_SIZE, true, false).unwrap();
     let t = Task::new();

@@ -1,6 +1,8 @@
 //! CPU access through the page tables: loads and stores that fault
 //! (`handle_mm_fault` with a user fault's flags, so userfaultfd waits drop
-//! the lock), copy-on-write breaks, and inspection of the leaf entries.
+//! the lock), copy-on-write breaks, `get_user_pages` (which faults
+//! device-private pages back to system memory), and inspection of the leaf
+//! entries.
 
 use std::sync::atomic::Ordering;
 
@@ -13,18 +15,22 @@ use crate::pagetable::{Pte, Slot, PTE_SHIFT};
 use crate::task::Task;
 use crate::Errno;
 
-/// How a page of the address space is reached by the CPU.
+/// How a page of the address space is reached: by a CPU load or store
+/// (a user fault), or by `get_user_pages` (no `FAULT_FLAG_USER`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Access {
     Read,
     Write,
+    GupRead,
+    GupWrite,
 }
 
 impl Mm {
-    /// One CPU access to the page at `addr`: translate, fault if needed
-    /// (`USER | ALLOW_RETRY | KILLABLE`, so userfaultfd waits drop the lock
-    /// like a real user access), then run `f(pfn)` under the page-table
-    /// lock so the access is atomic with respect to concurrent PTE changes.
+    /// One access to the page at `addr`: translate, fault if needed
+    /// (`ALLOW_RETRY | KILLABLE`, plus `USER` for a CPU access, so
+    /// userfaultfd waits drop the lock like a real user access), then run
+    /// `f(pfn)` under the page-table lock so the access is atomic with
+    /// respect to concurrent PTE changes.
     fn access_page(
         &self,
         task: &Task,
@@ -32,8 +38,11 @@ impl Mm {
         how: Access,
         f: &mut dyn FnMut(u64),
     ) -> Result<(), Errno> {
-        let write = how == Access::Write;
-        let mut flags = FaultFlags::USER | FaultFlags::ALLOW_RETRY | FaultFlags::KILLABLE;
+        let write = matches!(how, Access::Write | Access::GupWrite);
+        let mut flags = FaultFlags::ALLOW_RETRY | FaultFlags::KILLABLE;
+        if matches!(how, Access::Read | Access::Write) {
+            flags |= FaultFlags::USER;
+        }
         if write {
             flags |= FaultFlags::WRITE;
         }
@@ -145,6 +154,57 @@ impl Mm {
     pub fn write_i32s(&self, task: &Task, addr: u64, v: &[i32]) -> Result<(), Errno> {
         let b: Vec<u8> = v.iter().flat_map(|x| x.to_ne_bytes()).collect();
         self.write_bytes(task, addr, &b)
+    }
+
+    /// `get_user_pages` / `pin_user_pages` of `npages` pages at `addr`
+    /// (`FOLL_WRITE` if `write`): each page is looked up and faulted in as
+    /// GUP does (no `FAULT_FLAG_USER`; a write breaks copy-on-write; a
+    /// device-private page is migrated back to system memory, since GUP
+    /// never returns device-private pages), then referenced. Returns the
+    /// PFNs, to be released with [`Mm::unpin_user_pages`]. A referenced
+    /// page is pinned: it has an extra reference, so it neither migrates
+    /// to a device nor is swapped out while held (`FOLL_LONGTERM` needs no
+    /// more here: device-coherent memory, which it would move out, is not
+    /// modelled). On an error the pages taken so far are released.
+    pub fn get_user_pages(
+        &self,
+        task: &Task,
+        addr: u64,
+        npages: u64,
+        write: bool,
+    ) -> Result<Vec<u64>, Errno> {
+        let frames = &self.machine.frames;
+        let how = if write {
+            Access::GupWrite
+        } else {
+            Access::GupRead
+        };
+        let mut pins = Vec::new();
+        for i in 0..npages {
+            let a = addr
+                .checked_add(i * PAGE_SIZE)
+                .map(|a| a & !(PAGE_SIZE - 1))
+                .ok_or(Errno::EFAULT);
+            let r = a.and_then(|a| {
+                self.access_page(task, a, how, &mut |pfn| {
+                    frames.get(pfn);
+                    pins.push(pfn);
+                })
+            });
+            if let Err(e) = r {
+                self.unpin_user_pages(&pins);
+                return Err(e);
+            }
+        }
+        Ok(pins)
+    }
+
+    /// `unpin_user_pages` / `put_page` of the pages [`Mm::get_user_pages`]
+    /// returned.
+    pub fn unpin_user_pages(&self, pfns: &[u64]) {
+        for &p in pfns {
+            self.machine.frames.put(p);
+        }
     }
 
     /// Touch every page of `[addr, addr + len)` for read or write.

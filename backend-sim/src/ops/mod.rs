@@ -5,7 +5,7 @@
 //! and the OOM reaper ([`reclaim`]), [`hwpoison`], device memory
 //! ([`device`]: migration to and from device-private memory,
 //! device-exclusive entries) and CPU access through the page tables
-//! ([`access`]: CPU page faults, COW).
+//! ([`access`]: CPU page faults, COW, `get_user_pages`).
 //!
 //! Every operation that revokes or changes a mapping runs the MMU notifier
 //! invalidation around the page-table change, as Linux does, so device

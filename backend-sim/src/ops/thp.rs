@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use hmm_core::PAGE_SIZE;
 
 use super::store;
+use crate::frame::{is_zero_frame, HUGE_ZERO_PFN, ZERO_PFN};
 use crate::mm::Mm;
 use crate::notifier::{Event, InvalidateRange};
 use crate::pagetable::{Pte, Slot, PMD_SHIFT, PMD_SIZE};
@@ -15,7 +16,11 @@ use crate::Errno;
 
 impl Mm {
     /// `split_huge_pmd`: replace a THP PMD leaf mapping `addr` by a table of
-    /// 512 PTEs with the same permissions. Caller holds the mmap lock.
+    /// 512 PTEs with the same permissions. A huge zero page becomes 512
+    /// read-only mappings of the zero page (`__split_huge_zero_page_pmd`);
+    /// a device-private PMD becomes 512 device-private PTEs, the device
+    /// folio split with it when mapped only here. Caller holds the mmap
+    /// lock.
     pub(crate) fn split_pmd(&self, addr: u64) {
         let base = addr & !(PMD_SIZE - 1);
         let is_thp = self.vmas().lookup(addr).is_some_and(|v| !v.is_hugetlb());
@@ -32,47 +37,62 @@ impl Mm {
             return;
         };
         let w = pmd.load(Ordering::Acquire);
-        match Pte::decode(w, true) {
+        let (pfn, sub): (u64, Box<dyn Fn(u64) -> Pte>) = match Pte::decode(w, true) {
+            Pte::Present { pfn, .. } if pfn == HUGE_ZERO_PFN => {
+                (pfn, Box::new(|_| Pte::present(ZERO_PFN, false, false)))
+            }
             Pte::Present {
                 pfn,
                 write,
                 uffd_wp,
                 protnone,
                 ..
-            } => {
-                let id = self.tables.alloc();
-                let t = self.tables.get(id);
-                for (i, e) in t.0.iter().enumerate() {
-                    let p = Pte::Present {
-                        pfn: pfn + i as u64,
-                        write,
-                        huge: false,
-                        special: false,
-                        protnone,
-                        uffd_wp,
-                    };
-                    store(e, p);
-                }
-                let frames = &self.machine.frames;
-                if frames.refcount(pfn) == 1 {
-                    // Mapped only here: split the folio too, each subpage
-                    // keeping the reference of its own PTE.
-                    frames.split(pfn, |_| 1);
-                } else {
-                    frames.get_many(pfn, 511);
-                }
-                store(pmd, Pte::Table(id));
-            }
-            Pte::Migration { .. } | Pte::DevicePrivate { .. } => {}
-            _ => {}
+            } => (
+                pfn,
+                Box::new(move |i| Pte::Present {
+                    pfn: pfn + i,
+                    write,
+                    huge: false,
+                    special: false,
+                    protnone,
+                    uffd_wp,
+                }),
+            ),
+            Pte::DevicePrivate { pfn, write } => (
+                pfn,
+                Box::new(move |i| Pte::DevicePrivate {
+                    pfn: pfn + i,
+                    write,
+                }),
+            ),
+            _ => return,
+        };
+        let id = self.tables.alloc();
+        let t = self.tables.get(id);
+        for (i, e) in t.0.iter().enumerate() {
+            store(e, sub(i as u64));
         }
+        let frames = &self.machine.frames;
+        if is_zero_frame(pfn) {
+            // The zero pages are never referenced.
+        } else if frames.refcount(pfn) == 1 {
+            // Mapped only here: split the folio too, each subpage keeping
+            // the reference of its own entry.
+            frames.split(pfn, |_| 1);
+        } else {
+            frames.get_many(pfn, 511);
+        }
+        store(pmd, Pte::Table(id));
     }
 
+    /// Whether the PMD entry mapping `addr` is a huge leaf `split_pmd`
+    /// splits: a present THP (the huge zero page included) or a
+    /// device-private THP.
     pub(super) fn pmd_is_thp_leaf(&self, addr: u64) -> bool {
         match self.tables.slot(self.root, addr, PMD_SHIFT, false) {
             Slot::At(e) => matches!(
                 Pte::decode(e.load(Ordering::Acquire), true),
-                Pte::Present { huge: true, .. }
+                Pte::Present { huge: true, .. } | Pte::DevicePrivate { .. }
             ),
             _ => false,
         }
@@ -88,7 +108,7 @@ impl Mm {
     }
 
     /// Split every THP leaf in `[start, end)`.
-    pub(super) fn split_all(&self, start: u64, end: u64) {
+    pub(crate) fn split_all(&self, start: u64, end: u64) {
         let mut a = start & !(PMD_SIZE - 1);
         while a < end {
             if self.pmd_is_thp_leaf(a) {
