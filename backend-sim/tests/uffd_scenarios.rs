@@ -259,12 +259,14 @@ fn dead_handler_ends_in_ebusy_within_the_budget() {
     let uffd = h.mm.userfaultfd(Features::default());
     uffd.register(p, 4 * PAGE_SIZE, true, false).unwrap();
     // Nobody reads the userfaultfd; waits are bounded so the faulter keeps
-    // coming back, and the driver's budget ends it.
+    // coming back, and the driver's budget ends it. The budget is 200 waits
+    // long, so even on a loaded machine the fault is retried (with TRIED)
+    // before it runs out.
     h.machine
         .inject
         .set_uffd_wait_bound(Some(Duration::from_millis(1)));
     let o = Options {
-        timeout_ns: 20_000_000,
+        timeout_ns: 200_000_000,
         ..opts()
     };
     let mut stats = Stats::default();
