@@ -61,7 +61,7 @@ where
     /// Check every second-stage page against the host page tables. Returns
     /// the number of 4 KiB guest pages checked.
     pub fn audit(&self) -> Result<u64, Disagreement> {
-        let guard = self.host.refs().lock.read();
+        let guard = self.host.env().lock.read();
         let mut result = Ok(0u64);
         self.table.lock().for_each_leaf(&self.alloc, |leaf| {
             if result.is_err() {

@@ -25,8 +25,9 @@
 //!   deferred to a worker; [`guest::invalidate`], the host notifier
 //!   callback; and the counters ([`GuestStats`]).
 //! * The host address space is hmm-core's [`Host`](hmm_core::Host) bundle
-//!   (mmap lock, fault handler, signals, clock); each region brings its own
-//!   interval notifier.
+//!   (an [`Env`](hmm_core::Env): mmap lock, fault handler, signals, clock);
+//!   each region brings its own interval notifier, which its window faults
+//!   carry in their [`Range`](hmm_core::Range).
 //! * [`audit`]: the coherence check of second-stage tables against the host.
 //!
 //! `#![no_std]` and allocation-free: tables come from a [`TableAlloc`]
@@ -38,7 +39,7 @@
 //! ```
 //! use backend_hypervisor::*;
 //! use hmm_core::doubles::{FaultMode, TestMm};
-//! use hmm_core::{HostRefs, VmFlags};
+//! use hmm_core::{Env, VmFlags};
 //!
 //! struct NoTlb;
 //! impl TlbFlush for NoTlb {
@@ -51,7 +52,7 @@
 //!
 //! let pool: Box<StaticPool<8>> = Box::default();
 //! let vm: GuestMemory<'_, Ept, _, _, _, TestMm> =
-//!     GuestMemory::new(HostRefs::new(&mm, &mm), &*pool, NoTlb, Config::default()).unwrap();
+//!     GuestMemory::new(Env::new(&mm, &mm), &*pool, NoTlb, Config::default()).unwrap();
 //! let spec = RegionSpec { gpa: 0x10_0000, size: 0x1000, hva: 0x4000_0000, perm: Perm::R | Perm::W };
 //! vm.add_region(spec, &mm).unwrap();
 //!

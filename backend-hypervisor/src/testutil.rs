@@ -10,7 +10,7 @@ use hmm_core::doubles::TestMm;
 use hmm_core::IntervalNotifier;
 
 use crate::{Config, GuestMemory, Mapping, PageSize, StaticPool, TlbFlush};
-use hmm_core::HostRefs;
+use hmm_core::Env;
 
 pub const M2: u64 = 2 << 20;
 pub const G1: u64 = 1 << 30;
@@ -64,16 +64,8 @@ impl IntervalNotifier for Flaky<'_> {
 }
 
 pub type Pool = StaticPool<64>;
-pub type Vm<'h, F, N> = GuestMemory<
-    'h,
-    F,
-    &'h Pool,
-    &'h CountTlb,
-    HostRefs<'h, TestMm, TestMm, TestMm, TestMm>,
-    N,
-    4,
-    2,
->;
+pub type Vm<'h, F, N> =
+    GuestMemory<'h, F, &'h Pool, &'h CountTlb, Env<'h, TestMm, TestMm, TestMm, TestMm>, N, 4, 2>;
 
 pub fn pool() -> Box<Pool> {
     Box::default()
@@ -85,7 +77,7 @@ pub fn vm<'h, F: crate::Format, N: IntervalNotifier + ?Sized>(
     tlb: &'h CountTlb,
     config: Config,
 ) -> Vm<'h, F, N> {
-    let host = HostRefs::new(mm, mm).with_signals(mm).with_clock(mm);
+    let host = Env::new(mm, mm).with_signals(mm).with_clock(mm);
     GuestMemory::new(host, pool, tlb, config).unwrap()
 }
 

@@ -7,7 +7,7 @@ use std::cell::Cell;
 
 use backend_hypervisor::*;
 use hmm_core::doubles::{FaultMode, TestMm};
-use hmm_core::{HostRefs, VmFlags};
+use hmm_core::{Env, VmFlags};
 use proptest::prelude::*;
 
 const M2: u64 = 2 << 20;
@@ -89,7 +89,7 @@ fn run<F: Format>(ops: &[Op]) {
     ));
     let pool: Box<StaticPool<64>> = Box::default();
     let tlb = Tlb(Cell::new(0));
-    let host = HostRefs::new(&mm, &mm).with_signals(&mm).with_clock(&mm);
+    let host = Env::new(&mm, &mm).with_signals(&mm).with_clock(&mm);
     let vm: GuestMemory<'_, F, _, _, _, TestMm, 4, 4> =
         GuestMemory::new(host, &*pool, &tlb, Config::default()).unwrap();
     let perm = Perm::R | Perm::W;

@@ -43,9 +43,10 @@ pub mod vma;
 pub mod walk;
 
 pub use clock::Clock;
-pub use driver::{range_fault, range_fault_owning_lock, Env, Options, Policy, Stats};
+pub use driver::{range_fault, range_fault_owning_lock, Options, Policy, Stats};
 pub use error::Error;
 pub use fault::{FaultFlags, FaultHandler, FaultOutcome, VmFaultError};
+pub use host::Env;
 pub use leaf::{Leaf, Present};
 pub use mm::{MmView, MmapLock};
 pub use notifier::IntervalNotifier;

@@ -275,17 +275,18 @@ impl Mirror {
             pfns.fill(0);
             let mut range = Range::new(start, end, pfns)
                 .with_default_flags(req.bits())
-                .with_owner(self.owner());
+                .with_owner(self.owner())
+                .with_notifier(mm);
             let res = match path {
                 Path::Locked => {
-                    let env = Env::new(mm, mm, mm);
+                    let env = Env::new(mm, mm);
                     range.notifier_seq = mm.read_begin();
                     let out = core_::range_fault(&env, &mut range, mm.read(), &mut stats);
                     drop(out.guard);
                     out.result
                 }
                 Path::Unlocked => {
-                    let env = Env::new(mm, mm, mm).with_signals(mm).with_clock(mm);
+                    let env = Env::new(mm, mm).with_signals(mm).with_clock(mm);
                     let opts = Options {
                         policy: Policy::Resume,
                         timeout_ns,
@@ -582,7 +583,7 @@ impl Mirror {
         let (start, end) = span(cmd)?;
         // SAFETY: `raw` is live for the whole ioctl.
         let mm = unsafe { KernelMm::get(self.raw) }.ok_or(EINVAL)?;
-        let env = Env::new(&mm, &mm, &mm);
+        let env = Env::new(&mm, &mm);
         // SAFETY: no preconditions.
         let zero_pfn = unsafe { ffi::hmm_rs_zero_pfn() };
         let mut pfns = [0u64; CHUNK];
@@ -601,7 +602,9 @@ impl Mirror {
                     return Err(errno(core_::Error::Busy));
                 }
                 pfns[..n].fill(0);
-                let mut range = Range::new(addr, next, &mut pfns[..n]).with_owner(self.owner());
+                let mut range = Range::new(addr, next, &mut pfns[..n])
+                    .with_owner(self.owner())
+                    .with_notifier(&mm);
                 range.notifier_seq = mm.read_begin();
                 let out = core_::range_fault(&env, &mut range, mm.read(), &mut stats);
                 drop(out.guard);

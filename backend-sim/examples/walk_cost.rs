@@ -55,10 +55,10 @@ fn main() {
 
     // A full snapshot through hmm-core's range_fault (the kernel entry point).
     let mut pfns = vec![0u64; pages as usize];
-    let env = Env::new(&h, &h, &*sub);
+    let env = Env::new(&h, &h);
     let t = Instant::now();
     for _ in 0..iters {
-        let mut r = Range::new(a, a + size, &mut pfns);
+        let mut r = Range::new(a, a + size, &mut pfns).with_notifier(&*sub);
         let out = range_fault(&env, &mut r, h.read(), &mut Stats::default());
         out.result.unwrap();
     }

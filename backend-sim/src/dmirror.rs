@@ -547,7 +547,7 @@ impl Mirror {
         let mm = &self.inner.mm;
         let notifier = self.inner.notifier();
         let h = mm.handle(task);
-        let env = Env::new(&h, &h, &**notifier);
+        let env = Env::new(&h, &h);
         let n = ((end - start) >> PAGE_SHIFT) as usize;
         let mut pfns = [0u64; FAULT_CHUNK as usize];
         let mut flags = PfnFlags::REQ_FAULT;
@@ -561,7 +561,8 @@ impl Mirror {
             }
             let mut range = Range::new(start, end, &mut pfns[..n])
                 .with_default_flags(flags.bits())
-                .with_owner(self.owner());
+                .with_owner(self.owner())
+                .with_notifier(&**notifier);
             range.notifier_seq = notifier.read_begin();
             let g = mm.read(task);
             let out = range_fault(&env, &mut range, g, &mut Stats::default());
@@ -602,9 +603,7 @@ impl Mirror {
         let notifier = self.inner.notifier();
         let h = mm.handle(task);
         let clock = MonoClock::new();
-        let env = Env::new(&h, &h, &**notifier)
-            .with_signals(task)
-            .with_clock(&clock);
+        let env = Env::new(&h, &h).with_signals(task).with_clock(&clock);
         let chunk = chunk.clamp(1, MAX_UNLOCKED_CHUNK);
         let pages = if end > start {
             (end - start) >> PAGE_SHIFT
@@ -631,7 +630,8 @@ impl Mirror {
                 }
                 let mut range = Range::new(a, b, &mut pfns[..n])
                     .with_request(Request::new(flags.bits(), 0))
-                    .with_owner(self.owner());
+                    .with_owner(self.owner())
+                    .with_notifier(&**notifier);
                 range_fault_owning_lock(&env, &mut range, opts, stats)?;
                 let mut pt = self.inner.pt();
                 if notifier.read_retry(range.notifier_seq) {
@@ -823,14 +823,16 @@ impl Mirror {
             let sub =
                 mm.notifiers()
                     .insert(a, b, Box::new(SnapshotOps(Arc::downgrade(&self.inner))));
-            let env = Env::new(&h, &h, &*sub);
+            let env = Env::new(&h, &h);
             let mut pfns = [0u64; FAULT_CHUNK as usize];
             let deadline = Instant::now() + HMM_RANGE_DEFAULT_TIMEOUT;
             let r = loop {
                 if Instant::now() > deadline {
                     break Err(Errno::EBUSY);
                 }
-                let mut range = Range::new(a, b, &mut pfns[..n]).with_owner(self.owner());
+                let mut range = Range::new(a, b, &mut pfns[..n])
+                    .with_owner(self.owner())
+                    .with_notifier(&*sub);
                 range.notifier_seq = sub.read_begin();
                 let g = mm.read(task);
                 let out = range_fault(&env, &mut range, g, &mut Stats::default());

@@ -113,11 +113,13 @@ impl Device {
         let a = self.start + i * CHUNK_PAGES * PAGE_SIZE;
         let b = a + CHUNK_PAGES * PAGE_SIZE;
         let h = self.mm.handle(&self.task);
-        let env = Env::new(&h, &h, &*self.sub);
+        let env = Env::new(&h, &h);
         let mut pfns = [0u64; CHUNK_PAGES as usize];
         let flags = (PfnFlags::REQ_FAULT | PfnFlags::REQ_WRITE).bits();
         loop {
-            let mut range = Range::new(a, b, &mut pfns).with_default_flags(flags);
+            let mut range = Range::new(a, b, &mut pfns)
+                .with_default_flags(flags)
+                .with_notifier(&*self.sub);
             range.notifier_seq = self.sub.read_begin();
             let g = self.mm.read(&self.task);
             let out = range_fault(&env, &mut range, g, &mut Stats::default());

@@ -64,14 +64,15 @@ impl FreshRange {
             self.start + self.len,
             Box::new(crate::sim::SeqOnly),
         );
-        let env = Env::new(&h, &h, &*notifier);
+        let env = Env::new(&h, &h);
         let mut flags = PfnFlags::REQ_FAULT;
         if write {
             flags |= PfnFlags::REQ_WRITE;
         }
         let mut stats = Stats::default();
-        let mut range =
-            Range::new(self.start, self.start + self.len, pfns).with_default_flags(flags.bits());
+        let mut range = Range::new(self.start, self.start + self.len, pfns)
+            .with_default_flags(flags.bits())
+            .with_notifier(&*notifier);
         range.notifier_seq = notifier.read_begin();
         let g = self.mm.read(&self.task);
         let out = range_fault(&env, &mut range, g, &mut stats);

@@ -25,7 +25,7 @@ use backend_sim::notifier::{IntervalOps, IntervalSub, InvalidateRange};
 use backend_sim::ops::HUGE_2M;
 use backend_sim::task::{MonoClock, Task};
 use backend_sim::Machine;
-use hmm_core::{HostRefs, PAGE_SIZE};
+use hmm_core::{Env, PAGE_SIZE};
 
 use crate::sim::RW;
 
@@ -42,8 +42,7 @@ impl TlbFlush for CountTlb {
     }
 }
 
-type SimHost =
-    HostRefs<'static, MmHandle<'static>, MmHandle<'static>, MmHandle<'static>, MonoClock>;
+type SimHost = Env<'static, MmHandle<'static>, MmHandle<'static>, MmHandle<'static>, MonoClock>;
 /// The manager over the simulator.
 pub type SimVm = GuestMemory<
     'static,
@@ -119,7 +118,7 @@ impl SimGuest {
         }
         let handle: &'static MmHandle<'static> = leak(mm.handle(task));
         let clock: &'static MonoClock = leak(MonoClock::new());
-        let host = HostRefs::new(handle, handle)
+        let host = Env::new(handle, handle)
             .with_signals(handle)
             .with_clock(clock);
         // 4 KiB leaves need one table page per 2 MiB, plus the upper levels.

@@ -219,10 +219,11 @@ impl SimRange {
     /// requested, unlock, `read_retry` (retrying on a moved sequence).
     pub fn range_fault_snapshot(&self, pfns: &mut [u64]) -> Result<Stats, Error> {
         let h = self.mm.handle(&self.task);
-        let env = Env::new(&h, &h, &*self.notifier);
+        let env = Env::new(&h, &h);
         loop {
             let mut stats = Stats::default();
-            let mut range = Range::new(self.start, self.start + self.len, &mut *pfns);
+            let mut range = Range::new(self.start, self.start + self.len, &mut *pfns)
+                .with_notifier(&*self.notifier);
             range.notifier_seq = self.notifier.read_begin();
             let g = self.mm.read(&self.task);
             let out = range_fault(&env, &mut range, g, &mut stats);

@@ -104,7 +104,7 @@ impl UffdRange {
     /// entry came back valid.
     pub fn fault_in(&self, policy: Policy, pfns: &mut [u64]) -> Result<FaultIn, Error> {
         let h = self.mm.handle(&self.task);
-        let env = Env::new(&h, &h, &*self.notifier).with_signals(&self.task);
+        let env = Env::new(&h, &h).with_signals(&self.task);
         run(&env, self.start, self.len, policy, pfns, &self.notifier)
     }
 
@@ -112,7 +112,7 @@ impl UffdRange {
     /// walker's own time.
     pub fn fault_in_timed(&self, policy: Policy, pfns: &mut [u64]) -> Result<FaultIn, Error> {
         let t = TimedMm::new(self.mm.handle(&self.task));
-        let env = Env::new(&t, &t, &*self.notifier).with_signals(&self.task);
+        let env = Env::new(&t, &t).with_signals(&self.task);
         let mut out = run(&env, self.start, self.len, policy, pfns, &self.notifier)?;
         out.walk = Duration::from_nanos(t.walk_ns.get());
         out.timed_walks = t.walks.get();
@@ -145,7 +145,7 @@ impl Drop for UffdRange {
 }
 
 fn run<L, H>(
-    env: &Env<'_, L, H, backend_sim::notifier::IntervalSub, Task>,
+    env: &Env<'_, L, H, Task>,
     start: u64,
     len: u64,
     policy: Policy,
@@ -158,8 +158,9 @@ where
 {
     let mut stats = Stats::default();
     let t0 = Instant::now();
-    let mut range =
-        Range::new(start, start + len, pfns).with_default_flags(PfnFlags::REQ_FAULT.bits());
+    let mut range = Range::new(start, start + len, pfns)
+        .with_default_flags(PfnFlags::REQ_FAULT.bits())
+        .with_notifier(notifier);
     range_fault_owning_lock(env, &mut range, &Options::with_policy(policy), &mut stats)?;
     let elapsed = t0.elapsed();
     if notifier.read_retry(range.notifier_seq) || !range.pfns.iter().all(|&p| HmmPfn(p).is_valid())

@@ -97,10 +97,12 @@ fn main() -> Result<(), Error> {
     let mut pfns = [0u64; PAGES];
     let end = BASE + PAGES as u64 * PAGE_SIZE;
     let req = (PfnFlags::REQ_FAULT | PfnFlags::REQ_WRITE).bits();
-    let mut range = Range::new(BASE, end, &mut pfns).with_default_flags(req);
+    let mut range = Range::new(BASE, end, &mut pfns)
+        .with_default_flags(req)
+        .with_notifier(&mm);
     let mut stats = Stats::default();
     range_fault_owning_lock(
-        &Env::new(&mm, &mm, &mm),
+        &Env::new(&mm, &mm),
         &mut range,
         &Options::default(),
         &mut stats,

@@ -70,16 +70,16 @@
 //! slow one that keeps resolving pages is never cut off. Faults that keep
 //! the lock are progress and are not timed.
 
-use super::clock::{Clock, NoClock};
+use super::clock::Clock;
 use super::error::Error;
 use super::fault::{FaultFlags, FaultHandler, FaultOutcome};
-use super::host::HostRefs;
+use super::host::Env;
 use super::mm::MmapLock;
 use super::need::Request;
 use super::notifier::IntervalNotifier;
 use super::pfn::PfnFlags;
 use super::range::Range;
-use super::signal::{NoSignals, Signals};
+use super::signal::Signals;
 use super::walk::{walk, WalkCounters, WalkStop};
 
 /// What to do after a fault dropped the mmap lock.
@@ -172,43 +172,6 @@ impl<G> MaybeLocked<G> {
     }
 }
 
-/// The outside world of one range fault: the [host](HostRefs) (mmap lock,
-/// fault handler, signals, clock) and the interval notifier covering the
-/// range.
-#[derive(Debug)]
-pub struct Env<'a, L: ?Sized, H: ?Sized, N: ?Sized, S: ?Sized = NoSignals, C: ?Sized = NoClock> {
-    /// The host side, the same for every range of the address space.
-    pub host: HostRefs<'a, L, H, S, C>,
-    /// The interval notifier covering the range.
-    pub notifier: &'a N,
-}
-
-impl<L: ?Sized, H: ?Sized, N: ?Sized, S: ?Sized, C: ?Sized> Clone for Env<'_, L, H, N, S, C> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<L: ?Sized, H: ?Sized, N: ?Sized, S: ?Sized, C: ?Sized> Copy for Env<'_, L, H, N, S, C> {}
-
-impl<'a, L: ?Sized, H: ?Sized, N: ?Sized> Env<'a, L, H, N> {
-    /// An environment that never sees signals and whose budget never
-    /// expires: `HostRefs::new(lock, handler).with_notifier(notifier)`.
-    pub fn new(lock: &'a L, handler: &'a H, notifier: &'a N) -> Self {
-        HostRefs::new(lock, handler).with_notifier(notifier)
-    }
-}
-
-impl<'a, L: ?Sized, H: ?Sized, N: ?Sized, S: ?Sized, C: ?Sized> Env<'a, L, H, N, S, C> {
-    /// Use `signals` for fatal-signal checks.
-    pub fn with_signals<S2: ?Sized>(self, signals: &'a S2) -> Env<'a, L, H, N, S2, C> {
-        self.host.with_signals(signals).with_notifier(self.notifier)
-    }
-    /// Use `clock` for the retry budget.
-    pub fn with_clock<C2: ?Sized>(self, clock: &'a C2) -> Env<'a, L, H, N, S, C2> {
-        self.host.with_clock(clock).with_notifier(self.notifier)
-    }
-}
-
 /// Linux `hmm_range_fault()`: the caller holds the read lock and
 /// `range.notifier_seq`; faults never drop the lock, so the guard always
 /// comes back.
@@ -225,8 +188,8 @@ impl<'a, L: ?Sized, H: ?Sized, N: ?Sized, S: ?Sized, C: ?Sized> Env<'a, L, H, N,
 /// | [`Error::Perm`] | write requested on a VMA without `VM_WRITE` |
 /// | [`Error::Fault`] | a requested page cannot be made valid (no VMA, `VM_IO`, `VM_PFNMAP`, no `VM_READ`, hwpoison, a bad entry), or its fault failed for any reason, a fault that would need to drop the lock (userfaultfd) included |
 pub fn range_fault<'a, L, H, N, S, C>(
-    env: &Env<'a, L, H, N, S, C>,
-    range: &mut Range<'_>,
+    env: &Env<'a, L, H, S, C>,
+    range: &mut Range<'_, N>,
     guard: L::Guard<'a>,
     stats: &mut Stats,
 ) -> MaybeLocked<L::Guard<'a>>
@@ -267,8 +230,8 @@ where
 /// | [`Error::Intr`] | a fatal signal: before a fault, after a migration wait, after a drop, or while re-taking the lock | held before a fault or after a wait; otherwise not |
 /// | [`Error::Again`] | no-wait mode (`opts.nowait`) and a fault would have to sleep | held |
 pub fn range_fault_may_unlock<'a, L, H, N, S, C>(
-    env: &Env<'a, L, H, N, S, C>,
-    range: &mut Range<'_>,
+    env: &Env<'a, L, H, S, C>,
+    range: &mut Range<'_, N>,
     guard: L::Guard<'a>,
     opts: &Options,
     stats: &mut Stats,
@@ -304,8 +267,8 @@ where
 /// | [`Error::Intr`] | a fatal signal, checked before every fault and every re-lock, and while waiting for the lock |
 /// | [`Error::Again`] | no-wait mode (`opts.nowait`) and a fault would have to sleep |
 pub fn range_fault_owning_lock<L, H, N, S, C>(
-    env: &Env<'_, L, H, N, S, C>,
-    range: &mut Range<'_>,
+    env: &Env<'_, L, H, S, C>,
+    range: &mut Range<'_, N>,
     opts: &Options,
     stats: &mut Stats,
 ) -> Result<(), Error>
@@ -316,8 +279,8 @@ where
     S: Signals + ?Sized,
     C: Clock + ?Sized,
 {
-    range.validate(env.host.lock.address_limit())?;
-    range.notifier_seq = env.notifier.read_begin();
+    range.validate(env.lock.address_limit())?;
+    range.notifier_seq = range.notifier.read_begin();
     // The guard, if any, is dropped here: the call returns unlocked.
     drive(env, range, None, opts, Mode::Owning, stats).result
 }
@@ -526,8 +489,8 @@ enum Walked {
 }
 
 /// One call of an entry point: what it was asked for and where it stands.
-struct Driver<'e, 'a, L: ?Sized, H: ?Sized, N: ?Sized, S: ?Sized, C: ?Sized> {
-    env: &'e Env<'a, L, H, N, S, C>,
+struct Driver<'e, 'a, L: ?Sized, H: ?Sized, S: ?Sized, C: ?Sized> {
+    env: &'e Env<'a, L, H, S, C>,
     mode: Mode,
     policy: Policy,
     /// The entries carry per-page requests (see [`has_per_page_requests`]).
@@ -540,17 +503,16 @@ struct Driver<'e, 'a, L: ?Sized, H: ?Sized, N: ?Sized, S: ?Sized, C: ?Sized> {
     stats: &'e mut Stats,
 }
 
-impl<'e, 'a, L, H, N, S, C> Driver<'e, 'a, L, H, N, S, C>
+impl<'e, 'a, L, H, S, C> Driver<'e, 'a, L, H, S, C>
 where
     L: MmapLock + ?Sized,
     H: FaultHandler<L> + ?Sized,
-    N: IntervalNotifier + ?Sized,
     S: Signals + ?Sized,
     C: Clock + ?Sized,
 {
-    fn new(
-        env: &'e Env<'a, L, H, N, S, C>,
-        range: &Range<'_>,
+    fn new<N: ?Sized>(
+        env: &'e Env<'a, L, H, S, C>,
+        range: &Range<'_, N>,
         opts: &Options,
         mode: Mode,
         stats: &'e mut Stats,
@@ -566,7 +528,7 @@ where
             policy: opts.policy,
             per_page: has_per_page_requests(&range.request),
             base: base_fault_flags(mode, opts.nowait),
-            budget: Budget::new(env.host.clock, timeout),
+            budget: Budget::new(env.clock, timeout),
             // INVARIANT: nothing has been filled yet.
             at: Cursor {
                 seq: range.notifier_seq,
@@ -580,7 +542,7 @@ where
     }
 
     fn fatal_signal(&self) -> bool {
-        self.env.host.signals.fatal_signal_pending()
+        self.env.signals.fatal_signal_pending()
     }
 
     /// Re-take the lock after a drop or a restart: not with a fatal signal
@@ -593,13 +555,13 @@ where
         if self.budget.expired_at_relock() {
             return Err(Error::Busy);
         }
-        self.env.host.lock.read_killable()
+        self.env.lock.read_killable()
     }
 
     /// Take a new sequence (never under the mmap lock: `read_begin` may
     /// sleep on an invalidation that needs it) and go back to `range.start`.
-    fn restart(&mut self, range: &mut Range<'_>) {
-        self.at.seq = self.env.notifier.read_begin();
+    fn restart<N: IntervalNotifier + ?Sized>(&mut self, range: &mut Range<'_, N>) {
+        self.at.seq = range.notifier.read_begin();
         range.notifier_seq = self.at.seq;
         // INVARIANT: nothing is below `range.start`.
         self.at.cursor = range.start;
@@ -610,7 +572,7 @@ where
 
     /// Walk from the cursor until the range is done or a page needs a
     /// fault; wait on a migration entry and say to walk again.
-    fn walk_on(&mut self, g: &L::Guard<'a>, range: &mut Range<'_>) -> Walked {
+    fn walk_on<N: ?Sized>(&mut self, g: &L::Guard<'a>, range: &mut Range<'_, N>) -> Walked {
         if core::mem::take(&mut self.at.resuming) {
             self.stats.resumes = self.stats.resumes.saturating_add(1);
         }
@@ -620,7 +582,7 @@ where
             Ok(WalkStop::Done) => Walked::End(Ok(())),
             Err(e) => Walked::End(Err(e)),
             Ok(WalkStop::WaitMigration { addr }) => {
-                self.env.host.handler.migration_wait(g, addr);
+                self.env.handler.migration_wait(g, addr);
                 self.stats.migration_waits = self.stats.migration_waits.saturating_add(1);
                 // GUP checks for a fatal signal before every page, so one
                 // that arrived during the wait ends the call.
@@ -648,11 +610,7 @@ where
         }
         let retry = self.at.tried == Some(addr);
         let flags = fault_flags(self.base, write, retry, self.stats);
-        let out = classify(
-            self.env.host.handler.fault(g, addr, flags),
-            flags,
-            self.mode,
-        );
+        let out = classify(self.env.handler.fault(g, addr, flags), flags, self.mode);
         match out {
             Faulted::Held(_) => {
                 // GUP's pattern: walk again from the faulted page, which
@@ -674,7 +632,11 @@ where
 
     /// The fault at `addr` dropped the lock: resume there or restart, or
     /// end the call (unlocked) with the error.
-    fn decide(&mut self, range: &mut Range<'_>, addr: u64) -> Result<(), Error> {
+    fn decide<N: IntervalNotifier + ?Sized>(
+        &mut self,
+        range: &mut Range<'_, N>,
+        addr: u64,
+    ) -> Result<(), Error> {
         if self.fatal_signal() {
             return Err(Error::Intr);
         }
@@ -706,8 +668,8 @@ where
 /// Loop invariant: entries below the cursor were filled under the current
 /// sequence; the rest still hold their input.
 fn drive<'a, L, H, N, S, C>(
-    env: &Env<'a, L, H, N, S, C>,
-    range: &mut Range<'_>,
+    env: &Env<'a, L, H, S, C>,
+    range: &mut Range<'_, N>,
     mut guard: Option<L::Guard<'a>>,
     opts: &Options,
     mode: Mode,
@@ -720,7 +682,7 @@ where
     S: Signals + ?Sized,
     C: Clock + ?Sized,
 {
-    if let Err(e) = range.validate(env.host.lock.address_limit()) {
+    if let Err(e) = range.validate(env.lock.address_limit()) {
         return MaybeLocked {
             result: Err(e),
             guard,
@@ -734,7 +696,7 @@ where
             Err(e) => break MaybeLocked::dropped(Err(e)),
         };
         // Check: has an invalidation made the filled entries stale?
-        if env.notifier.check_retry(d.at.seq) {
+        if range.notifier.check_retry(d.at.seq) {
             match on_sequence_moved(mode, d.per_page) {
                 Next::Return(e) => break MaybeLocked::held(Err(e), g),
                 Next::Resume | Next::Restart => {

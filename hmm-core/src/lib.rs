@@ -12,9 +12,10 @@
 //! ## The protocol
 //!
 //! 1. The caller builds a [`Range`]: addresses, one `u64` per page, a
-//!    [`Request`] (`default_flags`, `pfn_flags_mask`) and optionally a
-//!    device-private owner.
-//! 2. The driver takes `seq = read_begin()` from the [`IntervalNotifier`],
+//!    [`Request`] (`default_flags`, `pfn_flags_mask`), the
+//!    [`IntervalNotifier`] subscribed over it ([`Range::with_notifier`],
+//!    Linux's `hmm_range.notifier`) and optionally a device-private owner.
+//! 2. The driver takes `seq = read_begin()` from the range's notifier,
 //!    then the mmap read lock ([`MmapLock::read_killable`]).
 //! 3. [`walk()`] inspects page tables through the guard's [`MmView`] and fills
 //!    entries until the range is done or a page needs a fault. It never
@@ -37,9 +38,10 @@
 //!    `read_retry(seq)`, and programs the device only if it is false. The
 //!    invalidate callback takes the same lock.
 //!
-//! The entry points take an [`Env`]: the [`Host`] side ([`HostRefs`]: the
-//! mmap lock, the fault handler, signals and a clock, the same for every
-//! range of an address space) paired with the notifier covering the range.
+//! The entry points take the range and an [`Env`]: the host side (the mmap
+//! lock, the fault handler, signals and a clock), the same for every range
+//! of an address space. Code that keeps a host for many ranges is generic
+//! over [`Host`], anything that lends an `Env`.
 //!
 //! See [`driver`] for the three entry points ([`range_fault`],
 //! [`range_fault_may_unlock`], [`range_fault_owning_lock`]) and [`mod@walk`] for the
@@ -62,8 +64,9 @@
 //!
 //! let mut pfns = [0u64; 8];
 //! let mut range = Range::new(start, end, &mut pfns)
-//!     .with_default_flags((PfnFlags::REQ_FAULT | PfnFlags::REQ_WRITE).bits());
-//! let env = Env::new(&mm, &mm, &mm).with_signals(&mm).with_clock(&mm);
+//!     .with_default_flags((PfnFlags::REQ_FAULT | PfnFlags::REQ_WRITE).bits())
+//!     .with_notifier(&mm);
+//! let env = Env::new(&mm, &mm).with_signals(&mm).with_clock(&mm);
 //! let mut stats = Stats::default();
 //! range_fault_owning_lock(&env, &mut range, &Options::default(), &mut stats)?;
 //!
@@ -80,8 +83,9 @@
 //! mm2.add_vma(start, end, VmFlags::READ, 0, FaultMode::Userfault { resolve: true });
 //! let mut pfns2 = [0u64; 8];
 //! let mut r2 = Range::new(start, end, &mut pfns2)
-//!     .with_default_flags(PfnFlags::REQ_FAULT.bits());
-//! let env2 = Env::new(&mm2, &mm2, &mm2);
+//!     .with_default_flags(PfnFlags::REQ_FAULT.bits())
+//!     .with_notifier(&mm2);
+//! let env2 = Env::new(&mm2, &mm2);
 //! let out = range_fault(&env2, &mut r2, mm2.read(), &mut Stats::default());
 //! assert_eq!(out.result.unwrap_err().to_errno(), -14);
 //! # Ok::<(), hmm_core::Error>(())
@@ -131,12 +135,12 @@ pub mod walk;
 
 pub use clock::{Clock, NoClock};
 pub use driver::{
-    range_fault, range_fault_may_unlock, range_fault_owning_lock, Env, MaybeLocked, Options,
-    Policy, Stats,
+    range_fault, range_fault_may_unlock, range_fault_owning_lock, MaybeLocked, Options, Policy,
+    Stats,
 };
 pub use error::Error;
 pub use fault::{FaultFlags, FaultHandler, FaultOutcome, VmFaultError};
-pub use host::{Host, HostRefs};
+pub use host::{Env, Host};
 pub use leaf::{Leaf, Present};
 pub use mm::{MmView, MmapLock, TASK_SIZE};
 pub use need::{NeedFault, Request};

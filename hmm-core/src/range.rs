@@ -1,5 +1,5 @@
 //! The range to mirror (`struct hmm_range`): addresses, the PFN array, the
-//! request and the notifier sequence.
+//! request, the interval notifier and its sequence.
 
 use super::error::Error;
 use super::need::Request;
@@ -9,8 +9,15 @@ use super::pfn::{PAGE_SHIFT, PAGE_SIZE};
 ///
 /// `pfns` holds one word per 4 KiB page of `[start, end)`: request bits on
 /// input, PFN and flags on output (see [`HmmPfn`](super::pfn::HmmPfn)).
+///
+/// As Linux's `hmm_range.notifier`, the range carries the interval notifier
+/// subscribed over it: `N` is its type. [`Range::new`] makes a range with
+/// none yet (`N = ()`), which [`walk`](super::walk::walk) accepts but the
+/// entry points do not, since `()` is no
+/// [`IntervalNotifier`](super::notifier::IntervalNotifier):
+/// [`Range::with_notifier`] attaches one.
 #[derive(Debug)]
-pub struct Range<'p> {
+pub struct Range<'p, N: ?Sized = ()> {
     /// First address, page aligned.
     pub start: u64,
     /// One past the last address, page aligned, above `start`.
@@ -25,11 +32,14 @@ pub struct Range<'p> {
     /// owning entry point sets it; with the locked ones the caller sets it
     /// from `read_begin` before taking the lock.
     pub notifier_seq: u64,
+    /// The interval notifier covering `[start, end)` (`hmm_range.notifier`).
+    pub notifier: &'p N,
 }
 
 impl<'p> Range<'p> {
     /// A range over `[start, end)` with output array `pfns`, a snapshot
-    /// request (no faults), no device-private owner and sequence 0.
+    /// request (no faults), no device-private owner, no notifier yet and
+    /// sequence 0.
     pub fn new(start: u64, end: u64, pfns: &'p mut [u64]) -> Self {
         Range {
             start,
@@ -38,6 +48,23 @@ impl<'p> Range<'p> {
             request: Request::SNAPSHOT,
             dev_private_owner: None,
             notifier_seq: 0,
+            notifier: &(),
+        }
+    }
+}
+
+impl<'p, N: ?Sized> Range<'p, N> {
+    /// Attach the interval notifier subscribed over the range (what the
+    /// entry points read the sequence from).
+    pub fn with_notifier<N2: ?Sized>(self, notifier: &'p N2) -> Range<'p, N2> {
+        Range {
+            start: self.start,
+            end: self.end,
+            pfns: self.pfns,
+            request: self.request,
+            dev_private_owner: self.dev_private_owner,
+            notifier_seq: self.notifier_seq,
+            notifier,
         }
     }
 

@@ -86,9 +86,9 @@ pub struct WalkCounters {
 /// cursor is `-EINVAL`. A backend that reports spans out of order, with gaps,
 /// or outside the requested window is `-EFAULT`: the walker never trusts it
 /// with an index.
-pub fn walk<V: MmView + ?Sized>(
+pub fn walk<V: MmView + ?Sized, N: ?Sized>(
     view: &V,
-    range: &mut Range<'_>,
+    range: &mut Range<'_, N>,
     from: u64,
     counters: &mut WalkCounters,
 ) -> Result<WalkStop, Error> {
@@ -134,8 +134,8 @@ pub fn walk<V: MmView + ?Sized>(
 
 /// No VMA, or a VMA HMM may not mirror: `-EFAULT` if a fault is requested
 /// anywhere in the chunk, `ERROR` otherwise.
-fn fill_unmirrorable(
-    range: &mut Range<'_>,
+fn fill_unmirrorable<N: ?Sized>(
+    range: &mut Range<'_, N>,
     start: u64,
     end: u64,
     counters: &mut WalkCounters,
@@ -149,10 +149,10 @@ fn fill_unmirrorable(
     Ok(())
 }
 
-fn walk_vma<V: MmView + ?Sized>(
+fn walk_vma<V: MmView + ?Sized, N: ?Sized>(
     view: &V,
     vma: &Vma<'_>,
-    range: &mut Range<'_>,
+    range: &mut Range<'_, N>,
     start: u64,
     end: u64,
     counters: &mut WalkCounters,
@@ -465,7 +465,11 @@ fn range_index(start: u64, addr: u64) -> usize {
     (addr.wrapping_sub(start) >> super::pfn::PAGE_SHIFT) as usize
 }
 
-fn entries_mut<'r>(range: &'r mut Range<'_>, a: u64, b: u64) -> Result<&'r mut [u64], Error> {
+fn entries_mut<'r, N: ?Sized>(
+    range: &'r mut Range<'_, N>,
+    a: u64,
+    b: u64,
+) -> Result<&'r mut [u64], Error> {
     let (i, j) = (range.index(a), range.index(b));
     range.pfns.get_mut(i..j).ok_or(Error::Fault)
 }

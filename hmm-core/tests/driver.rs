@@ -21,8 +21,10 @@ fn unlocked(
     opts: Options,
 ) -> (Result<(), Error>, Stats, u64) {
     let end = BASE + pfns.len() as u64 * PAGE_SIZE;
-    let mut range = Range::new(BASE, end, pfns).with_default_flags(req);
-    let env = Env::new(mm, mm, mm).with_signals(mm).with_clock(mm);
+    let mut range = Range::new(BASE, end, pfns)
+        .with_default_flags(req)
+        .with_notifier(mm);
+    let env = Env::new(mm, mm).with_signals(mm).with_clock(mm);
     let mut stats = Stats::default();
     let r = range_fault_owning_lock(&env, &mut range, &opts, &mut stats);
     assert_eq!(
@@ -50,9 +52,11 @@ fn all_writable(pfns: &[u64]) -> bool {
 fn linux_entry_point_faults_without_dropping() {
     let mm = mm_with(4, RW, 0, FaultMode::Populate);
     let mut pfns = [0u64; 4];
-    let mut range = Range::new(BASE, BASE + 0x4000, &mut pfns).with_default_flags(REQ_RW);
+    let mut range = Range::new(BASE, BASE + 0x4000, &mut pfns)
+        .with_default_flags(REQ_RW)
+        .with_notifier(&mm);
     range.notifier_seq = mm.read_begin();
-    let env = Env::new(&mm, &mm, &mm);
+    let env = Env::new(&mm, &mm);
     let mut stats = Stats::default();
     let out = range_fault(&env, &mut range, mm.read(), &mut stats);
     assert_eq!(out.result, Ok(()));
@@ -71,8 +75,10 @@ fn linux_entry_point_faults_without_dropping() {
 fn linux_entry_point_fails_userfaultfd_with_efault() {
     let mm = mm_with(4, RW, 0, FaultMode::Userfault { resolve: true });
     let mut pfns = [0u64; 4];
-    let mut range = Range::new(BASE, BASE + 0x4000, &mut pfns).with_default_flags(REQ_RW);
-    let env = Env::new(&mm, &mm, &mm);
+    let mut range = Range::new(BASE, BASE + 0x4000, &mut pfns)
+        .with_default_flags(REQ_RW)
+        .with_notifier(&mm);
+    let env = Env::new(&mm, &mm);
     let out = range_fault(&env, &mut range, mm.read(), &mut Stats::default());
     assert_eq!(out.result, Err(Error::Fault));
     assert!(out.guard.is_some());
@@ -82,8 +88,10 @@ fn linux_entry_point_fails_userfaultfd_with_efault() {
 fn linux_entry_point_coarse_errors_and_busy() {
     let mm = mm_with(2, RW, 0, FaultMode::Fail(VmFaultError::Oom));
     let mut pfns = [0u64; 2];
-    let mut range = Range::new(BASE, BASE + 0x2000, &mut pfns).with_default_flags(REQ_RW);
-    let env = Env::new(&mm, &mm, &mm);
+    let mut range = Range::new(BASE, BASE + 0x2000, &mut pfns)
+        .with_default_flags(REQ_RW)
+        .with_notifier(&mm);
+    let env = Env::new(&mm, &mm);
     let out = range_fault(&env, &mut range, mm.read(), &mut Stats::default());
     assert_eq!(
         out.result,
@@ -102,15 +110,15 @@ fn linux_entry_point_coarse_errors_and_busy() {
 #[test]
 fn bad_ranges_are_einval_with_the_guard_back() {
     let mm = mm_with(4, RW, 0, FaultMode::Populate);
-    let env = Env::new(&mm, &mm, &mm);
+    let env = Env::new(&mm, &mm);
     let mut short = [0u64; 3];
-    let mut range = Range::new(BASE, BASE + 0x4000, &mut short);
+    let mut range = Range::new(BASE, BASE + 0x4000, &mut short).with_notifier(&mm);
     let out = range_fault(&env, &mut range, mm.read(), &mut Stats::default());
     assert_eq!(out.result, Err(Error::Inval));
     assert!(out.guard.is_some());
     drop(out);
     let mut one = [0u64; 1];
-    let mut beyond = Range::new(TASK_SIZE, TASK_SIZE + 0x1000, &mut one);
+    let mut beyond = Range::new(TASK_SIZE, TASK_SIZE + 0x1000, &mut one).with_notifier(&mm);
     let r = range_fault_owning_lock(
         &env,
         &mut beyond,
@@ -119,7 +127,7 @@ fn bad_ranges_are_einval_with_the_guard_back() {
     );
     assert_eq!(r, Err(Error::Inval));
     let mut empty: [u64; 0] = [];
-    let mut e = Range::new(BASE, BASE, &mut empty);
+    let mut e = Range::new(BASE, BASE, &mut empty).with_notifier(&mm);
     assert_eq!(
         range_fault_owning_lock(&env, &mut e, &Options::default(), &mut Stats::default()),
         Err(Error::Inval)
@@ -161,9 +169,10 @@ fn a_drop_inside_a_fault_span_resumes_at_the_span_start() {
         // Per-page requests: an entry left holding its input would look VALID.
         let req = PfnFlags::REQ_FAULT.bits();
         let mut pfns = [req; 4];
-        let mut range =
-            Range::new(BASE, BASE + 0x4000, &mut pfns).with_request(Request::new(0, req));
-        let env = Env::new(&mm, &mm, &mm);
+        let mut range = Range::new(BASE, BASE + 0x4000, &mut pfns)
+            .with_request(Request::new(0, req))
+            .with_notifier(&mm);
+        let env = Env::new(&mm, &mm);
         let r = range_fault_owning_lock(
             &env,
             &mut range,
@@ -195,15 +204,19 @@ fn per_page_requests_are_never_reread_after_a_restart() {
     mm.invalidate_on_drop(1);
     let req = PfnFlags::REQ_FAULT.bits();
     let mut pfns = [0, req];
-    let mut range = Range::new(BASE, BASE + 0x2000, &mut pfns).with_request(Request::new(0, req));
-    let env = Env::new(&mm, &mm, &mm);
+    let mut range = Range::new(BASE, BASE + 0x2000, &mut pfns)
+        .with_request(Request::new(0, req))
+        .with_notifier(&mm);
+    let env = Env::new(&mm, &mm);
     let r = range_fault_owning_lock(&env, &mut range, &Options::default(), &mut Stats::default());
     assert_eq!(r, Err(Error::Busy));
     // The restart policy with per-page requests: -EBUSY after any drop.
     let mm = mm_with(2, RW, 0, FaultMode::Userfault { resolve: true });
     let mut pfns = [req; 2];
-    let mut range = Range::new(BASE, BASE + 0x2000, &mut pfns).with_request(Request::new(0, req));
-    let env = Env::new(&mm, &mm, &mm);
+    let mut range = Range::new(BASE, BASE + 0x2000, &mut pfns)
+        .with_request(Request::new(0, req))
+        .with_notifier(&mm);
+    let env = Env::new(&mm, &mm);
     let opts = Options::with_policy(Policy::Restart);
     assert_eq!(
         range_fault_owning_lock(&env, &mut range, &opts, &mut Stats::default()),
@@ -238,9 +251,11 @@ fn an_invalidation_during_the_drop_restarts_with_a_new_sequence() {
 fn locked_entry_point_resumes_and_hands_back_the_retaken_lock() {
     let mm = mm_with(4, RW, 0, FaultMode::Userfault { resolve: true });
     let mut pfns = [0u64; 4];
-    let mut range = Range::new(BASE, BASE + 0x4000, &mut pfns).with_default_flags(REQ_RW);
+    let mut range = Range::new(BASE, BASE + 0x4000, &mut pfns)
+        .with_default_flags(REQ_RW)
+        .with_notifier(&mm);
     range.notifier_seq = mm.read_begin();
-    let env = Env::new(&mm, &mm, &mm).with_signals(&mm);
+    let env = Env::new(&mm, &mm).with_signals(&mm);
     let mut stats = Stats::default();
     let out = range_fault_may_unlock(&env, &mut range, mm.read(), &Options::default(), &mut stats);
     assert_eq!(out.result, Ok(()));
@@ -260,8 +275,10 @@ fn locked_entry_point_resumes_and_hands_back_the_retaken_lock() {
 fn locked_entry_point_restart_policy_returns_busy_unlocked() {
     let mm = mm_with(4, RW, 0, FaultMode::Userfault { resolve: true });
     let mut pfns = [0u64; 4];
-    let mut range = Range::new(BASE, BASE + 0x4000, &mut pfns).with_default_flags(REQ_RW);
-    let env = Env::new(&mm, &mm, &mm);
+    let mut range = Range::new(BASE, BASE + 0x4000, &mut pfns)
+        .with_default_flags(REQ_RW)
+        .with_notifier(&mm);
+    let env = Env::new(&mm, &mm);
     let opts = Options::with_policy(Policy::Restart);
     let out = range_fault_may_unlock(&env, &mut range, mm.read(), &opts, &mut Stats::default());
     assert_eq!(out.result, Err(Error::Busy));
@@ -274,9 +291,11 @@ fn locked_entry_point_busy_when_sequence_moved_during_drop() {
     let mm = mm_with(4, RW, 0, FaultMode::Userfault { resolve: true });
     mm.invalidate_on_drop(1);
     let mut pfns = [0u64; 4];
-    let mut range = Range::new(BASE, BASE + 0x4000, &mut pfns).with_default_flags(REQ_RW);
+    let mut range = Range::new(BASE, BASE + 0x4000, &mut pfns)
+        .with_default_flags(REQ_RW)
+        .with_notifier(&mm);
     range.notifier_seq = mm.read_begin();
-    let env = Env::new(&mm, &mm, &mm);
+    let env = Env::new(&mm, &mm);
     let out = range_fault_may_unlock(
         &env,
         &mut range,
@@ -487,8 +506,10 @@ impl FaultHandler<TestMm> for Rogue {
 fn a_handler_dropping_the_lock_without_allow_retry_is_efault_not_a_crash() {
     let mm = mm_with(2, RW, 0, FaultMode::Populate);
     let mut pfns = [0u64; 2];
-    let mut range = Range::new(BASE, BASE + 0x2000, &mut pfns).with_default_flags(REQ_RW);
-    let env = Env::new(&mm, &Rogue, &mm);
+    let mut range = Range::new(BASE, BASE + 0x2000, &mut pfns)
+        .with_default_flags(REQ_RW)
+        .with_notifier(&mm);
+    let env = Env::new(&mm, &Rogue);
     let out = range_fault(&env, &mut range, mm.read(), &mut Stats::default());
     assert_eq!(out.result, Err(Error::Fault));
     assert!(out.guard.is_none());
@@ -519,9 +540,11 @@ fn snapshot_does_not_fault_and_keeps_sticky_bits() {
 fn caller_stats_saturate_instead_of_overflowing() {
     let mm = mm_with(4, RW, 0, FaultMode::Populate);
     let mut pfns = [0u64; 4];
-    let mut range = Range::new(BASE, BASE + 0x4000, &mut pfns).with_default_flags(REQ_RW);
+    let mut range = Range::new(BASE, BASE + 0x4000, &mut pfns)
+        .with_default_flags(REQ_RW)
+        .with_notifier(&mm);
     range.notifier_seq = mm.read_begin();
-    let env = Env::new(&mm, &mm, &mm);
+    let env = Env::new(&mm, &mm);
     let full = u64::MAX;
     let mut stats = Stats {
         walks: full,
@@ -560,9 +583,11 @@ fn one_fault_per_huge_leaf_and_one_per_small_page() {
 
     let mm = huge();
     let mut pfns = vec![0u64; 1024];
-    let mut range = Range::new(BASE, BASE + (4 << 20), &mut pfns).with_default_flags(REQ_RW);
+    let mut range = Range::new(BASE, BASE + (4 << 20), &mut pfns)
+        .with_default_flags(REQ_RW)
+        .with_notifier(&mm);
     range.notifier_seq = mm.read_begin();
-    let env = Env::new(&mm, &mm, &mm);
+    let env = Env::new(&mm, &mm);
     let mut stats = Stats::default();
     let out = range_fault(&env, &mut range, mm.read(), &mut stats);
     assert_eq!(out.result, Ok(()));

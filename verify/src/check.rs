@@ -160,7 +160,7 @@ pub fn driver_matches(case: &Case, ep: EntryPoint) -> Result<DriverRun, String> 
     // Half of the cases (chosen by the case's shape) report PTE runs as one
     // span; the outcome must be the same either way.
     mm.set_pte_batching(((case.start >> 12) ^ case.input.len() as u64) & 1 == 1);
-    let env = Env::new(&mm, &mm, &mm);
+    let env = Env::new(&mm, &mm);
     let mut stats = Stats::default();
     let max_calls = 4 * case.input.len() as u32 + 8;
     let mut calls = 0;
@@ -168,7 +168,7 @@ pub fn driver_matches(case: &Case, ep: EntryPoint) -> Result<DriverRun, String> 
     let result = loop {
         calls += 1;
         pfns = case.input.clone();
-        let mut range = range_of(case, &mut pfns);
+        let mut range = range_of(case, &mut pfns).with_notifier(&mm);
         let result = match ep {
             EntryPoint::Linux => {
                 range.notifier_seq = mm.read_begin();

@@ -497,7 +497,7 @@ fn faulter(p: &Proto, s: &Scenario) -> Report {
         adopt: s.bug == Some(Bug::ResumeAdoptingSequence),
         adopted: Cell::new(None),
     };
-    let env = Env::new(p, &handler, &notifier);
+    let env = Env::new(p, &handler);
     let opts = Options::with_policy(s.policy);
     let req = (PfnFlags::REQ_FAULT | PfnFlags::REQ_WRITE).bits();
     let mut stats = Stats::default();
@@ -508,7 +508,9 @@ fn faulter(p: &Proto, s: &Scenario) -> Report {
             "no progress: {caller_retries} caller retries for {events} invalidation events"
         );
         let mut pfns = [0u64; PAGES];
-        let mut range = Range::new(BASE, END, &mut pfns).with_default_flags(req);
+        let mut range = Range::new(BASE, END, &mut pfns)
+            .with_default_flags(req)
+            .with_notifier(&notifier);
         match range_fault_owning_lock(&env, &mut range, &opts, &mut stats) {
             Ok(()) => {}
             Err(Error::Busy) => {

@@ -54,8 +54,9 @@ fn resume_after_a_later_page_drops_the_lock_fills_every_entry() {
         let req = PfnFlags::REQ_FAULT.bits();
         let mut pfns = vec![req; pages as usize];
         let mut range = Range::new(START, START + pages * PAGE_SIZE, &mut pfns)
-            .with_request(Request::new(0, req));
-        let env = Env::new(&mm, &mm, &mm);
+            .with_request(Request::new(0, req))
+            .with_notifier(&mm);
+        let env = Env::new(&mm, &mm);
         let opts = Options::with_policy(policy);
         let r = range_fault_owning_lock(&env, &mut range, &opts, &mut Stats::default());
         assert_eq!(r, Ok(()), "{policy:?}");

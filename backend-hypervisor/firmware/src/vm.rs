@@ -28,7 +28,7 @@ use backend_hypervisor::{
     Config, GuestMemory, PageSize, Perm, RegionId, RegionSpec, Stage2, Stage2Vtcr, StaticPool,
     TlbFlush,
 };
-use hmm_core::{Clock, HostRefs, NoSignals, VmFlags};
+use hmm_core::{Clock, Env, NoSignals, VmFlags};
 
 use crate::hostmm::notifier::{IntervalOps, MmSeq, Subscription};
 use crate::hostmm::pgtable::HostTablePool;
@@ -214,7 +214,7 @@ pub static HOST_MM: HostMm = HostMm::new(&HOST_TABLES, &MM_SEQ);
 static CLOCK: CounterClock = CounterClock;
 
 /// The host as backend-hypervisor sees it.
-pub type HostView = HostRefs<'static, HostMm, HostMm, NoSignals, CounterClock>;
+pub type HostView = Env<'static, HostMm, HostMm, NoSignals, CounterClock>;
 /// The guest memory manager.
 pub type Vm =
     GuestMemory<'static, Stage2, &'static StaticPool<128>, &'static ArmTlb, HostView, Subscription>;
@@ -436,7 +436,7 @@ pub fn layout() -> Option<&'static Stage2Vtcr> {
 /// Build the host address space and the VM, and program stage 2.
 pub fn init() -> Result<(), &'static str> {
     HOST_MM.init().map_err(|_| "host page-table root")?;
-    let host = HostRefs::new(&HOST_MM, &HOST_MM)
+    let host = Env::new(&HOST_MM, &HOST_MM)
         .with_signals(&NoSignals)
         .with_clock(&CLOCK);
     // T0SZ, the start level and the concatenated root from the PA range,

@@ -132,10 +132,10 @@ where
         let seq = loop {
             let n = ((span.1 - span.0) / PAGE_SIZE) as usize;
             let mut range = Range::new(spec.hva_of(span.0), spec.hva_of(span.1), &mut pfns[..n])
-                .with_default_flags(req.bits());
-            let env = self.host.refs().with_notifier(region.notifier);
+                .with_default_flags(req.bits())
+                .with_notifier(region.notifier);
             let mut st = Stats::default();
-            let r = range_fault_owning_lock(&env, &mut range, &opts, &mut st);
+            let r = range_fault_owning_lock(&self.host.env(), &mut range, &opts, &mut st);
             bump(&self.counters.host_faults, st.faults);
             bump(&self.counters.host_lock_drops, st.lock_drops);
             bump(&self.counters.host_resumes, st.resumes);

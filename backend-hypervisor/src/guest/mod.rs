@@ -75,6 +75,15 @@ pub struct Config {
 /// * `H`: the host address space;
 /// * `N`: the read side of the host interval notifier of each region;
 /// * `R`: region capacity; `P`: capacity of pending asynchronous faults.
+///
+/// `N` is not folded into `H`: the notifier belongs to each region (it
+/// travels in the [`Range`](hmm_core::Range) of a window fault), not to the
+/// host, and hosts pair with more than one notifier type (the unit tests
+/// pair `TestMm` with a notifier whose final check fails on demand). Nor
+/// does a `&dyn IntervalNotifier` remove it: the manager must be `Sync` for
+/// the host's invalidate callback to reach it from another thread, and a
+/// `dyn IntervalNotifier + Sync` would shut out single-threaded hosts such
+/// as hmm-core's `Cell`-based `TestMm`.
 #[derive(Debug)]
 pub struct GuestMemory<'h, F, A, T, H, N, const R: usize = 16, const P: usize = 32>
 where

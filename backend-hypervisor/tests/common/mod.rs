@@ -12,7 +12,7 @@ use backend_sim::mm::{Mm, MmHandle};
 use backend_sim::notifier::{IntervalOps, IntervalSub, InvalidateRange};
 use backend_sim::task::{MonoClock, Task};
 use backend_sim::Machine;
-use hmm_core::{HostRefs, PAGE_SIZE};
+use hmm_core::{Env, PAGE_SIZE};
 
 pub const M2: u64 = 2 << 20;
 pub const G1: u64 = 1 << 30;
@@ -29,8 +29,7 @@ impl TlbFlush for CountTlb {
     }
 }
 
-pub type SimHost =
-    HostRefs<'static, MmHandle<'static>, MmHandle<'static>, MmHandle<'static>, MonoClock>;
+pub type SimHost = Env<'static, MmHandle<'static>, MmHandle<'static>, MmHandle<'static>, MonoClock>;
 pub type SimVm<F> = GuestMemory<
     'static,
     F,
@@ -92,7 +91,7 @@ impl<F: Format + Send + Sync + 'static> Guest<F> {
         let task: &'static Task = leak(Task::new());
         let handle: &'static MmHandle<'static> = leak(mm.handle(task));
         let clock: &'static MonoClock = leak(MonoClock::new());
-        let host = HostRefs::new(handle, handle)
+        let host = Env::new(handle, handle)
             .with_signals(handle)
             .with_clock(clock);
         let pages: &'static [TablePage] = Box::leak(
