@@ -36,7 +36,7 @@ use kernel::prelude::*;
 
 use crate::ffi::{self, RawMigrate, VmAreaStruct};
 use crate::hmm_core::{MmapLock, Signals, PAGE_SHIFT, PAGE_SIZE};
-use crate::kmm::KernelMm;
+use crate::kmm::MmWithUser;
 use crate::mirror::{chunk_end, Mirror};
 
 /// Pages per migration (the PFN arrays live on the stack, as in test_hmm).
@@ -230,7 +230,7 @@ fn copy_to_system(src: &[u64], dst: &mut [u64], vma: *mut VmAreaStruct, start: u
 /// leaves the VMAs or meets one without `VM_READ` (test_hmm's answers);
 /// `-EINTR` on a fatal signal between chunks. The caller reads the result
 /// back through the device page table.
-pub(crate) fn to_device(m: &Mirror, mm: &KernelMm, start: u64, end: u64) -> Result {
+pub(crate) fn to_device(m: &Mirror, mm: &MmWithUser, start: u64, end: u64) -> Result {
     let guard = mm.read();
     let owner = m.owner();
     let mut addr = start;
@@ -310,7 +310,7 @@ fn map_migrated(m: &Mirror, mig: &Migration, start: u64) -> Result {
 /// [`to_device`].
 pub(crate) fn to_system(
     m: &Mirror,
-    mm: &KernelMm,
+    mm: &MmWithUser,
     start: u64,
     end: u64,
     cpages: &mut u64,

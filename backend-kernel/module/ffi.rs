@@ -3,9 +3,9 @@
 //! The C ABI of the shim (`shim.h`): opaque kernel types, the `#[repr(C)]`
 //! twins of its structs, its constants and its functions.
 //!
-//! Every function here is implemented in `shim.c` except the callbacks at
-//! the end of `shim.h`, which `mirror.rs` and `devmem.rs` define for the C
-//! side to call.
+//! Every function here is implemented in the C shim (`shim_*.c`) except
+//! the callbacks at the end of `shim.h`, which `mirror.rs` and `devmem.rs`
+//! define for the C side to call.
 
 use core::ffi::{c_int, c_void};
 

@@ -10,8 +10,9 @@
 //! `HMM_DMIRROR_READ_UNLOCKED` (0x09) faults through hmm-core's
 //! lock-dropping entry point, so userfaultfd-backed ranges can be mirrored.
 //!
-//! The C shim (`shim.c`) wraps the kernel's inline functions and owns the
-//! kernel objects; `ffi` declares its ABI.
+//! The C shim wraps the kernel's inline functions (`shim_mm.c`), reads page
+//! tables (`shim_walk.c`) and owns the kernel objects (`shim_mirror.c`,
+//! `shim_devmem.c`); `ffi` declares its ABI (`shim.h`).
 
 use kernel::prelude::*;
 

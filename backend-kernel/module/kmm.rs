@@ -2,12 +2,23 @@
 
 //! hmm-core's traits over the real mm of one mirrored process.
 //!
-//! [`KernelMm`] is one mirror's view of its process: the `mm_struct` (held
-//! with `mmget_not_zero` for as long as the value lives) and the mirror's
-//! MMU interval notifier. It implements every trait hmm-core drives:
+//! The types take the names of the upstream Rust `mm` abstractions of newer
+//! kernels (`rust/kernel/mm.rs`, `mm/virt.rs`), which would replace them and
+//! the C wrappers of `shim_mm.c` under them:
 //!
-//! * [`MmapLock`]: `mmap_read_lock` / `mmap_read_lock_killable`; the
-//!   [`ReadGuard`] unlocks on drop;
+//! * [`MmWithUser`]: the mirrored process's `mm_struct`, held with
+//!   `mmget_not_zero` for as long as the value lives. It is the host of a
+//!   range fault: [`MmapLock`] (`mmap_read_lock` /
+//!   `mmap_read_lock_killable`; the [`MmapReadGuard`] unlocks on drop),
+//!   [`FaultHandler`], [`Signals`] and [`Clock`];
+//! * [`VmaRef`]: a VMA found by [`MmapReadGuard::vma_lookup`], borrowed from
+//!   the guard;
+//! * [`MirrorNotifier`]: the mirror's MMU interval notifier, which a range
+//!   fault carries in its `Range`.
+//!
+//! What each trait maps to:
+//!
+//! * [`MmapLock`]: `mmap_read_lock` / `mmap_read_lock_killable`;
 //! * [`MmView`] on the guard: `find_vma` (range, `vm_flags`, hugetlb order)
 //!   and the page-table reader `hmm_rs_walk` of the C shim, which reports
 //!   leaves in batches and holds no page-table lock when it returns;
@@ -35,20 +46,18 @@ use crate::hmm_core::{
 /// the PGD once and then walks tables linearly.
 const LEAF_BATCH: usize = 32;
 
-/// One mirror's view of its process address space.
+/// The address space a mirror mirrors, pinned (upstream's `MmWithUser`: an
+/// `mm_struct` whose `mm_users` count we hold).
 ///
 /// # Invariants
 ///
-/// `mirror` is a live `struct hmm_rs_mirror` for the lifetime of this value
-/// (the file that owns it is open: we are inside one of its ioctls), and
-/// `mm` is its notifier's mm with an `mm_users` reference taken by
-/// [`KernelMm::get`] and released on drop.
-pub(crate) struct KernelMm {
-    mirror: *mut RawMirror,
+/// `mm` is the mm of a live mirror's notifier with an `mm_users` reference
+/// taken by [`MmWithUser::get`] and released on drop.
+pub(crate) struct MmWithUser {
     mm: *mut MmStruct,
 }
 
-impl KernelMm {
+impl MmWithUser {
     /// Pin the address space mirrored by `mirror` (`mmget_not_zero`).
     /// `None` if the process is exiting.
     ///
@@ -62,56 +71,60 @@ impl KernelMm {
         let mm = unsafe { ffi::hmm_rs_mirror_mm(mirror) };
         // SAFETY: `mm` is valid (see above).
         if unsafe { ffi::hmm_rs_mmget_not_zero(mm) } {
-            Some(KernelMm { mirror, mm })
+            // INVARIANT: the mm_users reference was just taken.
+            Some(MmWithUser { mm })
         } else {
             None
         }
     }
 }
 
-impl KernelMm {
+impl MmWithUser {
     /// The pinned `mm_struct`.
     pub(crate) fn raw(&self) -> *mut MmStruct {
         self.mm
     }
 }
 
-impl Drop for KernelMm {
+impl Drop for MmWithUser {
     fn drop(&mut self) {
         // SAFETY: `get` took this mm_users reference.
         unsafe { ffi::hmm_rs_mmput(self.mm) };
     }
 }
 
-/// A held mmap read lock; dropping it unlocks.
+/// A held mmap read lock (upstream's `MmapReadGuard`); dropping it unlocks.
 ///
 /// Not `Send`: the lock is released by the task that took it.
-pub(crate) struct ReadGuard<'a> {
+pub(crate) struct MmapReadGuard<'a> {
     mm: *mut MmStruct,
     /// The last VMA `find_vma` returned, with its bounds: the page-table
     /// reader gets it instead of looking the VMA up again. Valid while this
     /// guard holds the lock.
     last_vma: Cell<(*mut VmAreaStruct, u64, u64)>,
-    _mm: PhantomData<&'a KernelMm>,
+    _mm: PhantomData<&'a MmWithUser>,
 }
 
-impl<'a> ReadGuard<'a> {
+impl<'a> MmapReadGuard<'a> {
     fn new(mm: *mut MmStruct) -> Self {
-        ReadGuard {
+        MmapReadGuard {
             mm,
             last_vma: Cell::new((ptr::null_mut(), 0, 0)),
             _mm: PhantomData,
         }
     }
 
-    /// `vma_lookup`: the VMA that contains `addr`, if any. The VMA pointer
-    /// in the result is valid while this guard holds the lock.
-    pub(crate) fn vma_lookup(&self, addr: u64) -> Option<RawVma> {
+    /// `vma_lookup`: the VMA that contains `addr`, if any, borrowed from
+    /// this guard.
+    pub(crate) fn vma_lookup(&self, addr: u64) -> Option<VmaRef<'_>> {
         let mut v = RawVma::default();
         // SAFETY: the read lock of the pinned `mm` is held by `self`; `v` is
         // a valid out-pointer.
         let found = unsafe { ffi::hmm_rs_find_vma(self.mm, addr, &mut v) };
-        (found && v.start <= addr).then_some(v)
+        (found && v.start <= addr).then_some(VmaRef {
+            raw: v,
+            _guard: PhantomData,
+        })
     }
 
     /// The fault handler released the lock: forget the guard without
@@ -121,30 +134,46 @@ impl<'a> ReadGuard<'a> {
     }
 }
 
-impl Drop for ReadGuard<'_> {
+/// A VMA found under a read guard (upstream's `VmaRef`): its bounds and
+/// flags, and a `vm_area_struct` pointer that is valid while the guard it
+/// borrows holds the lock.
+pub(crate) struct VmaRef<'a> {
+    raw: RawVma,
+    _guard: PhantomData<&'a MmapReadGuard<'a>>,
+}
+
+impl core::ops::Deref for VmaRef<'_> {
+    type Target = RawVma;
+    fn deref(&self) -> &RawVma {
+        &self.raw
+    }
+}
+
+impl Drop for MmapReadGuard<'_> {
     fn drop(&mut self) {
         // SAFETY: this guard holds the read lock of `mm` (taken by
-        // `KernelMm::read*`), and `mm` is pinned by the KernelMm it borrows.
+        // `MmWithUser::read*`), and `mm` is pinned by the MmWithUser it
+        // borrows.
         unsafe { ffi::hmm_rs_mmap_read_unlock(self.mm) };
     }
 }
 
-impl MmapLock for KernelMm {
-    type Guard<'a> = ReadGuard<'a>;
+impl MmapLock for MmWithUser {
+    type Guard<'a> = MmapReadGuard<'a>;
 
-    fn read(&self) -> ReadGuard<'_> {
+    fn read(&self) -> MmapReadGuard<'_> {
         // SAFETY: `self.mm` is pinned (type invariant); the non-killable
         // lock always succeeds.
         unsafe { ffi::hmm_rs_mmap_read_lock(self.mm, false) };
-        ReadGuard::new(self.mm)
+        MmapReadGuard::new(self.mm)
     }
 
-    fn read_killable(&self) -> Result<ReadGuard<'_>, Error> {
+    fn read_killable(&self) -> Result<MmapReadGuard<'_>, Error> {
         // SAFETY: `self.mm` is pinned (type invariant).
         if unsafe { ffi::hmm_rs_mmap_read_lock(self.mm, true) } != 0 {
             return Err(Error::Intr);
         }
-        Ok(ReadGuard::new(self.mm))
+        Ok(MmapReadGuard::new(self.mm))
     }
 
     /// No limit: Linux's `hmm_range_fault` takes any range, and a part
@@ -183,7 +212,7 @@ fn to_leaf(l: &RawLeaf) -> Leaf {
     }
 }
 
-impl MmView for ReadGuard<'_> {
+impl MmView for MmapReadGuard<'_> {
     fn find_vma(&self, addr: u64) -> Option<Vma<'_>> {
         let mut v = RawVma::default();
         // SAFETY: the read lock of the pinned `mm` is held by `self`; `v` is
@@ -251,15 +280,15 @@ impl MmView for ReadGuard<'_> {
     }
 }
 
-impl FaultHandler<KernelMm> for KernelMm {
+impl FaultHandler<MmWithUser> for MmWithUser {
     fn fault<'a>(
         &self,
-        guard: ReadGuard<'a>,
+        guard: MmapReadGuard<'a>,
         addr: u64,
         flags: FaultFlags,
-    ) -> FaultOutcome<ReadGuard<'a>>
+    ) -> FaultOutcome<MmapReadGuard<'a>>
     where
-        KernelMm: 'a,
+        MmWithUser: 'a,
     {
         let mut err = 0u32;
         // SAFETY: `guard` holds the read lock of the pinned `mm`; `err` is a
@@ -289,14 +318,36 @@ impl FaultHandler<KernelMm> for KernelMm {
         }
     }
 
-    fn migration_wait(&self, guard: &ReadGuard<'_>, addr: u64) {
+    fn migration_wait(&self, guard: &MmapReadGuard<'_>, addr: u64) {
         // SAFETY: `guard` holds the read lock of the pinned `mm`; the shim
         // returns with it still held.
         unsafe { ffi::hmm_rs_migration_wait(guard.mm, addr) };
     }
 }
 
-impl IntervalNotifier for KernelMm {
+/// The read side of a mirror's MMU interval notifier.
+///
+/// # Invariants
+///
+/// `mirror` is a live `struct hmm_rs_mirror` for the lifetime of this value
+/// (the file that owns it is open: we are inside one of its ioctls).
+pub(crate) struct MirrorNotifier {
+    mirror: *mut RawMirror,
+}
+
+impl MirrorNotifier {
+    /// The notifier of `mirror`.
+    ///
+    /// # Safety
+    ///
+    /// `mirror` must stay valid for the lifetime of the returned value.
+    pub(crate) unsafe fn new(mirror: *mut RawMirror) -> Self {
+        // INVARIANT: the caller guarantees it.
+        MirrorNotifier { mirror }
+    }
+}
+
+impl IntervalNotifier for MirrorNotifier {
     fn read_begin(&self) -> u64 {
         // SAFETY: `self.mirror` is live (type invariant).
         unsafe { ffi::hmm_rs_read_begin(self.mirror) }
@@ -313,14 +364,14 @@ impl IntervalNotifier for KernelMm {
     }
 }
 
-impl Signals for KernelMm {
+impl Signals for MmWithUser {
     fn fatal_signal_pending(&self) -> bool {
         // SAFETY: no preconditions; reads `current`'s signal state.
         unsafe { ffi::hmm_rs_fatal_signal_pending() }
     }
 }
 
-impl Clock for KernelMm {
+impl Clock for MmWithUser {
     fn now_ns(&self) -> u64 {
         // SAFETY: no preconditions.
         unsafe { ffi::hmm_rs_ktime_get_coarse_ns() }

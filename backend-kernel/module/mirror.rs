@@ -67,7 +67,7 @@ use crate::hmm_core::{
     self as core_, Clock, Env, HmmPfn, IntervalNotifier, MmapLock, Options, PfnFlags, Policy,
     Range, Signals, Stats, PAGE_SHIFT, PAGE_SIZE,
 };
-use crate::kmm::KernelMm;
+use crate::kmm::{MirrorNotifier, MmWithUser};
 
 /// `struct hmm_dmirror_cmd`.
 #[derive(Default)]
@@ -228,7 +228,7 @@ impl Mirror {
     /// chunks.
     fn fault(&self, start: u64, end: u64, write: bool, path: Path) -> Result {
         // SAFETY: `raw` is live for the whole ioctl.
-        let mm = unsafe { KernelMm::get(self.raw) }.ok_or(EFAULT)?;
+        let mm = unsafe { MmWithUser::get(self.raw) }.ok_or(EFAULT)?;
         let mut pfns = [0u64; CHUNK];
         let mut addr = start;
         while addr < end {
@@ -247,7 +247,7 @@ impl Mirror {
     /// read_retry, program the device page table.
     fn fault_chunk(
         &self,
-        mm: &KernelMm,
+        mm: &MmWithUser,
         start: u64,
         end: u64,
         pfns: &mut [u64],
@@ -267,6 +267,8 @@ impl Mirror {
             0 => u64::MAX,
             t => mm.now_ns().saturating_add(t),
         };
+        // SAFETY: `raw` is live for the whole ioctl.
+        let notifier = unsafe { MirrorNotifier::new(self.raw) };
         let mut stats = Stats::default();
         loop {
             if mm.now_ns() > deadline {
@@ -276,11 +278,11 @@ impl Mirror {
             let mut range = Range::new(start, end, pfns)
                 .with_default_flags(req.bits())
                 .with_owner(self.owner())
-                .with_notifier(mm);
+                .with_notifier(&notifier);
             let res = match path {
                 Path::Locked => {
                     let env = Env::new(mm, mm);
-                    range.notifier_seq = mm.read_begin();
+                    range.notifier_seq = notifier.read_begin();
                     let out = core_::range_fault(&env, &mut range, mm.read(), &mut stats);
                     drop(out.guard);
                     out.result
@@ -302,7 +304,7 @@ impl Mirror {
             }
             let seq = range.notifier_seq;
             let _pt = self.lock();
-            if mm.read_retry(seq) {
+            if notifier.read_retry(seq) {
                 continue;
             }
             let first = start >> PAGE_SHIFT;
@@ -481,7 +483,7 @@ impl Mirror {
         let (start, end) = span(cmd)?;
         {
             // SAFETY: `raw` is live for the whole ioctl.
-            let mm = unsafe { KernelMm::get(self.raw) }.ok_or(EINVAL)?;
+            let mm = unsafe { MmWithUser::get(self.raw) }.ok_or(EINVAL)?;
             devmem::to_device(self, &mm, start, end)?;
         }
         self.read_back(cmd)
@@ -491,7 +493,7 @@ impl Mirror {
     fn migrate_to_sys(&self, cmd: &mut Cmd) -> Result {
         let (start, end) = span(cmd)?;
         // SAFETY: `raw` is live for the whole ioctl.
-        let mm = unsafe { KernelMm::get(self.raw) }.ok_or(EINVAL)?;
+        let mm = unsafe { MmWithUser::get(self.raw) }.ok_or(EINVAL)?;
         cmd.cpages = 0;
         devmem::to_system(self, &mm, start, end, &mut cmd.cpages)
     }
@@ -503,7 +505,7 @@ impl Mirror {
         let (start, end) = span(cmd)?;
         {
             // SAFETY: `raw` is live for the whole ioctl.
-            let mm = unsafe { KernelMm::get(self.raw) }.ok_or(EINVAL)?;
+            let mm = unsafe { MmWithUser::get(self.raw) }.ok_or(EINVAL)?;
             let guard = mm.read();
             let mut addr = start;
             while addr < end {
@@ -525,7 +527,7 @@ impl Mirror {
 
     /// One chunk of [`Mirror::exclusive`] (at most 64 pages), with the
     /// mmap read lock held.
-    fn exclusive_chunk(&self, mm: &KernelMm, start: u64, end: u64) -> Result {
+    fn exclusive_chunk(&self, mm: &MmWithUser, start: u64, end: u64) -> Result {
         let n = pages(start, end);
         let mut pfns = [0u64; ffi::EXCLUSIVE_BATCH];
         // SAFETY: the mmap read lock of the pinned mm is held (caller);
@@ -582,8 +584,10 @@ impl Mirror {
     fn snapshot(&self, cmd: &mut Cmd) -> Result {
         let (start, end) = span(cmd)?;
         // SAFETY: `raw` is live for the whole ioctl.
-        let mm = unsafe { KernelMm::get(self.raw) }.ok_or(EINVAL)?;
+        let mm = unsafe { MmWithUser::get(self.raw) }.ok_or(EINVAL)?;
         let env = Env::new(&mm, &mm);
+        // SAFETY: `raw` is live for the whole ioctl.
+        let notifier = unsafe { MirrorNotifier::new(self.raw) };
         // SAFETY: no preconditions.
         let zero_pfn = unsafe { ffi::hmm_rs_zero_pfn() };
         let mut pfns = [0u64; CHUNK];
@@ -604,8 +608,8 @@ impl Mirror {
                 pfns[..n].fill(0);
                 let mut range = Range::new(addr, next, &mut pfns[..n])
                     .with_owner(self.owner())
-                    .with_notifier(&mm);
-                range.notifier_seq = mm.read_begin();
+                    .with_notifier(&notifier);
+                range.notifier_seq = notifier.read_begin();
                 let out = core_::range_fault(&env, &mut range, mm.read(), &mut stats);
                 drop(out.guard);
                 match out.result {
@@ -615,7 +619,7 @@ impl Mirror {
                 }
                 let seq = range.notifier_seq;
                 let _pt = self.lock();
-                if mm.read_retry(seq) {
+                if notifier.read_retry(seq) {
                     continue;
                 }
                 let span = devmem::DevmemSpan::get();
@@ -715,7 +719,7 @@ fn pages(start: u64, end: u64) -> usize {
 
 /// Whether `[start, end)` maps any part of a PMD-sized transparent huge
 /// page (a present leaf of order > 0 outside hugetlb).
-fn has_pmd_thp(guard: &crate::kmm::ReadGuard<'_>, start: u64, end: u64) -> bool {
+fn has_pmd_thp(guard: &crate::kmm::MmapReadGuard<'_>, start: u64, end: u64) -> bool {
     use crate::hmm_core::{Leaf, MmView};
     let Some(vma) = guard.find_vma(start) else {
         return false;

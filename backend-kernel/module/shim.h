@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * The C ABI between hmm_rs's Rust code and its C shim (shim.c). Every
+ * The C ABI between hmm_rs's Rust code and its C shim (shim_*.c). Every
  * struct here has a #[repr(C)] twin in ffi.rs; keep them in sync.
  */
 #ifndef HMM_RS_SHIM_H
@@ -24,7 +24,7 @@
 /* HMM_DMIRROR_FLAGS: the next device page allocation fails. */
 #define HMM_RS_FLAG_FAIL_ALLOC	0x1
 
-/* include/linux/migrate.h's values, restated for Rust (checked in shim.c). */
+/* include/linux/migrate.h's values, restated for Rust (checked in shim_devmem.c). */
 #define HMM_RS_MIGRATE_PFN_VALID	0x1
 #define HMM_RS_MIGRATE_PFN_MIGRATE	0x2
 #define HMM_RS_MIGRATE_PFN_WRITE	0x8
@@ -104,7 +104,7 @@ enum {
 	HMM_RS_FAULT_ERR_HWPOISON = 4,
 };
 
-/* shim.c */
+/* shim_mm.c: the mm wrappers */
 int hmm_rs_mmap_read_lock(struct mm_struct *mm, bool killable);
 void hmm_rs_mmap_read_unlock(struct mm_struct *mm);
 bool hmm_rs_mmget_not_zero(struct mm_struct *mm);
@@ -114,9 +114,15 @@ bool hmm_rs_fatal_signal_pending(void);
 u64 hmm_rs_ktime_get_coarse_ns(void);
 u32 hmm_rs_fault(struct mm_struct *mm, u64 addr, u32 flags, u32 *error);
 void hmm_rs_migration_wait(struct mm_struct *mm, u64 addr);
+u64 hmm_rs_zero_pfn(void);
+int hmm_rs_vma_insert_zeroed_page(struct vm_area_struct *vma, u64 addr);
+void hmm_rs_vma_bounds(struct vm_area_struct *vma, u64 *start, u64 *end);
+
+/* shim_walk.c: the page-table reader */
 int hmm_rs_walk(struct mm_struct *mm, struct vm_area_struct *vma, u64 start,
 		u64 end, struct hmm_rs_leaf *out, u32 cap, u64 *next);
-u64 hmm_rs_zero_pfn(void);
+
+/* shim_mirror.c: devices, mirrors, their notifier and device page table */
 u64 hmm_rs_unlocked_timeout_ns(void);
 struct mm_struct *hmm_rs_mirror_mm(struct hmm_rs_mirror *m);
 u64 hmm_rs_mirror_owner(struct hmm_rs_mirror *m);
@@ -134,8 +140,11 @@ bool hmm_rs_pt_any_atomic(struct hmm_rs_mirror *m, u64 vpfn_start,
 void hmm_rs_pt_erase(struct hmm_rs_mirror *m, u64 vpfn_start, u64 vpfn_last);
 int hmm_rs_pt_read_page(struct hmm_rs_mirror *m, u64 vpfn, void *dst);
 int hmm_rs_pt_write_page(struct hmm_rs_mirror *m, u64 vpfn, const void *src);
-int hmm_rs_vma_insert_zeroed_page(struct vm_area_struct *vma, u64 addr);
-void hmm_rs_vma_bounds(struct vm_area_struct *vma, u64 *start, u64 *end);
+int hmm_rs_register(void);
+void hmm_rs_unregister(void);
+
+/* shim_devmem.c: device memory, migration, exclusive access */
+struct hmm_rs_device;
 u64 hmm_rs_devmem_alloc(struct hmm_rs_mirror *m);
 u32 hmm_rs_pfn_devmem(u64 pfn, u64 *owner);
 bool hmm_rs_mirror_coherent(struct hmm_rs_mirror *m);
@@ -150,14 +159,11 @@ void hmm_rs_migrate_finalize(struct hmm_rs_migrate *m);
 int hmm_rs_migrate_device_range(u64 *src, u64 start_pfn, u64 npages);
 void hmm_rs_migrate_device_pages(u64 *src, u64 *dst, u64 npages);
 void hmm_rs_migrate_device_finalize(u64 *src, u64 *dst, u64 npages);
-struct hmm_rs_device;
 void hmm_rs_devmem_remove(struct hmm_rs_device *d);
 void hmm_rs_mirror_release_devmem(struct hmm_rs_mirror *m);
 int hmm_rs_make_exclusive(struct mm_struct *mm, u64 start, u64 end,
 			  u64 *pfns);
 void hmm_rs_exclusive_done(const u64 *pfns, u32 n);
-int hmm_rs_register(void);
-void hmm_rs_unregister(void);
 
 /* Rust (mirror.rs) */
 bool hmm_rs_mirror_invalidate(struct hmm_rs_mirror *m, u64 start, u64 end,
