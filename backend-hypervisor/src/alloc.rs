@@ -155,7 +155,7 @@ impl PoolState {
         let mut i = 0;
         while i + n <= total {
             let pa = base + i as u64 * TABLE_SIZE;
-            if pa % align != 0 {
+            if !pa.is_multiple_of(align) {
                 i += 1;
                 continue;
             }

@@ -231,15 +231,15 @@ impl<F: Format> PageTable<F> {
         T: TlbFlush + ?Sized,
     {
         let bytes = size.bytes();
-        if gpa % bytes != 0 || pa % bytes != 0 {
+        if !gpa.is_multiple_of(bytes) || !pa.is_multiple_of(bytes) {
             return Err(MapError::Unaligned);
         }
         if gpa
             .checked_add(bytes)
-            .map_or(true, |e| e > self.cfg.ia_limit())
+            .is_none_or(|e| e > self.cfg.ia_limit())
             || pa
                 .checked_add(bytes)
-                .map_or(true, |e| e > oa_limit::<F>(&self.cfg))
+                .is_none_or(|e| e > oa_limit::<F>(&self.cfg))
         {
             return Err(MapError::OutOfRange);
         }
@@ -988,7 +988,7 @@ mod tests {
         };
         let mut base = vttbr & 0x0000_ffff_ffff_fffe;
         let root_bytes = 8u64 << (ia - (12 + 9 * (3 - start)));
-        if base % root_bytes.max(4096) != 0 {
+        if !base.is_multiple_of(root_bytes.max(4096)) {
             return None;
         }
         let mut level = start;

@@ -57,7 +57,7 @@ impl RegionSpec {
         if self.size == 0 {
             return Err(RegionError::Empty);
         }
-        if (self.gpa | self.size | self.hva) % PAGE != 0 {
+        if !(self.gpa | self.size | self.hva).is_multiple_of(PAGE) {
             return Err(RegionError::Unaligned);
         }
         let gpa_ok = self

@@ -172,7 +172,7 @@ impl EptCaps {
         if !self.0.contains(EptVpidCap::WALK_4) {
             return Err(EptError::NoFourLevelWalk);
         }
-        if root % 4096 != 0 || root >= 1 << 52 {
+        if !root.is_multiple_of(4096) || root >= 1 << 52 {
             return Err(EptError::BadRoot);
         }
         let memtype = if self.0.contains(EptVpidCap::MEMTYPE_WB) {

@@ -107,7 +107,7 @@ impl Config {
     /// command-line flag.
     pub fn check(&self) -> Result<(), String> {
         let c = self;
-        if c.size == 0 || c.size % (2 << 20) != 0 {
+        if c.size == 0 || !c.size.is_multiple_of(2 << 20) {
             return Err(format!(
                 "--size must be a non-zero multiple of 2M, got {}",
                 c.size

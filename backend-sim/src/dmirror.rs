@@ -446,7 +446,7 @@ impl Drop for Mirror {
 fn cmd_range(cmd: &Cmd) -> Result<(u64, u64), Errno> {
     let size = cmd.npages << PAGE_SHIFT;
     let end = cmd.addr.wrapping_add(size);
-    if cmd.addr % PAGE_SIZE != 0 || cmd.addr >= end {
+    if !cmd.addr.is_multiple_of(PAGE_SIZE) || cmd.addr >= end {
         return Err(Errno::EINVAL);
     }
     Ok((cmd.addr, end))

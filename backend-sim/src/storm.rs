@@ -141,7 +141,7 @@ impl Storm {
 
 /// One storm operation on `[a, b)`.
 pub fn storm_op(mm: &Mm, task: &Task, op: StormOp, a: u64, b: u64) -> Result<(), crate::Errno> {
-    debug_assert!(a % PAGE_SIZE == 0 && b % PAGE_SIZE == 0);
+    debug_assert!(a.is_multiple_of(PAGE_SIZE) && b.is_multiple_of(PAGE_SIZE));
     match op {
         StormOp::DontNeed => mm.madvise_dontneed(task, a, b - a),
         StormOp::SwapOut => mm.swap_out(task, a, b - a).map(|_| ()),

@@ -373,7 +373,11 @@ impl UffdCtx {
         let RegisterMode { missing, wp, minor } = mode;
         let mm = self.mm()?;
         let end = start.checked_add(len).ok_or(Errno::EINVAL)?;
-        if start % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 || len == 0 || !(missing || wp || minor) {
+        if !start.is_multiple_of(PAGE_SIZE)
+            || !len.is_multiple_of(PAGE_SIZE)
+            || len == 0
+            || !(missing || wp || minor)
+        {
             return Err(Errno::EINVAL);
         }
         let _w = mm.write();
@@ -568,7 +572,7 @@ impl UffdCtx {
         src: Option<&[u8]>,
         mode: CopyMode,
     ) -> Result<u64, Errno> {
-        if dst % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 || len == 0 {
+        if !dst.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) || len == 0 {
             return Err(Errno::EINVAL);
         }
         let mm = self.mm()?;
@@ -621,7 +625,7 @@ impl UffdCtx {
         if vma.is_hugetlb() {
             let order = vma.hugetlb_order;
             let size = PAGE_SIZE << order;
-            if addr % size != 0 || left < size {
+            if !addr.is_multiple_of(size) || left < size {
                 return Err(Errno::EINVAL);
             }
             let Some(src) = src else {
@@ -842,7 +846,7 @@ impl UffdCtx {
         dontwake: bool,
         one: &mut dyn FnMut(&MmReadGuard<'_>, u64, u64) -> Result<u64, Errno>,
     ) -> Result<u64, Errno> {
-        if start % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 || len == 0 {
+        if !start.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) || len == 0 {
             return Err(Errno::EINVAL);
         }
         start.checked_add(len).ok_or(Errno::EINVAL)?;
@@ -986,7 +990,7 @@ impl UffdCtx {
         len: u64,
         mode: MoveMode,
     ) -> Result<u64, Errno> {
-        if src % PAGE_SIZE != 0 {
+        if !src.is_multiple_of(PAGE_SIZE) {
             return Err(Errno::EINVAL);
         }
         let src_end = src.checked_add(len).ok_or(Errno::EINVAL)?;

@@ -45,7 +45,7 @@ impl Region {
     /// `backing`, touching nothing: every page is a hole.
     pub fn mapped(len: usize, backing: Backing) -> io::Result<Region> {
         let huge = 2 << 20;
-        if len == 0 || len % huge != 0 {
+        if len == 0 || !len.is_multiple_of(huge) {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         }
         // Over-allocate by 2 MiB to align the start for THP.

@@ -94,7 +94,7 @@ impl SimGuest {
     /// A guest of `len` bytes (a multiple of 2 MiB) backed by host memory
     /// populated with 4 KiB pages, or THP if `thp`.
     pub fn new(len: u64, thp: bool) -> Result<SimGuest, String> {
-        if len == 0 || len % HUGE_2M != 0 {
+        if len == 0 || !len.is_multiple_of(HUGE_2M) {
             return Err("length must be a multiple of 2 MiB".into());
         }
         let machine = Machine::new();

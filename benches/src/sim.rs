@@ -131,7 +131,7 @@ impl SimRange {
     /// Map `len` bytes (a multiple of [`Layout::granule`]) of `layout` on
     /// `machine` and populate it through CPU faults.
     pub fn build(machine: &Arc<Machine>, layout: Layout, len: u64) -> Result<SimRange, String> {
-        if len == 0 || len % layout.granule() != 0 {
+        if len == 0 || !len.is_multiple_of(layout.granule()) {
             return Err(format!("length {len:#x} is not a multiple of the granule"));
         }
         let mm = Mm::new(machine);

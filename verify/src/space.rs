@@ -109,7 +109,7 @@ impl Space {
 
     /// Add a VMA; false (and nothing added) if it is malformed or overlaps.
     pub fn add_vma(&mut self, v: VmaDesc) -> bool {
-        let aligned = v.start % PAGE_SIZE == 0 && v.end % PAGE_SIZE == 0;
+        let aligned = v.start.is_multiple_of(PAGE_SIZE) && v.end.is_multiple_of(PAGE_SIZE);
         if !aligned
             || v.start >= v.end
             || self
@@ -133,7 +133,7 @@ impl Space {
     /// Add an entry; false (and nothing added) if it is misaligned or
     /// overlaps another entry.
     pub fn add_entry(&mut self, e: Entry) -> bool {
-        if !matches!(e.order, 0 | 9 | 18) || e.base % (PAGE_SIZE << e.order) != 0 {
+        if !matches!(e.order, 0 | 9 | 18) || !e.base.is_multiple_of(PAGE_SIZE << e.order) {
             return false;
         }
         if self.overlapping(e.base, e.end()).next().is_some() {

@@ -212,7 +212,7 @@ where
             let pa = first_pfn << 12;
             if pa
                 .checked_add(size.bytes())
-                .map_or(true, |end| end > self.oa_limit())
+                .is_none_or(|end| end > self.oa_limit())
             {
                 failed = Some(FaultError::AddressTooWide);
                 break;
@@ -296,11 +296,11 @@ where
             if base < spec.gpa || base + bytes > spec.gpa_end() {
                 continue;
             }
-            if spec.hva_of(base) % bytes != 0 {
+            if !spec.hva_of(base).is_multiple_of(bytes) {
                 continue;
             }
             let back = (g - base) / PAGE_SIZE;
-            if e.pfn() < back || (e.pfn() - back) % (bytes / PAGE_SIZE) != 0 {
+            if e.pfn() < back || !(e.pfn() - back).is_multiple_of(bytes / PAGE_SIZE) {
                 continue;
             }
             // Every window entry inside the block agrees (same leaf).

@@ -24,7 +24,7 @@ impl Mm {
         } else {
             PAGE_SIZE
         };
-        if len == 0 || len % align != 0 {
+        if len == 0 || !len.is_multiple_of(align) {
             return Err(Errno::EINVAL);
         }
         // get_unmapped_area: the mapping must end within the user address

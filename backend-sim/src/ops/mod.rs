@@ -47,7 +47,7 @@ fn store(e: &AtomicU64, p: Pte) {
 }
 
 fn page_aligned(a: u64) -> bool {
-    a % PAGE_SIZE == 0
+    a.is_multiple_of(PAGE_SIZE)
 }
 
 /// Size of a PUD leaf, for callers choosing hugetlb sizes.

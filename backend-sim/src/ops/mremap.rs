@@ -58,7 +58,7 @@ impl Mm {
             let _w = self.write();
             // move_huge_pmd: a PMD leaf moves whole when the displacement
             // keeps it aligned.
-            let keep_huge = new.wrapping_sub(old) % PMD_SIZE == 0;
+            let keep_huge = new.wrapping_sub(old).is_multiple_of(PMD_SIZE);
             if keep_huge {
                 self.split_edges(old, old + len);
             } else {
