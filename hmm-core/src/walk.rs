@@ -85,7 +85,9 @@ pub struct WalkCounters {
 /// The range must already be valid ([`Range::validate`]); an invalid range or
 /// cursor is `-EINVAL`. A backend that reports spans out of order, with gaps,
 /// or outside the requested window is `-EFAULT`: the walker never trusts it
-/// with an index.
+/// with an index. Spans reported after the walker stopped (a backend that
+/// ignores [`ControlFlow::Break`]) are ignored: nothing from the stop address
+/// on is written. The counters saturate at `u64::MAX`.
 pub fn walk<V: MmView + ?Sized>(
     view: &V,
     range: &mut Range<'_>,
@@ -215,7 +217,14 @@ fn walk_vma<V: MmView + ?Sized>(
                 cursor = next;
                 ControlFlow::Continue(())
             }
-            None => ControlFlow::Break(()),
+            None => {
+                // Stopped. A backend that calls again anyway must not write
+                // past the stop: no span can start at `u64::MAX` and end
+                // above it, so the fast path never matches again, and
+                // `visit` ignores every call once its result is set.
+                cursor = u64::MAX;
+                ControlFlow::Break(())
+            }
         }
     });
     // The caller's counters may start anywhere: they saturate.
@@ -258,11 +267,14 @@ impl SlowPath<'_, '_> {
         b: u64,
         leaf: Leaf,
     ) -> Option<u64> {
+        if !matches!(self.result, Ok(None)) {
+            return None;
+        }
         if a != cursor || b <= a || b > end || b & (PAGE_SIZE - 1) != 0 {
             self.result = Err(Error::Fault);
             return None;
         }
-        self.counters.leaves += 1;
+        self.counters.leaves = self.counters.leaves.saturating_add(1);
         let (i, j) = (range_index(base, a), range_index(base, b));
         let out = match pfns.get_mut(i..j) {
             Some(entries) => leaf_span(
@@ -475,7 +487,7 @@ fn fill(entries: &mut [u64], value: u64, counters: &mut WalkCounters) {
     for e in entries.iter_mut() {
         *e = HmmPfn::sticky_update(*e, value);
     }
-    counters.pages_filled += entries.len() as u64;
+    counters.pages_filled = counters.pages_filled.saturating_add(entries.len() as u64);
 }
 
 #[inline]
@@ -485,5 +497,5 @@ fn fill_pfns(entries: &mut [u64], pfn: u64, cpu: u64, counters: &mut WalkCounter
         *e = HmmPfn::sticky_update(*e, (pfn & PFN_MASK) | cpu);
         pfn = pfn.wrapping_add(1);
     }
-    counters.pages_filled += entries.len() as u64;
+    counters.pages_filled = counters.pages_filled.saturating_add(entries.len() as u64);
 }

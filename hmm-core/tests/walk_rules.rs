@@ -559,3 +559,79 @@ fn caller_counters_saturate_instead_of_overflowing() {
     assert_eq!((c.pages_filled, c.leaves), (u64::MAX, u64::MAX));
     assert!(pfns.iter().all(|&p| HmmPfn(p).is_valid()));
 }
+
+#[test]
+fn counters_saturate_over_gaps_and_unmirrorable_vmas() {
+    // No VMA at all, then a VM_IO VMA: both are filled with ERROR straight
+    // into the caller's counters.
+    let mm = TestMm::new();
+    assert!(mm.add_vma(
+        BASE + 0x2000,
+        BASE + 0x4000,
+        rw() | VmFlags::IO,
+        0,
+        FaultMode::Populate
+    ));
+    let mut pfns = [0u64; 4];
+    let mut range = Range::new(BASE, BASE + 0x4000, &mut pfns);
+    let g = mm.read();
+    let mut c = WalkCounters {
+        pages_filled: u64::MAX - 1,
+        leaves: 7,
+    };
+    assert_eq!(walk(&g, &mut range, BASE, &mut c), Ok(WalkStop::Done));
+    assert_eq!((c.pages_filled, c.leaves), (u64::MAX, 7));
+    assert_eq!(pfns, [E; 4]);
+}
+
+/// A view that keeps reporting spans after the walker said stop: the first
+/// span again (now as a writable page), then the rest of the window.
+struct IgnoresBreak;
+
+impl MmView for IgnoresBreak {
+    fn find_vma(&self, _addr: u64) -> Option<Vma<'_>> {
+        Some(Vma::new(BASE, BASE + 0x10000, rw(), 0))
+    }
+    fn walk_leaves<F>(&self, _vma: &Vma<'_>, start: u64, end: u64, mut f: F)
+    where
+        F: FnMut(u64, u64, Leaf) -> core::ops::ControlFlow<()>,
+    {
+        let page = start + 0x1000;
+        let _ = f(start, page, Leaf::Hole);
+        let _ = f(start, page, Leaf::Present(present(true)));
+        let _ = f(page, end, Leaf::Present(present(true)));
+    }
+}
+
+#[test]
+fn a_backend_that_ignores_break_cannot_write_past_the_stop() {
+    // Page 0 needs a fault: the walk stops there, and entries from the stop
+    // on keep their input whatever the backend reports afterwards.
+    let req = Request::new(PfnFlags::REQ_FAULT.bits(), 0);
+    let input = [PfnFlags::DMA_MAPPED.bits(), 0, 0];
+    let mut pfns = input;
+    let mut range = Range::new(BASE, BASE + 0x3000, &mut pfns).with_request(req);
+    let mut c = WalkCounters::default();
+    let got = walk(&IgnoresBreak, &mut range, BASE, &mut c);
+    assert_eq!(
+        got,
+        Ok(WalkStop::NeedFault {
+            addr: BASE,
+            end: BASE + 0x1000,
+            write: false
+        })
+    );
+    assert_eq!(pfns, input);
+    assert_eq!(c.pages_filled, 0);
+    // In a snapshot the repeated span is out of order (-EFAULT), and the
+    // spans after it write nothing.
+    let mut pfns = [E; 3];
+    let mut range = Range::new(BASE, BASE + 0x3000, &mut pfns);
+    let mut c = WalkCounters::default();
+    assert_eq!(
+        walk(&IgnoresBreak, &mut range, BASE, &mut c),
+        Err(Error::Fault)
+    );
+    assert_eq!(pfns, [0, E, E]);
+    assert_eq!(c.pages_filled, 1);
+}
