@@ -464,7 +464,10 @@ fn diff_report(log: &SerialLog, out: &mut String, checks: &mut Checks) {
         .section(DIFF_SELFCHECK_SECTION)
         .map(|s| tap::parse(s.lines.iter().map(String::as_str)))
         .unwrap_or_default();
-    let caught = selfcheck.iter().filter(|t| t.outcome == Outcome::Fail).count();
+    let caught = selfcheck
+        .iter()
+        .filter(|t| t.outcome == Outcome::Fail)
+        .count();
     let _ = writeln!(
         out,
         "self-check (test_hmm's two devices compared with each other): {caught} of {} layouts \
@@ -855,7 +858,9 @@ mod tests {
         .report();
         assert!(!r.ok(), "{}", r.text);
         assert!(r.text.contains("differential test: 1 of 2 layouts differ"));
-        assert!(r.text.contains("  snapshot (page) at 5: A 2 (0x2), B 1 (0x1)"));
+        assert!(r
+            .text
+            .contains("  snapshot (page) at 5: A 2 (0x2), B 1 (0x1)"));
         assert!(r.text.contains("  layout 2: written +fork"));
         assert!(!r.text.contains("  layout 1: empty"));
     }
