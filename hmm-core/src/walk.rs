@@ -35,10 +35,12 @@
 //!
 //! "Fault needed" is [`Request::need_fault_range`](super::need::Request::need_fault_range) over the span's entries;
 //! a write fault on a VMA without `VM_WRITE` is `-EPERM`. Hugetlb leaves
-//! report the VMA's huge page order. One deliberate difference from the
-//! kernel: for hugetlb, the need is computed over every entry of the huge
-//! page rather than only its first (the kernel's quirk can return a
-//! requested entry without `VALID`).
+//! report the VMA's huge page order. Two deliberate differences from the
+//! kernel, both for hugetlb: the need is computed over every entry of the
+//! huge page rather than only its first (the kernel's quirk can return a
+//! requested entry without `VALID`); and a non-present hugetlb entry with no
+//! fault requested is 0, where the kernel writes the entry's junk PFN bits
+//! and the hstate order without `VALID` (see [the `pfn` module](super::pfn#entries-without-valid)).
 
 use core::ops::ControlFlow;
 

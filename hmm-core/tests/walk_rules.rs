@@ -635,3 +635,101 @@ fn a_backend_that_ignores_break_cannot_write_past_the_stop() {
     assert_eq!(pfns, [0, E, E]);
     assert_eq!(c.pages_filled, 1);
 }
+
+/// A 2 MiB hugetlb VMA at `BASE` reported as one span of `leaf`.
+struct HugetlbSpan(Leaf);
+
+impl MmView for HugetlbSpan {
+    fn find_vma(&self, _addr: u64) -> Option<Vma<'_>> {
+        Some(Vma::new(BASE, BASE + (2 << 20), rw() | VmFlags::HUGETLB, 9))
+    }
+    fn walk_leaves<F>(&self, _vma: &Vma<'_>, start: u64, end: u64, mut f: F)
+    where
+        F: FnMut(u64, u64, Leaf) -> core::ops::ControlFlow<()>,
+    {
+        let _ = f(start, end, self.0);
+    }
+}
+
+/// The decision written down in the `pfn` module docs: a non-present
+/// hugetlb entry that no one asked to fault is 0 (sticky bits kept), with no
+/// order and no PFN, where the kernel's hugetlb callback writes the
+/// non-present entry's `pte_pfn()` plus the hstate order.
+#[test]
+fn non_present_hugetlb_entries_are_zero() {
+    let dma = PfnFlags::DMA_MAPPED.bits();
+    let input: [u64; 4] = [dma, 0, dma, 0];
+    // The last four pages of the huge page.
+    let start = BASE + (2 << 20) - 0x4000;
+    for leaf in [Leaf::Hole, Leaf::Swap, Leaf::Migration, Leaf::HwPoison] {
+        let mut pfns = input;
+        let mut range = Range::new(start, start + 0x4000, &mut pfns);
+        let got = walk(
+            &HugetlbSpan(leaf),
+            &mut range,
+            start,
+            &mut WalkCounters::default(),
+        );
+        assert_eq!(got, Ok(WalkStop::Done), "{leaf:?}");
+        assert_eq!(pfns, input, "{leaf:?}: no PFN, no order, sticky bits kept");
+    }
+    // Present: PFN (at the page's offset in the huge page) and order 9.
+    let p = Present {
+        pfn: 0x200,
+        order: 9,
+        write: true,
+        ..Present::default()
+    };
+    let mut pfns = input;
+    let mut range = Range::new(start, start + 0x4000, &mut pfns);
+    let got = walk(
+        &HugetlbSpan(Leaf::Present(p)),
+        &mut range,
+        start,
+        &mut WalkCounters::default(),
+    );
+    assert_eq!(got, Ok(WalkStop::Done));
+    let o9 = 9u64 << 53;
+    assert_eq!(
+        pfns,
+        [
+            dma | V | W | o9 | 0x200,
+            V | W | o9 | 0x201,
+            dma | V | W | o9 | 0x202,
+            V | W | o9 | 0x203
+        ]
+    );
+    // Protnone (does not arise for hugetlb in Linux): the PFN alone.
+    let mut pfns = input;
+    let mut range = Range::new(start, start + 0x4000, &mut pfns);
+    let prot = Leaf::Present(Present {
+        protnone: true,
+        ..p
+    });
+    let got = walk(
+        &HugetlbSpan(prot),
+        &mut range,
+        start,
+        &mut WalkCounters::default(),
+    );
+    assert_eq!(got, Ok(WalkStop::Done));
+    assert_eq!(pfns, [dma | 0x200, 0x201, dma | 0x202, 0x203]);
+    // Asked for: the whole span is one fault.
+    let mut pfns = [0, 0, 0, PfnFlags::REQ_FAULT.bits()];
+    let mut range =
+        Range::new(start, start + 0x4000, &mut pfns).with_request(Request::new(0, u64::MAX));
+    let got = walk(
+        &HugetlbSpan(Leaf::Hole),
+        &mut range,
+        start,
+        &mut WalkCounters::default(),
+    );
+    assert_eq!(
+        got,
+        Ok(WalkStop::NeedFault {
+            addr: start,
+            end: start + 0x4000,
+            write: false
+        })
+    );
+}
