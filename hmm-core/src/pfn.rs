@@ -276,6 +276,52 @@ mod tests {
     }
 
     #[test]
+    fn predicates_are_false_without_their_bits() {
+        let v = PfnFlags::VALID.bits();
+        let w = PfnFlags::WRITE.bits();
+        let e = PfnFlags::ERROR.bits();
+        // (word, is_valid, is_writable, is_error)
+        let cases = [
+            (0, false, false, false),
+            (0x1234 | (9 << 53), false, false, false),
+            (w | PfnFlags::INOUT.bits(), false, false, false),
+            (v, true, false, false),
+            (v | w, true, true, false),
+            (e, false, false, true),
+            (!v, false, false, true),
+            (!e, true, true, false),
+        ];
+        for (word, valid, writable, error) in cases {
+            let p = HmmPfn(word);
+            assert_eq!(
+                (p.is_valid(), p.is_writable(), p.is_error()),
+                (valid, writable, error),
+                "{word:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn cpu_flags_are_valid_write_and_order() {
+        let v = PfnFlags::VALID.bits();
+        let w = PfnFlags::WRITE.bits();
+        assert_eq!(HmmPfn::cpu_flags(false, 0), v);
+        assert_eq!(HmmPfn::cpu_flags(true, 0), v | w);
+        assert_eq!(HmmPfn::cpu_flags(true, 9), v | w | (9 << 53));
+        assert_eq!(HmmPfn::cpu_flags(false, 18), v | (18 << 53));
+        // An order wider than the field is masked, never spilled into flags.
+        assert_eq!(HmmPfn::cpu_flags(false, 0xff), v | (0x1f << 53));
+    }
+
+    #[test]
+    fn conversions_keep_every_bit() {
+        for w in [0, 1, 0x8000_0000_0000_0001, u64::MAX] {
+            assert_eq!(HmmPfn::from(w), HmmPfn(w));
+            assert_eq!(u64::from(HmmPfn(w)), w);
+        }
+    }
+
+    #[test]
     fn new_masks_out_of_range_inputs() {
         let e = HmmPfn::new(u64::MAX, PfnFlags::empty(), 0xff);
         assert_eq!(e.pfn(), PFN_MASK);
