@@ -27,7 +27,7 @@ fi
 echo "cargo fuzz: $mode"
 
 total=0
-for target in walk driver; do
+for target in walk driver raw_walk raw_driver; do
     scratch="$(mktemp -d)"
     cp corpus/"$target"/* "$scratch"/
     log="$(mktemp)"

@@ -134,6 +134,28 @@ mod tests {
     }
 
     #[test]
+    fn may_fault_when_either_half_asks() {
+        for (default, mask, want) in [
+            (0, 0, false),
+            (V, 0, true),
+            (0, V, true),
+            (V, V, true),
+            (V | W, u64::MAX, true),
+            (W, W, false),
+        ] {
+            let r = Request::new(default, mask);
+            assert_eq!(r.may_fault(), want, "default {default:#x} mask {mask:#x}");
+            // The range need agrees with the per-entry need.
+            let need = r.need_fault_range(&[V], 0);
+            assert_eq!(
+                need.is_empty(),
+                !want,
+                "default {default:#x} mask {mask:#x}"
+            );
+        }
+    }
+
+    #[test]
     fn write_request_alone_is_ignored() {
         // REQ_WRITE without REQ_FAULT requests nothing.
         assert_eq!(Request::new(W, 0).need_fault(0, 0), NeedFault::empty());

@@ -11,6 +11,64 @@
 //! DMA bits ([`PfnFlags::INOUT`]) are *sticky*: every write to an entry keeps
 //! them and overwrites everything else ([`HmmPfn::sticky_update`]).
 //!
+//! # Which kernel's word
+//!
+//! This is **mainline's layout** (the one with `hmm_dma_map_*`): order at
+//! bit 53, and the three sticky DMA bits at 58..60. Linux 6.12, the kernel
+//! the project's module runs on, has an older layout:
+//!
+//! ```text
+//!  63    62    61    60..56   55..0
+//! VALID WRITE ERROR  order    pfn        (no sticky bits)
+//! ```
+//!
+//! In 6.12 `HMM_PFN_ORDER_SHIFT` is 56, `HMM_PFN_FLAGS` is `0xff << 56`, and
+//! every write replaces the whole word. `VALID`, `WRITE`, `ERROR` and the
+//! request bits are the same in both; the order field moves, and bits 58..60
+//! are order bits in 6.12 but sticky DMA bits here.
+//!
+//! The layout only matters where a word crosses into code compiled against
+//! a kernel's `<linux/hmm.h>` (its `hmm_pfn_to_map_order`, `hmm_pfn_to_page`,
+//! or a C driver reading the array). The project's 6.12 module never lets it
+//! cross: it zeroes its arrays before each call and decodes the output with
+//! this module's accessors ([`HmmPfn::order`], [`HmmPfn::pfn`], ...). A
+//! backend whose caller *does* read the array with 6.12's helpers maps both
+//! ways with [`v6_12`]:
+//!
+//! * on input, [`v6_12::input`] keeps only the request bits (63, 62). A 6.12
+//!   caller that reuses an output array passes order bits at 56..60; taken
+//!   as they are, bits 58..60 would read as sticky DMA bits here, survive
+//!   every write and corrupt the order it reads back;
+//! * on output, [`v6_12::output`] moves the order from 53 to 56 and drops the
+//!   sticky bits (none are set when the input went through
+//!   [`v6_12::input`]). PFNs fit: this layout has 53 PFN bits, 6.12 has 56,
+//!   and no architecture HMM runs on has more than 52-bit physical
+//!   addresses (40-bit PFNs).
+//!
+//! # Entries without `VALID`
+//!
+//! Only a `VALID` entry has a meaningful PFN and order; consumers check
+//! `VALID` (or `ERROR`) first, as every in-tree driver and `test_hmm`'s
+//! `dmirror_mkentry` do. This crate writes, for entries without `VALID`:
+//! `ERROR` alone, 0, or (a protnone mapping) the PFN alone, never an order.
+//!
+//! One case is a deliberate difference from `mm/hmm.c`: a **non-present
+//! hugetlb entry** (none, swap, migration, hwpoison) with no fault
+//! requested. The kernel's hugetlb callback computes flags 0 for it but
+//! still ORs in the hstate order and `pte_pfn()` of the non-present entry
+//! (junk: swap-offset bits, or 0 for an empty slot) plus the page offset.
+//! When no page table exists at that level the same state goes through the
+//! hole callback instead and is written as 0. This crate writes 0 in both
+//! cases, as for every other non-present entry: a 0 output means "not
+//! present, faultable" at every level. A kernel backend that must match the
+//! C function word for word on such entries would need to know which of the
+//! two kernel paths applied; no consumer can observe the difference through
+//! `VALID`, `WRITE`, `ERROR` or `dmirror_mkentry`. The test
+//! `non_present_hugetlb_entries_are_zero` in `tests/walk_rules.rs` pins the
+//! decision. (A protnone hugetlb entry, which Linux would report as
+//! `pfn | order`, does not arise: NUMA hinting skips hugetlb VMAs. Here it
+//! is reported as the PFN alone, like a protnone PMD.)
+//!
 //! ```
 //! use hmm_core::{HmmPfn, PfnFlags};
 //! let e = HmmPfn::new(0x1234, PfnFlags::VALID | PfnFlags::WRITE, 9);
@@ -148,6 +206,45 @@ impl HmmPfn {
     }
 }
 
+/// Mapping to and from Linux 6.12's PFN-word layout (order at bit 56, no
+/// sticky bits); see the [module docs](super::pfn) for when a backend needs it.
+///
+/// ```
+/// use hmm_core::pfn::v6_12;
+/// use hmm_core::{HmmPfn, PfnFlags};
+/// let ours = HmmPfn::new(0x1234, PfnFlags::VALID | PfnFlags::WRITE, 9).bits();
+/// assert_eq!(v6_12::output(ours), (1 << 63) | (1 << 62) | (9 << 56) | 0x1234);
+/// // A stale 6.12 output reused as input keeps only its request bits.
+/// assert_eq!(v6_12::input(v6_12::output(ours)), (1 << 63) | (1 << 62));
+/// ```
+pub mod v6_12 {
+    use super::{PfnFlags, ORDER_MASK, ORDER_SHIFT, PFN_MASK as OUR_PFN_MASK};
+
+    /// `HMM_PFN_ORDER_SHIFT` in 6.12.
+    pub const ORDER_SHIFT_6_12: u32 = 56;
+    /// `HMM_PFN_FLAGS` in 6.12: bits 56..63.
+    pub const FLAGS_MASK_6_12: u64 = 0xff << ORDER_SHIFT_6_12;
+
+    const KEEP: u64 = PfnFlags::VALID.bits() | PfnFlags::WRITE.bits() | PfnFlags::ERROR.bits();
+
+    /// This crate's output word in 6.12's layout: `VALID`, `WRITE` and
+    /// `ERROR` kept, the order moved to bit 56, the sticky DMA bits dropped,
+    /// the PFN kept.
+    pub const fn output(word: u64) -> u64 {
+        (word & KEEP)
+            | (((word >> ORDER_SHIFT) & ORDER_MASK) << ORDER_SHIFT_6_12)
+            | (word & OUR_PFN_MASK)
+    }
+
+    /// A 6.12 caller's input word in this crate's layout: only the request
+    /// bits (`REQ_FAULT`, `REQ_WRITE`), which are all 6.12 reads from an
+    /// input entry; anything else (a stale order at 56..60) is dropped so it
+    /// cannot land on the sticky bits.
+    pub const fn input(word: u64) -> u64 {
+        word & (PfnFlags::REQ_FAULT.bits() | PfnFlags::REQ_WRITE.bits())
+    }
+}
+
 impl From<u64> for HmmPfn {
     fn from(v: u64) -> Self {
         HmmPfn(v)
@@ -179,6 +276,52 @@ mod tests {
     }
 
     #[test]
+    fn predicates_are_false_without_their_bits() {
+        let v = PfnFlags::VALID.bits();
+        let w = PfnFlags::WRITE.bits();
+        let e = PfnFlags::ERROR.bits();
+        // (word, is_valid, is_writable, is_error)
+        let cases = [
+            (0, false, false, false),
+            (0x1234 | (9 << 53), false, false, false),
+            (w | PfnFlags::INOUT.bits(), false, false, false),
+            (v, true, false, false),
+            (v | w, true, true, false),
+            (e, false, false, true),
+            (!v, false, false, true),
+            (!e, true, true, false),
+        ];
+        for (word, valid, writable, error) in cases {
+            let p = HmmPfn(word);
+            assert_eq!(
+                (p.is_valid(), p.is_writable(), p.is_error()),
+                (valid, writable, error),
+                "{word:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn cpu_flags_are_valid_write_and_order() {
+        let v = PfnFlags::VALID.bits();
+        let w = PfnFlags::WRITE.bits();
+        assert_eq!(HmmPfn::cpu_flags(false, 0), v);
+        assert_eq!(HmmPfn::cpu_flags(true, 0), v | w);
+        assert_eq!(HmmPfn::cpu_flags(true, 9), v | w | (9 << 53));
+        assert_eq!(HmmPfn::cpu_flags(false, 18), v | (18 << 53));
+        // An order wider than the field is masked, never spilled into flags.
+        assert_eq!(HmmPfn::cpu_flags(false, 0xff), v | (0x1f << 53));
+    }
+
+    #[test]
+    fn conversions_keep_every_bit() {
+        for w in [0, 1, 0x8000_0000_0000_0001, u64::MAX] {
+            assert_eq!(HmmPfn::from(w), HmmPfn(w));
+            assert_eq!(u64::from(HmmPfn(w)), w);
+        }
+    }
+
+    #[test]
     fn new_masks_out_of_range_inputs() {
         let e = HmmPfn::new(u64::MAX, PfnFlags::empty(), 0xff);
         assert_eq!(e.pfn(), PFN_MASK);
@@ -202,6 +345,45 @@ mod tests {
         // Request bits are overwritten.
         let req = PfnFlags::REQ_FAULT | PfnFlags::REQ_WRITE;
         assert_eq!(HmmPfn::sticky_update(req.bits(), 0), 0);
+    }
+
+    #[test]
+    fn v6_12_mapping() {
+        use super::v6_12::{input, output, FLAGS_MASK_6_12, ORDER_SHIFT_6_12};
+        let v = PfnFlags::VALID;
+        let w = PfnFlags::WRITE;
+        let sticky = PfnFlags::INOUT.bits();
+        // (ours, 6.12's) for each kind of output word.
+        let cases = [
+            (0, 0),
+            (PfnFlags::ERROR.bits() | sticky, 1 << 61),
+            (HmmPfn::new(0x1234, v | w, 0).bits(), (3 << 62) | 0x1234),
+            (
+                HmmPfn::new(PFN_MASK, v, 9).bits() | sticky,
+                (1 << 63) | (9 << 56) | PFN_MASK,
+            ),
+            (HmmPfn::new(7, v | w, 18).bits(), (3 << 62) | (18 << 56) | 7),
+            (0x4321, 0x4321),
+        ];
+        for (ours, theirs) in cases {
+            let got = output(ours);
+            assert_eq!(got, theirs, "{ours:#x}");
+            // 6.12's own decoding reads back our PFN and order.
+            assert_eq!(got & !FLAGS_MASK_6_12, HmmPfn(ours).pfn());
+            assert_eq!(
+                (got >> ORDER_SHIFT_6_12) & 0x1f,
+                u64::from(HmmPfn(ours).order())
+            );
+        }
+        // Input: request bits only. A stale order-9 6.12 word has bit 59
+        // (our P2PDMA) set; it must not become sticky.
+        let stale = (3 << 62) | (9 << 56) | 0x55;
+        assert_eq!(input(stale), (3 << 62));
+        assert_eq!(input(stale) & sticky, 0);
+        assert_eq!(
+            input(u64::MAX),
+            PfnFlags::VALID.bits() | PfnFlags::WRITE.bits()
+        );
     }
 
     #[test]

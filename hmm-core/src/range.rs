@@ -124,22 +124,26 @@ mod tests {
 
     #[test]
     fn bad_ranges_are_einval() {
-        let mut buf = [0u64; 4];
+        let mut buf = [0u64; 8];
         let lim = 1 << 47;
-        let cases: [(u64, u64, usize); 7] = [
+        let cases: [(u64, u64, usize); 11] = [
             (0x1000, 0x5000, 3),             // array too short
             (0x1000, 0x5000, 4),             // ok (checked below)
             (0x1001, 0x5001, 4),             // unaligned
+            (0x1001, 0x5000, 3),             // start unaligned, length matching
+            (0x1000, 0x4fff, 3),             // end unaligned, length matching
+            (0x1000, 0x5000, 5),             // array too long
             (0x5000, 0x1000, 4),             // inverted
             (0x5000, 0x5000, 0),             // empty
             (lim - 0x1000, lim + 0x3000, 4), // beyond the limit
             (u64::MAX - 0xfff, 0, 0),        // wraps
+            (lim - 0x4000, lim, 4),          // ends exactly at the limit: ok
         ];
         for (i, &(s, e, n)) in cases.iter().enumerate() {
             let r = Range::new(s, e, &mut buf[..n]);
             let got = r.validate(lim);
-            if i == 1 {
-                assert_eq!(got, Ok(()));
+            if i == 1 || i == 10 {
+                assert_eq!(got, Ok(()), "case {i}");
             } else {
                 assert_eq!(got, Err(Error::Inval), "case {i}");
             }

@@ -35,10 +35,12 @@
 //!
 //! "Fault needed" is [`Request::need_fault_range`](super::need::Request::need_fault_range) over the span's entries;
 //! a write fault on a VMA without `VM_WRITE` is `-EPERM`. Hugetlb leaves
-//! report the VMA's huge page order. One deliberate difference from the
-//! kernel: for hugetlb, the need is computed over every entry of the huge
-//! page rather than only its first (the kernel's quirk can return a
-//! requested entry without `VALID`).
+//! report the VMA's huge page order. Two deliberate differences from the
+//! kernel, both for hugetlb: the need is computed over every entry of the
+//! huge page rather than only its first (the kernel's quirk can return a
+//! requested entry without `VALID`); and a non-present hugetlb entry with no
+//! fault requested is 0, where the kernel writes the entry's junk PFN bits
+//! and the hstate order without `VALID` (see [the `pfn` module](super::pfn#entries-without-valid)).
 
 use core::ops::ControlFlow;
 
@@ -85,7 +87,9 @@ pub struct WalkCounters {
 /// The range must already be valid ([`Range::validate`]); an invalid range or
 /// cursor is `-EINVAL`. A backend that reports spans out of order, with gaps,
 /// or outside the requested window is `-EFAULT`: the walker never trusts it
-/// with an index.
+/// with an index. Spans reported after the walker stopped (a backend that
+/// ignores [`ControlFlow::Break`]) are ignored: nothing from the stop address
+/// on is written. The counters saturate at `u64::MAX`.
 pub fn walk<V: MmView + ?Sized, N: ?Sized>(
     view: &V,
     range: &mut Range<'_, N>,
@@ -215,7 +219,14 @@ fn walk_vma<V: MmView + ?Sized, N: ?Sized>(
                 cursor = next;
                 ControlFlow::Continue(())
             }
-            None => ControlFlow::Break(()),
+            None => {
+                // Stopped. A backend that calls again anyway must not write
+                // past the stop: no span can start at `u64::MAX` and end
+                // above it, so the fast path never matches again, and
+                // `visit` ignores every call once its result is set.
+                cursor = u64::MAX;
+                ControlFlow::Break(())
+            }
         }
     });
     // The caller's counters may start anywhere: they saturate.
@@ -258,11 +269,14 @@ impl SlowPath<'_, '_> {
         b: u64,
         leaf: Leaf,
     ) -> Option<u64> {
+        if !matches!(self.result, Ok(None)) {
+            return None;
+        }
         if a != cursor || b <= a || b > end || b & (PAGE_SIZE - 1) != 0 {
             self.result = Err(Error::Fault);
             return None;
         }
-        self.counters.leaves += 1;
+        self.counters.leaves = self.counters.leaves.saturating_add(1);
         let (i, j) = (range_index(base, a), range_index(base, b));
         let out = match pfns.get_mut(i..j) {
             Some(entries) => leaf_span(
@@ -479,7 +493,7 @@ fn fill(entries: &mut [u64], value: u64, counters: &mut WalkCounters) {
     for e in entries.iter_mut() {
         *e = HmmPfn::sticky_update(*e, value);
     }
-    counters.pages_filled += entries.len() as u64;
+    counters.pages_filled = counters.pages_filled.saturating_add(entries.len() as u64);
 }
 
 #[inline]
@@ -489,5 +503,5 @@ fn fill_pfns(entries: &mut [u64], pfn: u64, cpu: u64, counters: &mut WalkCounter
         *e = HmmPfn::sticky_update(*e, (pfn & PFN_MASK) | cpu);
         pfn = pfn.wrapping_add(1);
     }
-    counters.pages_filled += entries.len() as u64;
+    counters.pages_filled = counters.pages_filled.saturating_add(entries.len() as u64);
 }

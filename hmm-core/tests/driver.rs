@@ -602,3 +602,38 @@ fn one_fault_per_huge_leaf_and_one_per_small_page() {
     assert_eq!(stats.faults, 8);
     assert!(all_writable(&pfns));
 }
+
+#[test]
+fn a_fatal_signal_before_the_first_fault_ends_only_the_lock_dropping_modes() {
+    // A signal already pending when the caller's walk first needs a fault:
+    // the lock-dropping locked entry point returns -EINTR without faulting
+    // (GUP checks before every page) and hands the lock back; Linux's
+    // hmm_range_fault does not look at signals and completes.
+    for may_unlock in [true, false] {
+        let mm = mm_with(4, RW, 0, FaultMode::Populate);
+        mm.set_fatal(true);
+        let mut pfns = [0u64; 4];
+        let mut range = Range::new(BASE, BASE + 0x4000, &mut pfns)
+            .with_default_flags(REQ_RW)
+            .with_notifier(&mm);
+        range.notifier_seq = mm.read_begin();
+        let env = Env::new(&mm, &mm).with_signals(&mm);
+        let mut stats = Stats::default();
+        let out = if may_unlock {
+            range_fault_may_unlock(&env, &mut range, mm.read(), &Options::default(), &mut stats)
+        } else {
+            range_fault(&env, &mut range, mm.read(), &mut stats)
+        };
+        assert!(out.guard.is_some(), "the caller's lock is handed back");
+        drop(out.guard);
+        if may_unlock {
+            assert_eq!(out.result, Err(Error::Intr));
+            assert_eq!((stats.faults, mm.faults().1), (0, 0));
+            assert_eq!(pfns, [0; 4]);
+        } else {
+            assert_eq!(out.result, Ok(()));
+            assert_eq!(stats.faults, 4);
+            assert!(all_writable(&pfns));
+        }
+    }
+}

@@ -559,3 +559,177 @@ fn caller_counters_saturate_instead_of_overflowing() {
     assert_eq!((c.pages_filled, c.leaves), (u64::MAX, u64::MAX));
     assert!(pfns.iter().all(|&p| HmmPfn(p).is_valid()));
 }
+
+#[test]
+fn counters_saturate_over_gaps_and_unmirrorable_vmas() {
+    // No VMA at all, then a VM_IO VMA: both are filled with ERROR straight
+    // into the caller's counters.
+    let mm = TestMm::new();
+    assert!(mm.add_vma(
+        BASE + 0x2000,
+        BASE + 0x4000,
+        rw() | VmFlags::IO,
+        0,
+        FaultMode::Populate
+    ));
+    let mut pfns = [0u64; 4];
+    let mut range = Range::new(BASE, BASE + 0x4000, &mut pfns);
+    let g = mm.read();
+    let mut c = WalkCounters {
+        pages_filled: u64::MAX - 1,
+        leaves: 7,
+    };
+    assert_eq!(walk(&g, &mut range, BASE, &mut c), Ok(WalkStop::Done));
+    assert_eq!((c.pages_filled, c.leaves), (u64::MAX, 7));
+    assert_eq!(pfns, [E; 4]);
+}
+
+/// A view that keeps reporting spans after the walker said stop: the first
+/// span again (now as a writable page), then the rest of the window.
+struct IgnoresBreak;
+
+impl MmView for IgnoresBreak {
+    fn find_vma(&self, _addr: u64) -> Option<Vma<'_>> {
+        Some(Vma::new(BASE, BASE + 0x10000, rw(), 0))
+    }
+    fn walk_leaves<F>(&self, _vma: &Vma<'_>, start: u64, end: u64, mut f: F)
+    where
+        F: FnMut(u64, u64, Leaf) -> core::ops::ControlFlow<()>,
+    {
+        let page = start + 0x1000;
+        let _ = f(start, page, Leaf::Hole);
+        let _ = f(start, page, Leaf::Present(present(true)));
+        let _ = f(page, end, Leaf::Present(present(true)));
+    }
+}
+
+#[test]
+fn a_backend_that_ignores_break_cannot_write_past_the_stop() {
+    // Page 0 needs a fault: the walk stops there, and entries from the stop
+    // on keep their input whatever the backend reports afterwards.
+    let req = Request::new(PfnFlags::REQ_FAULT.bits(), 0);
+    let input = [PfnFlags::DMA_MAPPED.bits(), 0, 0];
+    let mut pfns = input;
+    let mut range = Range::new(BASE, BASE + 0x3000, &mut pfns).with_request(req);
+    let mut c = WalkCounters::default();
+    let got = walk(&IgnoresBreak, &mut range, BASE, &mut c);
+    assert_eq!(
+        got,
+        Ok(WalkStop::NeedFault {
+            addr: BASE,
+            end: BASE + 0x1000,
+            write: false
+        })
+    );
+    assert_eq!(pfns, input);
+    assert_eq!(c.pages_filled, 0);
+    // In a snapshot the repeated span is out of order (-EFAULT), and the
+    // spans after it write nothing.
+    let mut pfns = [E; 3];
+    let mut range = Range::new(BASE, BASE + 0x3000, &mut pfns);
+    let mut c = WalkCounters::default();
+    assert_eq!(
+        walk(&IgnoresBreak, &mut range, BASE, &mut c),
+        Err(Error::Fault)
+    );
+    assert_eq!(pfns, [0, E, E]);
+    assert_eq!(c.pages_filled, 1);
+}
+
+/// A 2 MiB hugetlb VMA at `BASE` reported as one span of `leaf`.
+struct HugetlbSpan(Leaf);
+
+impl MmView for HugetlbSpan {
+    fn find_vma(&self, _addr: u64) -> Option<Vma<'_>> {
+        Some(Vma::new(BASE, BASE + (2 << 20), rw() | VmFlags::HUGETLB, 9))
+    }
+    fn walk_leaves<F>(&self, _vma: &Vma<'_>, start: u64, end: u64, mut f: F)
+    where
+        F: FnMut(u64, u64, Leaf) -> core::ops::ControlFlow<()>,
+    {
+        let _ = f(start, end, self.0);
+    }
+}
+
+/// The decision written down in the `pfn` module docs: a non-present
+/// hugetlb entry that no one asked to fault is 0 (sticky bits kept), with no
+/// order and no PFN, where the kernel's hugetlb callback writes the
+/// non-present entry's `pte_pfn()` plus the hstate order.
+#[test]
+fn non_present_hugetlb_entries_are_zero() {
+    let dma = PfnFlags::DMA_MAPPED.bits();
+    let input: [u64; 4] = [dma, 0, dma, 0];
+    // The last four pages of the huge page.
+    let start = BASE + (2 << 20) - 0x4000;
+    for leaf in [Leaf::Hole, Leaf::Swap, Leaf::Migration, Leaf::HwPoison] {
+        let mut pfns = input;
+        let mut range = Range::new(start, start + 0x4000, &mut pfns);
+        let got = walk(
+            &HugetlbSpan(leaf),
+            &mut range,
+            start,
+            &mut WalkCounters::default(),
+        );
+        assert_eq!(got, Ok(WalkStop::Done), "{leaf:?}");
+        assert_eq!(pfns, input, "{leaf:?}: no PFN, no order, sticky bits kept");
+    }
+    // Present: PFN (at the page's offset in the huge page) and order 9.
+    let p = Present {
+        pfn: 0x200,
+        order: 9,
+        write: true,
+        ..Present::default()
+    };
+    let mut pfns = input;
+    let mut range = Range::new(start, start + 0x4000, &mut pfns);
+    let got = walk(
+        &HugetlbSpan(Leaf::Present(p)),
+        &mut range,
+        start,
+        &mut WalkCounters::default(),
+    );
+    assert_eq!(got, Ok(WalkStop::Done));
+    let o9 = 9u64 << 53;
+    assert_eq!(
+        pfns,
+        [
+            dma | V | W | o9 | 0x200,
+            V | W | o9 | 0x201,
+            dma | V | W | o9 | 0x202,
+            V | W | o9 | 0x203
+        ]
+    );
+    // Protnone (does not arise for hugetlb in Linux): the PFN alone.
+    let mut pfns = input;
+    let mut range = Range::new(start, start + 0x4000, &mut pfns);
+    let prot = Leaf::Present(Present {
+        protnone: true,
+        ..p
+    });
+    let got = walk(
+        &HugetlbSpan(prot),
+        &mut range,
+        start,
+        &mut WalkCounters::default(),
+    );
+    assert_eq!(got, Ok(WalkStop::Done));
+    assert_eq!(pfns, [dma | 0x200, 0x201, dma | 0x202, 0x203]);
+    // Asked for: the whole span is one fault.
+    let mut pfns = [0, 0, 0, PfnFlags::REQ_FAULT.bits()];
+    let mut range =
+        Range::new(start, start + 0x4000, &mut pfns).with_request(Request::new(0, u64::MAX));
+    let got = walk(
+        &HugetlbSpan(Leaf::Hole),
+        &mut range,
+        start,
+        &mut WalkCounters::default(),
+    );
+    assert_eq!(
+        got,
+        Ok(WalkStop::NeedFault {
+            addr: start,
+            end: start + 0x4000,
+            write: false
+        })
+    );
+}

@@ -16,6 +16,10 @@
 //!   explores the interleavings with loom; the same model runs on real
 //!   threads in `tests/protocol_threads.rs`.
 //! * Seeded bugs: each model is shown to catch a broken protocol.
+//! * **Raw-input checks** ([`raw`]): the walk and the entry points driven
+//!   by arbitrary bytes (range, request, options, counters) over an
+//!   environment that misbehaves; `tests/raw_input.rs` and the `raw_walk`
+//!   and `raw_driver` fuzz targets.
 //!
 //! Nothing here reuses `hmm_core::doubles`.
 
@@ -24,6 +28,7 @@
 pub mod check;
 pub mod model_mm;
 pub mod protocol;
+pub mod raw;
 pub mod recipe;
 pub mod reference;
 pub mod space;
