@@ -9,6 +9,9 @@
 #                            1 GiB); writes BENCHMARKS.md at the repository
 #                            root
 #
+# After the benches it runs the simulator demo (hmm-sim) and records its
+# time.
+#
 # Arguments after the mode go to criterion (e.g. a filter:
 # `benches/run.sh --quick 'walk/sim'`). Every bench binary is built once
 # before any runs, so all of them measure the same sources. Nothing here
@@ -47,6 +50,8 @@ cargo bench -p hmm-benches --no-run --message-format=json-render-diagnostics \
     > "$out_dir/build.json"
 cargo build --profile bench -p hmm-benches --bin hmm-bench-report \
     --message-format=json-render-diagnostics >> "$out_dir/build.json"
+cargo build --profile bench -p hmm-sim --bin hmm-sim \
+    --message-format=json-render-diagnostics >> "$out_dir/build.json"
 exe_of() { # kind name
     grep "\"kind\":\[\"$1\"\]" "$out_dir/build.json" | grep "\"name\":\"$2\"" |
         sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1
@@ -66,6 +71,27 @@ for b in walk fault uffd contended guest; do
     "$exe" --bench "${crit_args[@]}" "$@"
 done
 echo "== benches ran in $(( $(date +%s) - start )) s"
+
+# The demo (`cargo run --release -p hmm-sim`), timed the
+# same way: its own mirroring-phase figures, the wall time of the process
+# and the load when it started. The quick mode mirrors 64 MiB, the full
+# mode the demo's default 1 GiB.
+demo_args=()
+[[ $mode == quick ]] && demo_args=(--size 64M)
+echo "== demo hmm-sim ${demo_args[*]}"
+printf 'demo/loadavg\t%s\n' "$(cut -d' ' -f1 /proc/loadavg)" >> "$HMM_BENCH_EXTRA"
+t0=$(date +%s.%N)
+"$(exe_of bin hmm-sim)" "${demo_args[@]}" > "$out_dir/demo.txt"
+t1=$(date +%s.%N)
+cat "$out_dir/demo.txt"
+awk -v wall="$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')" '
+    $1 == "pages" { printf "demo/pages\t%s\n", $2 }
+    $1 == "elapsed" { printf "demo/elapsed_s\t%s\n", $2 }
+    $1 == "throughput" { printf "demo/pages_per_s\t%s\n", $2 }
+    $1 == "coherence" { printf "demo/coherent\t%d\n", ($2 == "OK") }
+    $1 == "data" { printf "demo/data_ok\t%d\n", ($2 == "OK") }
+    END { printf "demo/wall_s\t%s\n", wall }
+' "$out_dir/demo.txt" >> "$HMM_BENCH_EXTRA"
 
 cmd="benches/run.sh"
 [[ $mode == quick ]] && cmd="benches/run.sh --quick"

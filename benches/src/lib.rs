@@ -9,7 +9,8 @@
 //!   holes, zapped, sparse) in backend-sim, and the snapshot walks;
 //! * [`fault`]: fault-in of a fresh anonymous range through hmm-core;
 //! * [`uffd`]: userfaultfd-backed fault-in with a handler thread, resume vs
-//!   restart, and the walker's measured share of the round trip;
+//!   restart, the walker's measured share of the round trip, and the real
+//!   userfaultfd round trip of this machine beside it ([`uffd::real`]);
 //! * [`contended`]: device faults while a CPU thread invalidates at a fixed
 //!   rate;
 //! * [`guest`]: backend-hypervisor's guest-fault path over backend-sim;

@@ -14,6 +14,9 @@
 //! between its VMA lookup and the end of the page-table iteration is summed
 //! in the same run: the walker's share of the round trip is measured, not
 //! inferred.
+//!
+//! [`real`] is the baseline: the same round trip on this machine's own
+//! userfaultfd, measured beside the simulated one.
 
 use std::cell::{Cell, RefCell};
 use std::ops::ControlFlow;
@@ -33,6 +36,8 @@ use hmm_core::{
 };
 
 use crate::sim::RW;
+
+pub mod real;
 
 /// A fresh userfaultfd-registered range and its handler thread.
 pub struct UffdRange {
