@@ -803,7 +803,7 @@ fn violations(log: &Log) -> Result<(), String> {
     }
 }
 
-/// Run [`hmm_core::walk`] on a raw case and check its contract.
+/// Run [`hmm_core::walk()`] on a raw case and check its contract.
 pub fn check_walk(data: &[u8]) -> Result<Outcome, String> {
     let b = Bytes::new(data);
     let q = RawRequest::read(&b);
