@@ -38,7 +38,9 @@ for target in walk driver raw_walk raw_driver; do
         exit 1
     }
     runs="$(grep -oE 'Done [0-9]+ runs' "$log" | grep -oE '[0-9]+' | tail -1)"
-    echo "fuzz target $target: ${runs:-0} executions in ${secs} s, no failure"
+    rate="$(grep -oE 'average_exec_per_sec: *[0-9]+' "$log" | grep -oE '[0-9]+' | tail -1)"
+    cov="$(grep -oE 'DONE +cov: [0-9]+' "$log" | grep -oE '[0-9]+' | tail -1)"
+    echo "fuzz target $target: ${runs:-0} executions in ${secs} s (${rate:-0}/s, ${cov:-?} coverage edges), no failure"
     total=$((total + ${runs:-0}))
     rm -rf "$scratch" "$log"
 done
