@@ -22,7 +22,7 @@ use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use hmm_core::{Error, Leaf, MmView, MmapLock, Signals, Vma};
+use hmm_core::{Error, Leaf, LeafSink, MmView, MmapLock, Signals, Vma};
 
 use crate::machine::Machine;
 use crate::notifier::Subscriptions;
@@ -290,6 +290,13 @@ impl MmView for MmReadGuard<'_> {
         self.mm
             .tables
             .walk_leaves(self.mm.root, start, end, &self.mm.machine.frames, &mut f);
+    }
+
+    #[inline]
+    fn walk_batched<S: LeafSink>(&self, _vma: &Vma<'_>, start: u64, end: u64, sink: &mut S) {
+        self.mm
+            .tables
+            .walk_batched(self.mm.root, start, end, &self.mm.machine.frames, sink);
     }
 }
 

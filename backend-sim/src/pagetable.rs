@@ -26,7 +26,7 @@ use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use hmm_core::{Leaf, Present, PAGE_SHIFT};
+use hmm_core::{Leaf, LeafSink, PfnFlags, Present, PteFormat, PAGE_SHIFT};
 
 use crate::frame::{FrameKind, Frames, ZERO_PFN};
 
@@ -358,37 +358,56 @@ impl Tables {
 
     /// Report the leaves of `[start, end)` in order, without gaps (see
     /// [`hmm_core::leaf`]). One descent per table; each table is scanned
-    /// linearly; a none entry at any level is one span.
+    /// linearly; a none entry at any level is one span. PTEs are reported
+    /// as runs (see [`Tables::walk_batched`] for the batched form).
     #[inline]
     pub fn walk_leaves<F>(&self, root: u32, start: u64, end: u64, frames: &Frames, f: &mut F)
     where
         F: FnMut(u64, u64, Leaf) -> ControlFlow<()>,
     {
-        let _ = self.walk_level(root, PGD_SHIFT, start, end, frames, f);
+        let mut sink = Runs(f);
+        let _ = self.walk_level(root, PGD_SHIFT, start, end, frames, &mut sink, false);
     }
 
-    fn walk_level<F>(
+    /// Report `[start, end)` as [`Tables::walk_leaves`] does, but hand each
+    /// PTE table's words for the window to the sink in one
+    /// [`LeafSink::ptes`] call with [`SimPteFormat`] as the classifier.
+    #[inline]
+    pub fn walk_batched<S: LeafSink>(
+        &self,
+        root: u32,
+        start: u64,
+        end: u64,
+        frames: &Frames,
+        sink: &mut S,
+    ) {
+        let _ = self.walk_level(root, PGD_SHIFT, start, end, frames, sink, true);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn walk_level<S: LeafSink>(
         &self,
         tid: u32,
         shift: u32,
         start: u64,
         end: u64,
         frames: &Frames,
-        f: &mut F,
-    ) -> ControlFlow<()>
-    where
-        F: FnMut(u64, u64, Leaf) -> ControlFlow<()>,
-    {
+        sink: &mut S,
+        batched: bool,
+    ) -> ControlFlow<()> {
         let table = self.get(tid);
         if shift == PTE_SHIFT {
+            let first = index(start, PTE_SHIFT);
+            let n = ((end - start) >> PAGE_SHIFT) as usize;
+            let ptes = &table.0[first..first + n];
+            if batched {
+                return sink.ptes(start, ptes, &SimPteFormat { frames });
+            }
             // Report runs of PTEs as one span, as the kernel batches the
             // PTEs of a folio: present PTEs mapping consecutive PFNs with
             // identical flag bits (each word is the previous one plus one
             // PFN), and consecutive empty PTEs. hmm-core keeps per-PTE
             // semantics for runs.
-            let first = index(start, PTE_SHIFT);
-            let n = ((end - start) >> PAGE_SHIFT) as usize;
-            let ptes = &table.0[first..first + n];
             let mut i = 0;
             while i < n {
                 let w = ptes[i].load(Ordering::Relaxed);
@@ -410,7 +429,7 @@ impl Tables {
                     pte_leaf(w, frames)
                 };
                 let a = start + ((i as u64) << PAGE_SHIFT);
-                f(a, start + ((j as u64) << PAGE_SHIFT), leaf)?;
+                sink.leaf(a, start + ((j as u64) << PAGE_SHIFT), leaf)?;
                 i = j;
             }
             return ControlFlow::Continue(());
@@ -421,8 +440,8 @@ impl Tables {
             let next = ((a | (size - 1)) + 1).min(end);
             let w = table.0[index(a, shift)].load(Ordering::Acquire);
             match Pte::decode(w, true) {
-                Pte::None => upper(f, a, next, Leaf::Hole)?,
-                Pte::Table(id) => self.walk_level(id, shift - 9, a, next, frames, f)?,
+                Pte::None => upper(sink, a, next, Leaf::Hole)?,
+                Pte::Table(id) => self.walk_level(id, shift - 9, a, next, frames, sink, batched)?,
                 Pte::Present {
                     pfn,
                     write,
@@ -440,9 +459,11 @@ impl Tables {
                         special,
                         zero: false,
                     };
-                    upper(f, a, next, Leaf::Present(p))?
+                    upper(sink, a, next, Leaf::Present(p))?
                 }
-                Pte::Migration { .. } if shift == PMD_SHIFT => upper(f, a, next, Leaf::Migration)?,
+                Pte::Migration { .. } if shift == PMD_SHIFT => {
+                    upper(sink, a, next, Leaf::Migration)?
+                }
                 Pte::DevicePrivate { pfn, write } if shift == PMD_SHIFT => {
                     let base = a & !(size - 1);
                     let owner = match frames.kind(pfn) {
@@ -455,15 +476,15 @@ impl Tables {
                         write,
                         order: 9,
                     };
-                    upper(f, a, next, leaf)?
+                    upper(sink, a, next, leaf)?
                 }
                 // A marker (a hugetlb entry poisoned by UFFDIO_POISON) reads
                 // as none, as `huge_pte_none_mostly`.
-                Pte::Marker(_) => upper(f, a, next, Leaf::Hole)?,
+                Pte::Marker(_) => upper(sink, a, next, Leaf::Hole)?,
                 // An absent PUD is a hole; anything else absent at the PMD
                 // level is a bad entry.
-                _ if shift == PUD_SHIFT => upper(f, a, next, Leaf::Hole)?,
-                _ => upper(f, a, next, Leaf::Bad)?,
+                _ if shift == PUD_SHIFT => upper(sink, a, next, Leaf::Hole)?,
+                _ => upper(sink, a, next, Leaf::Bad)?,
             }
             a = next;
         }
@@ -548,11 +569,64 @@ impl Tables {
 /// PTE loop is the only place the walker's callback is called from, which
 /// lets the compiler inline the callback there (the per-page path).
 #[inline(never)]
-fn upper<F>(f: &mut F, a: u64, b: u64, leaf: Leaf) -> ControlFlow<()>
-where
-    F: FnMut(u64, u64, Leaf) -> ControlFlow<()>,
-{
-    f(a, b, leaf)
+fn upper<S: LeafSink>(sink: &mut S, a: u64, b: u64, leaf: Leaf) -> ControlFlow<()> {
+    sink.leaf(a, b, leaf)
+}
+
+/// [`LeafSink`] over a closure: what [`Tables::walk_leaves`] reports to.
+struct Runs<'f, F>(&'f mut F);
+
+impl<F: FnMut(u64, u64, Leaf) -> ControlFlow<()>> LeafSink for Runs<'_, F> {
+    #[inline(always)]
+    fn leaf(&mut self, start: u64, end: u64, leaf: Leaf) -> ControlFlow<()> {
+        (self.0)(start, end, leaf)
+    }
+
+    fn ptes<P: PteFormat>(&mut self, start: u64, ptes: &[P::Pte], format: &P) -> ControlFlow<()> {
+        let mut a = start;
+        for pte in ptes {
+            (self.0)(a, a + (1 << PAGE_SHIFT), format.leaf(format.read(pte)))?;
+            a += 1 << PAGE_SHIFT;
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// How the simulator's PTE words read, for hmm-core's batched walk: a
+/// present word without `SPECIAL` or `PROTNONE` is plain, and so is a none
+/// word.
+#[derive(Debug, Clone, Copy)]
+pub struct SimPteFormat<'a> {
+    /// The machine's frames (the owner of device-private frames).
+    pub frames: &'a Frames,
+}
+
+impl PteFormat for SimPteFormat<'_> {
+    type Pte = AtomicU64;
+
+    #[inline(always)]
+    fn read(&self, pte: &AtomicU64) -> u64 {
+        // Relaxed, as `ptep_get` under `pte_offset_map`.
+        pte.load(Ordering::Relaxed)
+    }
+
+    #[inline(always)]
+    fn plain(&self, w: u64) -> Option<u64> {
+        // The write bit moves from bit 1 to `PfnFlags::WRITE` (bit 62).
+        const _: () = assert!(PfnFlags::WRITE.bits() == P_WRITE << 61);
+        if w & (P_PRESENT | P_SPECIAL | P_PROTNONE) == P_PRESENT {
+            Some((w >> PAYLOAD_SHIFT) | ((w & P_WRITE) << 61) | PfnFlags::VALID.bits())
+        } else if w == 0 {
+            Some(0)
+        } else {
+            None
+        }
+    }
+
+    #[inline]
+    fn leaf(&self, w: u64) -> Leaf {
+        pte_leaf(w, self.frames)
+    }
 }
 
 /// Classify a PTE word for the HMM walk.

@@ -32,6 +32,13 @@ fn sim_benches(c: &mut Criterion, len: u64) {
         g.bench_function(BenchmarkId::new("sim-walk", n), |b| {
             b.iter(|| black_box(r.walk_snapshot(black_box(&mut pfns)).expect("walk")))
         });
+        if layout == Layout::Small {
+            // The favourable path: PTE runs of consecutive frames.
+            common::pages(&format!("walk/sim-walk-runs/{n}"), r.pages());
+            g.bench_function(BenchmarkId::new("sim-walk-runs", n), |b| {
+                b.iter(|| black_box(r.walk_snapshot_runs(black_box(&mut pfns)).expect("walk")))
+            });
+        }
         g.bench_function(BenchmarkId::new("sim-range_fault", n), |b| {
             b.iter(|| {
                 black_box(

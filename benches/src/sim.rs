@@ -17,9 +17,11 @@ use backend_sim::notifier::{IntervalOps, IntervalSub, InvalidateRange};
 use backend_sim::ops::{HUGE_1G, HUGE_2M};
 use backend_sim::task::Task;
 use backend_sim::Machine;
+use std::ops::ControlFlow;
+
 use hmm_core::{
-    range_fault, walk, Env, Error, IntervalNotifier, Range, Stats, VmFlags, WalkCounters, WalkStop,
-    PAGE_SIZE,
+    range_fault, walk, Env, Error, IntervalNotifier, Leaf, MmView, Range, Stats, VmFlags, Vma,
+    WalkCounters, WalkStop, PAGE_SIZE,
 };
 
 /// Read and write.
@@ -214,6 +216,21 @@ impl SimRange {
         }
     }
 
+    /// The pure walk as [`SimRange::walk_snapshot`], through a view that
+    /// reports PTE runs ([`MmView::walk_leaves`]) instead of handing the
+    /// walker whole PTE tables: the favourable path when neighbouring PTEs
+    /// map consecutive frames, one leaf per run.
+    pub fn walk_snapshot_runs(&self, pfns: &mut [u64]) -> Result<WalkCounters, Error> {
+        let g = self.mm.read(&self.task);
+        let view = RunsView(&g);
+        let mut range = Range::new(self.start, self.start + self.len, pfns);
+        let mut counters = WalkCounters::default();
+        match walk(&view, &mut range, self.start, &mut counters)? {
+            WalkStop::Done => Ok(counters),
+            _ => Err(Error::Fault),
+        }
+    }
+
     /// The Linux-compatible entry point as a driver's SNAPSHOT calls it:
     /// `read_begin`, mmap read lock, `range_fault` with no fault
     /// requested, unlock, `read_retry` (retrying on a moved sequence).
@@ -241,6 +258,24 @@ impl SimRange {
     }
 }
 
+/// A view that only reports leaves and PTE runs: `walk_batched` is left to
+/// its default, so the walker never sees a PTE batch.
+struct RunsView<'g, V>(&'g V);
+
+impl<V: MmView> MmView for RunsView<'_, V> {
+    fn find_vma(&self, addr: u64) -> Option<Vma<'_>> {
+        self.0.find_vma(addr)
+    }
+
+    #[inline]
+    fn walk_leaves<F>(&self, vma: &Vma<'_>, start: u64, end: u64, f: F)
+    where
+        F: FnMut(u64, u64, Leaf) -> ControlFlow<()>,
+    {
+        self.0.walk_leaves(vma, start, end, f);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,11 +291,26 @@ mod tests {
         let r = SimRange::build(&m, layout, len).expect("build");
         let mut pfns = vec![0u64; r.pages()];
         let counters = r.walk_snapshot(&mut pfns).expect("walk");
-        // The 4 KiB layouts differ only in frame placement: PTE runs for
-        // consecutive frames, one leaf per PTE for scattered ones.
+        // The batched walk counts one leaf per PTE; the run-reporting view
+        // one leaf per run of consecutive frames (a whole table for the
+        // `4k` layout, one PTE for the scattered one). Both fill the same.
+        let mut runs = vec![0u64; r.pages()];
+        let run_counters = r.walk_snapshot_runs(&mut runs).expect("walk");
+        assert_eq!(runs, pfns, "{layout:?}: batched and run walks agree");
+        assert_eq!(run_counters.pages_filled, counters.pages_filled);
         match layout {
-            Layout::Small => assert_eq!(counters.leaves, len / HUGE_2M, "one run per PTE table"),
-            Layout::Scattered => assert_eq!(counters.leaves, len / PAGE_SIZE, "one leaf per PTE"),
+            Layout::Small | Layout::Scattered | Layout::Zapped | Layout::Sparse => {
+                assert_eq!(
+                    counters.leaves,
+                    len / PAGE_SIZE,
+                    "{layout:?}: a leaf per PTE"
+                );
+            }
+            _ => assert_eq!(run_counters.leaves, counters.leaves, "{layout:?}"),
+        }
+        match layout {
+            Layout::Small => assert_eq!(run_counters.leaves, len / HUGE_2M, "a run per table"),
+            Layout::Scattered => assert_eq!(run_counters.leaves, len / PAGE_SIZE, "a run per PTE"),
             _ => {}
         }
         let mut pfns2 = vec![0u64; r.pages()];

@@ -31,8 +31,8 @@ use backend_sim::userfaultfd::{CopyMode, Features, UffdCtx, UffdMsg};
 use backend_sim::{Errno, Machine};
 use hmm_core::{
     range_fault_owning_lock, Env, Error, FaultFlags, FaultHandler, FaultOutcome, HmmPfn,
-    IntervalNotifier, Leaf, MmView, MmapLock, Options, PfnFlags, Policy, Range, Stats, Vma,
-    PAGE_SIZE,
+    IntervalNotifier, Leaf, LeafSink, MmView, MmapLock, Options, PfnFlags, Policy, Range, Stats,
+    Vma, PAGE_SIZE,
 };
 
 use crate::sim::RW;
@@ -241,6 +241,18 @@ impl MmView for TimedGuard<'_> {
         F: FnMut(u64, u64, Leaf) -> ControlFlow<()>,
     {
         self.g.walk_leaves(vma, start, end, f);
+        self.stop_timer();
+    }
+
+    fn walk_batched<S: LeafSink>(&self, vma: &Vma<'_>, start: u64, end: u64, sink: &mut S) {
+        self.g.walk_batched(vma, start, end, sink);
+        self.stop_timer();
+    }
+}
+
+impl TimedGuard<'_> {
+    /// End the pass started by the first `find_vma` and record its time.
+    fn stop_timer(&self) {
         if let Some(t) = self.t0.take() {
             let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
             self.owner.walk_ns.set(self.owner.walk_ns.get() + ns);

@@ -142,7 +142,7 @@ pub use error::Error;
 pub use fault::{FaultFlags, FaultHandler, FaultOutcome, VmFaultError};
 pub use host::{Env, Host};
 pub use leaf::{Leaf, Present};
-pub use mm::{MmView, MmapLock, TASK_SIZE};
+pub use mm::{LeafSink, MmView, MmapLock, PteFormat, TASK_SIZE};
 pub use need::{NeedFault, Request};
 pub use notifier::IntervalNotifier;
 pub use pfn::{HmmPfn, PfnFlags, PAGE_SHIFT, PAGE_SIZE, PMD_ORDER, PUD_ORDER};

@@ -56,4 +56,96 @@ pub trait MmView {
     fn walk_leaves<F>(&self, vma: &Vma<'_>, start: u64, end: u64, f: F)
     where
         F: FnMut(u64, u64, Leaf) -> ControlFlow<()>;
+
+    /// Report `[start, end)` inside `vma` to `sink`, in address order and
+    /// without gaps, as [`walk_leaves`](MmView::walk_leaves) does, but
+    /// free to hand over a PTE table's words in one call
+    /// ([`LeafSink::ptes`]) instead of a leaf per PTE. Stop as soon as the
+    /// sink returns [`ControlFlow::Break`]. The walker calls this method;
+    /// the default reports every span through [`LeafSink::leaf`].
+    fn walk_batched<S: LeafSink>(&self, vma: &Vma<'_>, start: u64, end: u64, sink: &mut S) {
+        self.walk_leaves(vma, start, end, |a, b, leaf| sink.leaf(a, b, leaf));
+    }
+}
+
+/// How a backend's PTEs read: the classifier of the walker's per-PTE fast
+/// path ([`LeafSink::ptes`]).
+///
+/// A backend that stores its page tables as words of its own format hands
+/// the walker a slice of them and this classifier; the walker keeps its
+/// per-page state in registers and calls [`PteFormat::read`] and
+/// [`PteFormat::plain`] inline for each entry, asking [`PteFormat::leaf`]
+/// only for the others.
+///
+/// ```
+/// use hmm_core::{HmmPfn, Leaf, PfnFlags, Present, PteFormat};
+///
+/// /// PTEs as plain words: bit 0 present, bit 1 writable, PFN above bit 12.
+/// struct Words;
+///
+/// impl PteFormat for Words {
+///     type Pte = u64;
+///     fn read(&self, pte: &u64) -> u64 {
+///         *pte
+///     }
+///     fn plain(&self, w: u64) -> Option<u64> {
+///         match w {
+///             0 => Some(0),
+///             // The write bit moves to `PfnFlags::WRITE` (bit 62).
+///             _ if w & 1 != 0 => Some((w >> 12) | ((w & 2) << 61) | PfnFlags::VALID.bits()),
+///             _ => None,
+///         }
+///     }
+///     fn leaf(&self, w: u64) -> Leaf {
+///         match self.plain(w) {
+///             Some(0) | None => Leaf::Hole,
+///             Some(out) => Leaf::Present(Present {
+///                 pfn: HmmPfn(out).pfn(),
+///                 write: HmmPfn(out).is_writable(),
+///                 ..Present::default()
+///             }),
+///         }
+///     }
+/// }
+///
+/// assert_eq!(Words.plain(0x1234_003), Some(0x1234 | (1 << 62) | (1 << 63)));
+/// assert_eq!(Words.plain(0), Some(0));
+/// assert_eq!(Words.plain(0x1234_000), None);
+/// ```
+pub trait PteFormat {
+    /// One PTE as the backend stores it (`u64`, `AtomicU64`, ...).
+    type Pte;
+
+    /// Read one PTE (a relaxed load, as the kernel's `ptep_get`).
+    fn read(&self, pte: &Self::Pte) -> u64;
+
+    /// The walker's output for an ordinary PTE, whose need is
+    /// [`Request::need_fault`](super::need::Request::need_fault) of the
+    /// output word: `Some(pfn | VALID [| WRITE])` for a present PTE that is
+    /// not `PROT_NONE` and not special (the zero page may be answered
+    /// either way: its output is the same), `Some(0)` for a none PTE.
+    /// `None` for every other word. The walker keeps only the PFN, `VALID`
+    /// and `WRITE` bits of the answer.
+    ///
+    /// Answering `None` is always correct (the walker then uses
+    /// [`PteFormat::leaf`]); answering `Some` with another output than
+    /// `leaf` implies is a wrong output.
+    fn plain(&self, pte: u64) -> Option<u64>;
+
+    /// The leaf of one PTE word of any kind, as
+    /// [`MmView::walk_leaves`] would report that page alone.
+    fn leaf(&self, pte: u64) -> Leaf;
+}
+
+/// What a batched page-table walk reports to ([`MmView::walk_batched`]).
+/// The walker implements it.
+pub trait LeafSink {
+    /// One span `[start, end)`, as [`MmView::walk_leaves`] reports it.
+    fn leaf(&mut self, start: u64, end: u64, leaf: Leaf) -> ControlFlow<()>;
+
+    /// Consecutive PTEs from `start` on, one page each, in the backend's
+    /// `format`: the same as reporting each alone through
+    /// [`LeafSink::leaf`] as `format.leaf(format.read(pte))`, only faster.
+    /// A batch does not cross the end of the requested window.
+    fn ptes<F: PteFormat>(&mut self, start: u64, ptes: &[F::Pte], format: &F) -> ControlFlow<()>;
 }

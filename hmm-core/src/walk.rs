@@ -46,7 +46,7 @@ use core::ops::ControlFlow;
 
 use super::error::Error;
 use super::leaf::{Leaf, Present};
-use super::mm::MmView;
+use super::mm::{LeafSink, MmView, PteFormat};
 use super::need::{NeedFault, Request};
 use super::pfn::{HmmPfn, PfnFlags, PAGE_SIZE, PFN_MASK};
 use super::range::Range;
@@ -161,86 +161,188 @@ fn walk_vma<V: MmView + ?Sized, N: ?Sized>(
     end: u64,
     counters: &mut WalkCounters,
 ) -> Result<Option<WalkStop>, Error> {
-    let fast = !range.request.may_fault() && !vma.is_hugetlb();
-    let base = range.start;
-    let mut slow = SlowPath {
-        vma,
-        request: range.request,
-        owner: range.dev_private_owner,
-        counters: WalkCounters::default(),
-        result: Ok(None),
+    let request = range.request;
+    let mut sink = Sink {
+        pfns: &mut *range.pfns,
+        base: range.start,
+        end,
+        request,
+        snapshot: !request.may_fault() && !vma.is_hugetlb(),
+        ptes: !vma.is_hugetlb(),
+        cursor: start,
+        leaves: 0,
+        filled: 0,
+        slow: SlowPath {
+            vma,
+            request,
+            owner: range.dev_private_owner,
+            counters: WalkCounters::default(),
+            result: Ok(None),
+        },
     };
-    let pfns: &mut [u64] = &mut *range.pfns;
-    // The per-page state lives in locals whose address never escapes, so
-    // the compiler keeps it in registers across the stores into `pfns`
-    // once the backend's page-table loop inlines this closure.
-    let mut cursor = start;
-    let (mut leaves, mut filled) = (0u64, 0u64);
-    view.walk_leaves(vma, start, end, |a, b, leaf| {
+    view.walk_batched(vma, start, end, &mut sink);
+    // The caller's counters may start anywhere: they saturate.
+    counters.leaves = counters
+        .leaves
+        .saturating_add(sink.leaves.saturating_add(sink.slow.counters.leaves));
+    counters.pages_filled = counters
+        .pages_filled
+        .saturating_add(sink.filled.saturating_add(sink.slow.counters.pages_filled));
+    if matches!(sink.slow.result, Ok(None)) && sink.cursor != end {
+        // The backend stopped early without covering the window.
+        return Err(Error::Fault);
+    }
+    sink.slow.result
+}
+
+/// The walker's side of [`MmView::walk_batched`] over one VMA window
+/// `[cursor, end)`: ordinary present PTEs are filled inline, everything
+/// else goes to [`SlowPath`].
+struct Sink<'p, 'v, 'g> {
+    pfns: &'p mut [u64],
+    /// The range's first address (index 0 of `pfns`).
+    base: u64,
+    /// End of the window.
+    end: u64,
+    request: Request,
+    /// A snapshot (nothing may fault) outside hugetlb: present PTEs and
+    /// runs of them are filled without computing a need.
+    snapshot: bool,
+    /// Not hugetlb: PTE batches take the per-PTE fast path.
+    ptes: bool,
+    /// The next address a span must start at; `u64::MAX` once stopped.
+    cursor: u64,
+    /// Leaves and pages of the fast paths (the slow path keeps its own).
+    leaves: u64,
+    filled: u64,
+    slow: SlowPath<'v, 'g>,
+}
+
+impl LeafSink for Sink<'_, '_, '_> {
+    #[inline]
+    fn leaf(&mut self, a: u64, b: u64, leaf: Leaf) -> ControlFlow<()> {
         // Fast path: ordinary present PTEs (one or a run) in a snapshot.
         if let Leaf::Present(p) = leaf {
-            if fast
+            if self.snapshot
                 && p.order == 0
                 && !p.protnone
                 && !p.special
-                && a == cursor
+                && a == self.cursor
                 && b > a
-                && b <= end
+                && b <= self.end
                 && b & (PAGE_SIZE - 1) == 0
             {
                 let cpu = HmmPfn::cpu_flags(p.write, 0);
-                let i = range_index(base, a);
-                if b - a == PAGE_SIZE {
-                    // One PTE: the common case with scattered frames.
-                    if let Some(e) = pfns.get_mut(i) {
-                        *e = HmmPfn::sticky_update(*e, (p.pfn & PFN_MASK) | cpu);
-                        leaves += 1;
-                        filled += 1;
-                        cursor = b;
-                        return ControlFlow::Continue(());
-                    }
-                }
+                let i = range_index(self.base, a);
                 let n = range_index(a, b);
-                if let Some(entries) = pfns.get_mut(i..i.wrapping_add(n)) {
+                if let Some(entries) = self.pfns.get_mut(i..i.wrapping_add(n)) {
                     let mut pfn = p.pfn;
                     for e in entries.iter_mut() {
                         *e = HmmPfn::sticky_update(*e, (pfn & PFN_MASK) | cpu);
                         pfn = pfn.wrapping_add(1);
                     }
-                    leaves += 1;
-                    filled += n as u64;
-                    cursor = b;
+                    self.leaves = self.leaves.wrapping_add(1);
+                    self.filled = self.filled.wrapping_add(n as u64);
+                    self.cursor = b;
                     return ControlFlow::Continue(());
                 }
             }
         }
-        match slow.visit(pfns, base, cursor, end, a, b, leaf) {
+        match self
+            .slow
+            .visit(self.pfns, self.base, self.cursor, self.end, a, b, leaf)
+        {
             Some(next) => {
-                cursor = next;
+                self.cursor = next;
                 ControlFlow::Continue(())
             }
             None => {
                 // Stopped. A backend that calls again anyway must not write
                 // past the stop: no span can start at `u64::MAX` and end
-                // above it, so the fast path never matches again, and
+                // above it, so the fast paths never match again, and
                 // `visit` ignores every call once its result is set.
-                cursor = u64::MAX;
+                self.cursor = u64::MAX;
                 ControlFlow::Break(())
             }
         }
-    });
-    // The caller's counters may start anywhere: they saturate.
-    counters.leaves = counters
-        .leaves
-        .saturating_add(leaves.saturating_add(slow.counters.leaves));
-    counters.pages_filled = counters
-        .pages_filled
-        .saturating_add(filled.saturating_add(slow.counters.pages_filled));
-    if matches!(slow.result, Ok(None)) && cursor != end {
-        // The backend stopped early without covering the window.
-        return Err(Error::Fault);
     }
-    slow.result
+
+    #[inline]
+    fn ptes<F: PteFormat>(&mut self, start: u64, ptes: &[F::Pte], format: &F) -> ControlFlow<()> {
+        let mut rest = ptes;
+        let mut addr = start;
+        if self.ptes && addr == self.cursor {
+            let stop = range_index(self.base, self.end);
+            loop {
+                let i = range_index(self.base, addr);
+                let Some(out) = self.pfns.get_mut(i..stop) else {
+                    break;
+                };
+                let room = out.len();
+                let n = if self.snapshot {
+                    plain_ptes::<F, false>(out, rest, format, self.request)
+                } else {
+                    plain_ptes::<F, true>(out, rest, format, self.request)
+                };
+                self.leaves = self.leaves.wrapping_add(n as u64);
+                self.filled = self.filled.wrapping_add(n as u64);
+                addr = addr.wrapping_add((n as u64) << super::pfn::PAGE_SHIFT);
+                self.cursor = addr;
+                rest = rest.get(n..).unwrap_or(&[]);
+                let Some((pte, tail)) = rest.split_first() else {
+                    break;
+                };
+                if n == room {
+                    // The window is full and PTEs are left: checked below.
+                    break;
+                }
+                // Any other PTE, or a plain one that needs a fault: on its
+                // own, as if the backend had reported it alone.
+                let w = format.read(pte);
+                self.leaf(addr, addr.wrapping_add(PAGE_SIZE), format.leaf(w))?;
+                addr = addr.wrapping_add(PAGE_SIZE);
+                rest = tail;
+            }
+        }
+        // Hugetlb, a batch that does not start at the cursor, or PTEs left
+        // past the window's end: one leaf per PTE, which `visit` checks.
+        for pte in rest {
+            let Some(b) = addr.checked_add(PAGE_SIZE) else {
+                return self.leaf(addr, addr, Leaf::Bad);
+            };
+            self.leaf(addr, b, format.leaf(format.read(pte)))?;
+            addr = b;
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// Fill `out` from `ptes` while they are plain (present and ordinary, or
+/// none; see [`PteFormat::plain`]) and, when `FAULT`, need no fault under
+/// `request`; return how many were filled.
+/// The loop the batched interface exists for: one index, its state in
+/// registers.
+#[inline(always)]
+fn plain_ptes<F: PteFormat, const FAULT: bool>(
+    out: &mut [u64],
+    ptes: &[F::Pte],
+    format: &F,
+    request: Request,
+) -> usize {
+    const MASK: u64 = PFN_MASK | PfnFlags::VALID.bits() | PfnFlags::WRITE.bits();
+    let n = out.len().min(ptes.len());
+    let (out, ptes) = (&mut out[..n], &ptes[..n]);
+    for i in 0..n {
+        let Some(word) = format.plain(format.read(&ptes[i])) else {
+            return i;
+        };
+        let word = word & MASK;
+        if FAULT && !request.need_fault(out[i], word).is_empty() {
+            return i;
+        }
+        out[i] = HmmPfn::sticky_update(out[i], word);
+    }
+    n
 }
 
 /// Everything but the snapshot of ordinary present PTEs: out of line, so
