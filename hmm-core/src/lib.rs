@@ -17,7 +17,9 @@
 //!    Linux's `hmm_range.notifier`) and optionally a device-private owner.
 //! 2. The driver takes `seq = read_begin()` from the range's notifier,
 //!    then the mmap read lock ([`MmapLock::read_killable`]).
-//! 3. [`walk()`] inspects page tables through the guard's [`MmView`] and fills
+//! 3. [`walk()`] inspects page tables through the guard's [`MmView`] (leaf
+//!    by leaf, or a PTE table's words at a time through
+//!    [`MmView::walk_batched`] and a backend's [`PteFormat`]) and fills
 //!    entries until the range is done or a page needs a fault. It never
 //!    faults: it stops with [`WalkStop::NeedFault`] (or
 //!    [`WalkStop::WaitMigration`]), holding no page-table or hugetlb lock.

@@ -278,7 +278,6 @@ impl LeafSink for Sink<'_, '_, '_> {
                 let Some(out) = self.pfns.get_mut(i..stop) else {
                     break;
                 };
-                let room = out.len();
                 let n = if self.snapshot {
                     plain_ptes::<F, false>(out, rest, format, self.request)
                 } else {
@@ -292,12 +291,9 @@ impl LeafSink for Sink<'_, '_, '_> {
                 let Some((pte, tail)) = rest.split_first() else {
                     break;
                 };
-                if n == room {
-                    // The window is full and PTEs are left: checked below.
-                    break;
-                }
-                // Any other PTE, or a plain one that needs a fault: on its
-                // own, as if the backend had reported it alone.
+                // Any other PTE, a plain one that needs a fault, or one past
+                // the window's end: on its own, as if the backend had
+                // reported it alone (`visit` rejects one past the end).
                 let w = format.read(pte);
                 self.leaf(addr, addr.wrapping_add(PAGE_SIZE), format.leaf(w))?;
                 addr = addr.wrapping_add(PAGE_SIZE);

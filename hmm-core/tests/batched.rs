@@ -597,3 +597,86 @@ fn hugetlb_batches_take_the_per_pte_path() {
     }
     assert_eq!(c.pages_filled, pages as u64);
 }
+
+/// A format that counts the words it was asked to classify in full.
+struct Counting<'a> {
+    fmt: Fmt<'a>,
+    leaf_calls: std::cell::Cell<usize>,
+}
+
+impl PteFormat for Counting<'_> {
+    type Pte = u64;
+    fn read(&self, pte: &u64) -> u64 {
+        *pte
+    }
+    fn plain(&self, w: u64) -> Option<u64> {
+        self.fmt.plain(w)
+    }
+    fn leaf(&self, w: u64) -> Leaf {
+        self.leaf_calls.set(self.leaf_calls.get() + 1);
+        self.fmt.leaf(w)
+    }
+}
+
+/// One batch of `words` over a one-VMA range, through `Counting`.
+struct OneBatch<'a> {
+    words: Vec<u64>,
+    format: &'a Counting<'a>,
+}
+
+impl MmView for OneBatch<'_> {
+    fn find_vma(&self, _: u64) -> Option<Vma<'_>> {
+        Some(Vma::new(BASE, BASE + self.words.len() as u64 * PG, rw(), 0))
+    }
+    fn walk_leaves<F>(&self, _: &Vma<'_>, _: u64, _: u64, _: F)
+    where
+        F: FnMut(u64, u64, Leaf) -> ControlFlow<()>,
+    {
+        unreachable!("the walker asks for batches")
+    }
+    fn walk_batched<S: LeafSink>(&self, _: &Vma<'_>, start: u64, _: u64, sink: &mut S) {
+        let _ = sink.ptes(start, &self.words, self.format);
+    }
+}
+
+#[test]
+fn only_words_that_are_not_plain_are_classified_in_full() {
+    // The fast path is the contract of `PteFormat`: `leaf` is asked only
+    // for the words `plain` refused, or a plain one that needs a fault.
+    let mut words = plain_words(300, 0x100);
+    words[100] = 0; // none: plain too
+    words[200] = (0x900 << 12) | P | SPECIAL;
+    words[250] = (1 << 12) | OTHER; // migration
+    for (req, words, classified) in [
+        (Request::new(0, 0), words.clone(), 2),
+        (Request::new(REQ, 0), plain_words(300, 0x100), 0),
+        (Request::new(REQ | REQ_W, 0), plain_words(300, 0x100), 0),
+        (Request::new(0, REQ | REQ_W), words.clone(), 2),
+    ] {
+        let format = Counting {
+            fmt: Fmt {
+                others: &OTHERS,
+                junk: 0,
+            },
+            leaf_calls: std::cell::Cell::new(0),
+        };
+        let view = OneBatch {
+            words,
+            format: &format,
+        };
+        let mut pfns = vec![0u64; 300];
+        let mut range = Range::new(BASE, BASE + 300 * PG, &mut pfns).with_request(req);
+        let mut c = WalkCounters::default();
+        let r = walk(&view, &mut range, BASE, &mut c);
+        // The migration entry is read as 0 in a snapshot.
+        assert_eq!(r, Ok(WalkStop::Done), "{req:?}");
+        assert_eq!(format.leaf_calls.get(), classified, "{req:?}");
+        assert_eq!(
+            c,
+            WalkCounters {
+                pages_filled: 300,
+                leaves: 300
+            }
+        );
+    }
+}
