@@ -17,7 +17,13 @@
 //!   it, be empty, unaligned or huge, and change from call to call; leaf
 //!   spans that may be out of order, overlapping, unaligned, outside the
 //!   requested window, too short, or keep coming after the walker said
-//!   stop; faults that claim to be done without changing anything, fail,
+//!   stop; PTE batches through `LeafSink::ptes`, mixed with those spans,
+//!   that may likewise start anywhere (at the cursor, over pages already
+//!   reported, below or above the window, a raw address), be empty or
+//!   longer than the window, keep coming after a `Break`, and be read with
+//!   a `PteFormat` ([`RawFormat`]) whose `plain` adds junk bits or answers
+//!   `Some` for words that are not plain, and whose `leaf` disagrees with
+//!   `plain`; faults that claim to be done without changing anything, fail,
 //!   drop the lock when they may not, or would block; notifiers, signals and
 //!   a clock that answer anything.
 //!
@@ -40,9 +46,9 @@ use std::ops::ControlFlow;
 
 use hmm_core::{
     range_fault, range_fault_may_unlock, range_fault_owning_lock, Clock, Env, Error, FaultFlags,
-    FaultHandler, FaultOutcome, IntervalNotifier, Leaf, MmView, MmapLock, Options, PfnFlags,
-    Policy, Present, Range, Request, Signals, Stats, VmFaultError, VmFlags, Vma, WalkCounters,
-    WalkStop, PAGE_SIZE, TASK_SIZE,
+    FaultHandler, FaultOutcome, IntervalNotifier, Leaf, LeafSink, MmView, MmapLock, Options,
+    PfnFlags, Policy, Present, PteFormat, Range, Request, Signals, Stats, VmFaultError, VmFlags,
+    Vma, WalkCounters, WalkStop, PAGE_SIZE, TASK_SIZE,
 };
 
 const V: u64 = PfnFlags::VALID.bits();
@@ -357,6 +363,13 @@ pub struct Log {
     pub would_block: bool,
     /// Pages reported as device-private of the range's owner.
     pub own_device_private: BTreeSet<u64>,
+    /// PTE batches handed to the walker (`LeafSink::ptes` calls), and the
+    /// words in them.
+    pub batches: u64,
+    /// Words in those batches.
+    pub batch_words: u64,
+    /// Spans and batches handed over after the walker answered `Break`.
+    pub after_break: u64,
 }
 
 /// The misbehaving environment: every trait of `hmm_core`, answering from a
@@ -564,21 +577,7 @@ impl MmView for RawGuard<'_, '_> {
         F: FnMut(u64, u64, Leaf) -> ControlFlow<()>,
     {
         let mm = self.mm;
-        let (ws, we) = mm.window;
-        if !start.is_multiple_of(PAGE_SIZE)
-            || !end.is_multiple_of(PAGE_SIZE)
-            || start >= end
-            || start < ws
-            || end > we
-            || start < vma.start()
-            || end > vma.end()
-        {
-            mm.violation(format!(
-                "walk_leaves({start:#x}, {end:#x}) outside window [{ws:#x}, {we:#x}) or VMA [{:#x}, {:#x})",
-                vma.start(),
-                vma.end()
-            ));
-        }
+        mm.check_walk_window(vma, start, end);
         let b = mm.call();
         let nspans = b.u8();
         let ignore_break = nspans & 0x80 != 0;
@@ -589,44 +588,317 @@ impl MmView for RawGuard<'_, '_> {
         };
         for _ in 0..count {
             mm.call();
-            let k = b.u8();
-            let (a, e) = match k % 16 {
-                0..=9 => {
-                    let e = match (k >> 4) % 6 {
-                        0 => cur.saturating_add(PAGE_SIZE),
-                        1 | 2 => end,
-                        3 => cur.saturating_add(PAGE_SIZE + mm.pages(b)),
-                        4 => (cur | ((PAGE_SIZE << 9) - 1)).saturating_add(1),
-                        _ => end.saturating_add(mm.pages(b)),
-                    };
-                    (cur, e)
-                }
-                10 => (cur.saturating_sub(PAGE_SIZE + mm.pages(b)), cur),
-                11 => (prev, cur),
-                12 => {
-                    let a = end.saturating_add(mm.pages(b));
-                    (a, a.saturating_add(PAGE_SIZE))
-                }
-                13 => (cur.saturating_add(u64::from(b.u16() % 4096)), end),
-                14 => (cur, cur.saturating_sub(mm.pages(b))),
-                _ => (b.u64(), b.u64()),
-            };
+            let (a, e) = mm.span(b, b.u8(), cur, prev, end);
             let leaf = mm.leaf(b);
-            if let (Leaf::DevicePrivate { owner, .. }, Some(o)) = (leaf, mm.owner) {
-                if owner == o {
-                    let mut log = mm.log.borrow_mut();
-                    let mut p = a.max(ws) & !(PAGE_SIZE - 1);
-                    while p < e.min(we) {
-                        log.own_device_private.insert(p);
-                        p += PAGE_SIZE;
-                    }
-                }
-            }
+            mm.note_leaf(a, e, leaf);
             if f(a, e, leaf).is_break() && !ignore_break {
                 return;
             }
             prev = a;
             cur = e;
+        }
+    }
+
+    /// A script of spans and PTE batches: one byte chooses between the
+    /// span-only script of [`walk_leaves`](MmView::walk_leaves) and a mixed
+    /// one, whose batches may start anywhere (at the cursor, over what was
+    /// reported, below or above the window, raw), be empty or longer than
+    /// the window, come after a `Break`, and be read with a [`RawFormat`]
+    /// that lies.
+    fn walk_batched<S: LeafSink>(&self, vma: &Vma<'_>, start: u64, end: u64, sink: &mut S) {
+        let mm = self.mm;
+        let b = mm.call();
+        let mode = b.u8();
+        if mode % 4 == 0 {
+            return self.walk_leaves(vma, start, end, |a, e, leaf| sink.leaf(a, e, leaf));
+        }
+        mm.check_walk_window(vma, start, end);
+        let fmt = RawFormat::read(mm, b);
+        let ignore_break = mode & 0x80 != 0;
+        let count = 1 + (mode >> 2) % 8;
+        let (mut cur, mut prev) = (start, start);
+        let mut words = Vec::new();
+        let mut broken = false;
+        for _ in 0..count {
+            mm.call();
+            if broken {
+                mm.log.borrow_mut().after_break += 1;
+            }
+            let k = b.u8();
+            let (a, e, flow) = if k & 1 == 0 {
+                let (a, e) = mm.span(b, k >> 1, cur, prev, end);
+                let leaf = mm.leaf(b);
+                mm.note_leaf(a, e, leaf);
+                (a, e, sink.leaf(a, e, leaf))
+            } else {
+                let a = match (k >> 1) % 8 {
+                    0..=3 => cur,
+                    // Over what was reported already.
+                    4 => prev,
+                    // Below the cursor, or below the window.
+                    5 => cur.saturating_sub(PAGE_SIZE + mm.pages(b)),
+                    // Above the window.
+                    6 => end.saturating_add(mm.pages(b)),
+                    _ => b.u64(),
+                };
+                let to_end = end.saturating_sub(a) / PAGE_SIZE;
+                let n = match (k >> 4) % 8 {
+                    0 => 0,
+                    1 => 1,
+                    2..=4 => to_end,
+                    // Longer than the window.
+                    5 => to_end + 1 + u64::from(b.u8()),
+                    6 => u64::from(b.u16() % 2048),
+                    _ => 1 + u64::from(b.u8() % 16),
+                };
+                let n = n.min(MAX_BATCH) as usize;
+                fmt.words(b, n, &mut words);
+                for (i, w) in words.iter().enumerate() {
+                    let p = a.wrapping_add(i as u64 * PAGE_SIZE);
+                    mm.note_leaf(p, p.saturating_add(PAGE_SIZE), fmt.leaf(fmt.read(w)));
+                }
+                let e = a.saturating_add(n as u64 * PAGE_SIZE);
+                let mut log = mm.log.borrow_mut();
+                log.batches += 1;
+                log.batch_words += n as u64;
+                drop(log);
+                (a, e, sink.ptes(a, &words, &fmt))
+            };
+            if flow.is_break() {
+                if !ignore_break {
+                    return;
+                }
+                broken = true;
+            }
+            prev = a;
+            cur = e;
+        }
+    }
+}
+
+/// Longest PTE batch the script hands over.
+const MAX_BATCH: u64 = 4096;
+
+impl RawMm<'_> {
+    /// The walker asked for `[start, end)` in `vma`: inside the window and
+    /// the VMA, page aligned, not empty.
+    fn check_walk_window(&self, vma: &Vma<'_>, start: u64, end: u64) {
+        let (ws, we) = self.window;
+        if !start.is_multiple_of(PAGE_SIZE)
+            || !end.is_multiple_of(PAGE_SIZE)
+            || start >= end
+            || start < ws
+            || end > we
+            || start < vma.start()
+            || end > vma.end()
+        {
+            self.violation(format!(
+                "walk_leaves({start:#x}, {end:#x}) outside window [{ws:#x}, {we:#x}) or VMA [{:#x}, {:#x})",
+                vma.start(),
+                vma.end()
+            ));
+        }
+    }
+
+    /// A span chosen by `k`: from the cursor `cur` (one page, to the end,
+    /// a few pages, to a 2 MiB boundary, past the end), below it, the last
+    /// span again, past the end, unaligned, backwards, or raw.
+    fn span(&self, b: &Bytes<'_>, k: u8, cur: u64, prev: u64, end: u64) -> (u64, u64) {
+        match k % 16 {
+            0..=9 => {
+                let e = match (k >> 4) % 6 {
+                    0 => cur.saturating_add(PAGE_SIZE),
+                    1 | 2 => end,
+                    3 => cur.saturating_add(PAGE_SIZE + self.pages(b)),
+                    4 => (cur | ((PAGE_SIZE << 9) - 1)).saturating_add(1),
+                    _ => end.saturating_add(self.pages(b)),
+                };
+                (cur, e)
+            }
+            10 => (cur.saturating_sub(PAGE_SIZE + self.pages(b)), cur),
+            11 => (prev, cur),
+            12 => {
+                let a = end.saturating_add(self.pages(b));
+                (a, a.saturating_add(PAGE_SIZE))
+            }
+            13 => (cur.saturating_add(u64::from(b.u16() % 4096)), end),
+            14 => (cur, cur.saturating_sub(self.pages(b))),
+            _ => (b.u64(), b.u64()),
+        }
+    }
+
+    /// Remember the window's pages that `[a, e)` reports as device-private
+    /// memory of the range's owner (reported as is, never faulted).
+    fn note_leaf(&self, a: u64, e: u64, leaf: Leaf) {
+        let (ws, we) = self.window;
+        if let (Leaf::DevicePrivate { owner, .. }, Some(o)) = (leaf, self.owner) {
+            if owner == o {
+                let mut log = self.log.borrow_mut();
+                let mut p = a.max(ws) & !(PAGE_SIZE - 1);
+                while p < e.min(we) {
+                    log.own_device_private.insert(p);
+                    p += PAGE_SIZE;
+                }
+            }
+        }
+    }
+}
+
+/// How [`RawFormat::plain`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PlainMode {
+    /// As the format says: `Some` for none and ordinary present words.
+    Honest,
+    /// Honest, plus junk bits in every answer.
+    Junk,
+    /// `Some` for every word (junk bits, non-plain words included).
+    Lies,
+    /// `None` for every word (always correct).
+    Never,
+}
+
+/// How [`RawFormat::leaf`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeafMode {
+    /// As the format says.
+    Honest,
+    /// A side-table leaf for every word, whatever `plain` said.
+    Table,
+    /// A present PTE with the other write bit, a hole for a present word.
+    Flipped,
+}
+
+/// The PTE format of the raw script's batches: 0 is a none PTE; bit 0 a
+/// present PTE (bit 1 writable, bit 2 `PROT_NONE`, bit 3 special, bit 4
+/// the zero page, the PFN from bit 12); any other word is
+/// `others[(word >> 1) % 4]`, a leaf of any kind, order and owner. `plain`
+/// and `leaf` may disagree with this and with each other.
+#[derive(Debug)]
+pub struct RawFormat {
+    plain: PlainMode,
+    leaf: LeafMode,
+    junk: u64,
+    others: [Leaf; 4],
+}
+
+impl RawFormat {
+    fn read(mm: &RawMm<'_>, b: &Bytes<'_>) -> Self {
+        let sel = b.u8();
+        let plain = match sel % 8 {
+            0..=3 => PlainMode::Honest,
+            4 => PlainMode::Junk,
+            5 | 6 => PlainMode::Lies,
+            _ => PlainMode::Never,
+        };
+        let leaf = match (sel >> 3) % 4 {
+            0 | 1 => LeafMode::Honest,
+            2 => LeafMode::Table,
+            _ => LeafMode::Flipped,
+        };
+        let junk = match plain {
+            PlainMode::Junk | PlainMode::Lies => match (sel >> 5) % 4 {
+                0 => PfnFlags::ERROR.bits(),
+                1 => STICKY | (9 << 56),
+                _ => b.u64(),
+            },
+            _ => 0,
+        };
+        let others = core::array::from_fn(|_| mm.leaf(b));
+        RawFormat {
+            plain,
+            leaf,
+            junk,
+            others,
+        }
+    }
+
+    /// `n` words into `out`: a few words from the script, repeated, the
+    /// PFN of present ones advancing by one page per repetition if the
+    /// script says so.
+    fn words(&self, b: &Bytes<'_>, n: usize, out: &mut Vec<u64>) {
+        out.clear();
+        let sel = b.u8();
+        let distinct = 1 + usize::from(sel % 4);
+        let step = sel & 4 != 0;
+        let base: Vec<u64> = (0..distinct)
+            .map(|_| {
+                let k = b.u8();
+                match k % 8 {
+                    0 | 1 => 0,
+                    // Present; mostly ordinary (writable or not).
+                    2..=4 => {
+                        let bits = if k & 0x80 != 0 { k >> 3 } else { k >> 3 & 2 };
+                        (u64::from(b.u16()) << 12) | u64::from(bits) & 0x1f | 1
+                    }
+                    5 => u64::from(k) << 1 & 0x1e,
+                    6 => (b.u64() & !0x1f) | u64::from(k >> 3) & 0x1f,
+                    _ => b.u64(),
+                }
+            })
+            .collect();
+        out.extend((0..n).map(|i| {
+            let w = base[i % distinct];
+            if step && w & 1 != 0 {
+                w.wrapping_add(((i / distinct) as u64) << 12)
+            } else {
+                w
+            }
+        }));
+    }
+
+    fn honest_leaf(&self, w: u64) -> Leaf {
+        if w == 0 {
+            return Leaf::Hole;
+        }
+        if w & 1 == 0 {
+            return self.others[((w >> 1) % 4) as usize];
+        }
+        Leaf::Present(Present {
+            pfn: w >> 12,
+            order: 0,
+            write: w & 2 != 0,
+            protnone: w & 4 != 0,
+            special: w & 8 != 0,
+            zero: w & 16 != 0,
+        })
+    }
+}
+
+impl PteFormat for RawFormat {
+    type Pte = u64;
+
+    fn read(&self, pte: &u64) -> u64 {
+        *pte
+    }
+
+    fn plain(&self, w: u64) -> Option<u64> {
+        let honest = || {
+            if w == 0 {
+                return Some(0);
+            }
+            let plain = w & 1 != 0 && w & 4 == 0 && (w & 8 == 0 || w & 16 != 0);
+            plain.then(|| (w >> 12) | V | if w & 2 != 0 { W } else { 0 })
+        };
+        match self.plain {
+            PlainMode::Honest => honest(),
+            PlainMode::Junk => honest().map(|x| x | self.junk),
+            PlainMode::Lies => Some(honest().unwrap_or(w) ^ self.junk),
+            PlainMode::Never => None,
+        }
+    }
+
+    fn leaf(&self, w: u64) -> Leaf {
+        match self.leaf {
+            LeafMode::Honest => self.honest_leaf(w),
+            LeafMode::Table => self.others[(w % 4) as usize],
+            LeafMode::Flipped => match self.honest_leaf(w) {
+                Leaf::Present(p) if w & 8 == 0 => Leaf::Present(Present {
+                    write: !p.write,
+                    ..p
+                }),
+                Leaf::Present(_) => Leaf::Hole,
+                other => other,
+            },
         }
     }
 }
@@ -805,6 +1077,18 @@ fn violations(log: &Log) -> Result<(), String> {
 
 /// Run [`hmm_core::walk()`] on a raw case and check its contract.
 pub fn check_walk(data: &[u8]) -> Result<Outcome, String> {
+    check_walk_logged(data).0
+}
+
+/// [`check_walk`], also returning the PTE batches the environment handed
+/// over: batches, their words, and spans or batches after a `Break`.
+pub fn check_walk_logged(data: &[u8]) -> (Result<Outcome, String>, (u64, u64, u64)) {
+    let mut batches = (0, 0, 0);
+    let out = check_walk_inner(data, &mut batches);
+    (out, batches)
+}
+
+fn check_walk_inner(data: &[u8], batches: &mut (u64, u64, u64)) -> Result<Outcome, String> {
     let b = Bytes::new(data);
     let q = RawRequest::read(&b);
     let mm = RawMm::new(b.rest(), (q.start, q.end), q.owner, q.limit);
@@ -821,6 +1105,7 @@ pub fn check_walk(data: &[u8]) -> Result<Outcome, String> {
         hmm_core::walk(&g, &mut range, q.from, &mut c)
     };
     let log = mm.log.borrow();
+    *batches = (log.batches, log.batch_words, log.after_break);
     common_checks(&q, &before, &buf)?;
     if c.pages_filled < c0.pages_filled || c.leaves < c0.leaves {
         return Err(format!("counters went backwards: {c0:?} -> {c:?}"));

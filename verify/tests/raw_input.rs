@@ -3,6 +3,8 @@
 //! (no panic, no hang, the documented errno, nothing written outside the
 //! range, sticky bits kept, partial output, saturating counters).
 //! `HMM_VERIFY_CASES` sets the number of cases (default 3000 per target).
+//! The environment answers the walker's `walk_batched` with spans and
+//! hostile PTE batches mixed (see `hmm_verify::raw`).
 
 mod common;
 
@@ -26,4 +28,56 @@ proptest! {
             prop_assert!(false, "{e}\ninput: {data:?}");
         }
     }
+}
+
+/// Random inputs reach the batched script's cases: batches that fill
+/// pages, that are refused, and batches after a `Break`; and every walk
+/// outcome.
+#[test]
+fn raw_walk_reaches_the_batch_path() {
+    use std::collections::BTreeMap;
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut outcomes: BTreeMap<String, u32> = BTreeMap::new();
+    let (mut batches, mut words, mut after_break) = (0, 0, 0);
+    for _ in 0..4000 {
+        let len = (next() % 256) as usize;
+        let mut data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        // A near-valid range most of the time: shape not 0 mod 8, a
+        // plain base, a small window, the default limit.
+        if data.len() > 4 {
+            data[0] |= 1;
+            data[0] &= 0x3f;
+            data[1] = 11;
+        }
+        let (out, log) = hmm_verify::raw::check_walk_logged(&data);
+        let out = out.unwrap_or_else(|e| panic!("{e}\ninput: {data:?}"));
+        let key = if log.0 > 0 {
+            format!("{out} (batches)")
+        } else {
+            out
+        };
+        *outcomes.entry(key).or_default() += 1;
+        batches += log.0;
+        words += log.1;
+        after_break += log.2;
+    }
+    println!(
+        "raw walk: {outcomes:?}; {batches} batches, {words} words, {after_break} after a Break"
+    );
+    // Random bytes rarely cover a whole window with batches (the fuzzer
+    // does, guided by coverage); a few of these cases do.
+    for (o, n) in [("done", 5), ("need-fault", 20), ("efault", 20)] {
+        let o = format!("{o} (batches)");
+        assert!(
+            outcomes.get(&o).copied().unwrap_or(0) >= n,
+            "{o}: {outcomes:?}"
+        );
+    }
+    assert!(batches >= 300 && words >= 10_000 && after_break >= 100);
 }
