@@ -609,7 +609,7 @@ impl MmView for RawGuard<'_, '_> {
         let mm = self.mm;
         let b = mm.call();
         let mode = b.u8();
-        if mode % 4 == 0 {
+        if mode.is_multiple_of(4) {
             return self.walk_leaves(vma, start, end, |a, e, leaf| sink.leaf(a, e, leaf));
         }
         mm.check_walk_window(vma, start, end);
@@ -877,7 +877,7 @@ impl PteFormat for RawFormat {
                 return Some(0);
             }
             let plain = w & 1 != 0 && w & 4 == 0 && (w & 8 == 0 || w & 16 != 0);
-            plain.then(|| (w >> 12) | V | if w & 2 != 0 { W } else { 0 })
+            plain.then_some((w >> 12) | V | if w & 2 != 0 { W } else { 0 })
         };
         match self.plain {
             PlainMode::Honest => honest(),
