@@ -81,3 +81,46 @@ fn raw_walk_reaches_the_batch_path() {
     }
     assert!(batches >= 300 && words >= 10_000 && after_break >= 100);
 }
+
+/// The committed seeds of the raw fuzz targets keep their contract; the
+/// `raw_walk` seeds found by fuzzing the batched script (seed-8 on) reach
+/// every walk outcome through PTE batches.
+#[test]
+fn fuzz_seeds() {
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    let read = |target: &str| {
+        let mut seeds: Vec<_> = std::fs::read_dir(corpus.join(target))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        seeds.sort();
+        seeds
+            .into_iter()
+            .map(|p| {
+                (
+                    p.file_name().unwrap().to_string_lossy().into_owned(),
+                    std::fs::read(p).unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut batched = std::collections::BTreeSet::new();
+    for (name, data) in read("raw_walk") {
+        let (out, (batches, _, _)) = hmm_verify::raw::check_walk_logged(&data);
+        let out = out.unwrap_or_else(|e| panic!("raw_walk {name}: {e}"));
+        if batches > 0 {
+            batched.insert(out);
+        }
+    }
+    for o in ["done", "need-fault", "wait-migration", "efault", "eperm"] {
+        assert!(
+            batched.contains(o),
+            "no seed reaches {o} through batches: {batched:?}"
+        );
+    }
+    for (name, data) in read("raw_driver") {
+        if let Err(e) = check_driver(&data) {
+            panic!("raw_driver {name}: {e}");
+        }
+    }
+}
