@@ -386,8 +386,8 @@ impl MmView for ModelGuard<'_> {
         };
         let hugetlb = v.flags.contains(VmFlags::HUGETLB);
         let mut rng = SplitMix(seed ^ start.rotate_left(23));
-        // 0: whole tables (clipped to the window); otherwise random splits
-        // and some PTEs alone.
+        // A third of the walks hand whole tables (clipped to the window);
+        // the others split batches at random and report some PTEs alone.
         let whole_tables = rng.below(3) == 0;
         let plain = match rng.below(8) {
             0 => PlainAnswers::Never,

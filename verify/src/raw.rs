@@ -655,7 +655,10 @@ impl MmView for RawGuard<'_, '_> {
                 fmt.words(b, n, &mut words);
                 for (i, w) in words.iter().enumerate() {
                     let p = a.wrapping_add(i as u64 * PAGE_SIZE);
-                    mm.note_leaf(p, p.saturating_add(PAGE_SIZE), fmt.leaf(fmt.read(w)));
+                    // Either value a racing word reads as.
+                    for w in [w.get(), w.get() ^ fmt.racy] {
+                        mm.note_leaf(p, p.saturating_add(PAGE_SIZE), fmt.leaf(w));
+                    }
                 }
                 let e = a.saturating_add(n as u64 * PAGE_SIZE);
                 let mut log = mm.log.borrow_mut();
@@ -772,12 +775,15 @@ enum LeafMode {
 /// present PTE (bit 1 writable, bit 2 `PROT_NONE`, bit 3 special, bit 4
 /// the zero page, the PFN from bit 12); any other word is
 /// `others[(word >> 1) % 4]`, a leaf of any kind, order and owner. `plain`
-/// and `leaf` may disagree with this and with each other.
+/// and `leaf` may disagree with this and with each other, and a word may
+/// race: each read flips the bits of `racy` (a PTE changing under a
+/// lockless walk, read once for `plain` and again for `leaf`).
 #[derive(Debug)]
 pub struct RawFormat {
     plain: PlainMode,
     leaf: LeafMode,
     junk: u64,
+    racy: u64,
     others: [Leaf; 4],
 }
 
@@ -803,11 +809,24 @@ impl RawFormat {
             },
             _ => 0,
         };
+        let racy = if sel & 0x80 != 0 {
+            match b.u8() % 4 {
+                // Writable or not; present or none.
+                0 => 2,
+                1 => 1,
+                // Ordinary or special.
+                2 => 8,
+                _ => b.u64(),
+            }
+        } else {
+            0
+        };
         let others = core::array::from_fn(|_| mm.leaf(b));
         RawFormat {
             plain,
             leaf,
             junk,
+            racy,
             others,
         }
     }
@@ -815,7 +834,7 @@ impl RawFormat {
     /// `n` words into `out`: a few words from the script, repeated, the
     /// PFN of present ones advancing by one page per repetition if the
     /// script says so.
-    fn words(&self, b: &Bytes<'_>, n: usize, out: &mut Vec<u64>) {
+    fn words(&self, b: &Bytes<'_>, n: usize, out: &mut Vec<Cell<u64>>) {
         out.clear();
         let sel = b.u8();
         let distinct = 1 + usize::from(sel % 4);
@@ -838,11 +857,11 @@ impl RawFormat {
             .collect();
         out.extend((0..n).map(|i| {
             let w = base[i % distinct];
-            if step && w & 1 != 0 {
+            Cell::new(if step && w & 1 != 0 {
                 w.wrapping_add(((i / distinct) as u64) << 12)
             } else {
                 w
-            }
+            })
         }));
     }
 
@@ -865,10 +884,12 @@ impl RawFormat {
 }
 
 impl PteFormat for RawFormat {
-    type Pte = u64;
+    type Pte = Cell<u64>;
 
-    fn read(&self, pte: &u64) -> u64 {
-        *pte
+    fn read(&self, pte: &Cell<u64>) -> u64 {
+        let w = pte.get();
+        pte.set(w ^ self.racy);
+        w
     }
 
     fn plain(&self, w: u64) -> Option<u64> {
