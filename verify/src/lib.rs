@@ -2,7 +2,7 @@
 //!
 //! Three independent checks of the `hmm_core` contracts:
 //!
-//! * **A reference model of the walk** ([`reference`]): Linux's output rules
+//! * **A reference model of the walk** ([`reference`](mod@reference)): Linux's output rules
 //!   restated page by page, over a plain-data address space ([`space`]) that
 //!   a separate [`MmView`](hmm_core::MmView) implementation ([`model_mm`])
 //!   exposes to `hmm_core`. Property tests (`tests/walk_reference.rs`,

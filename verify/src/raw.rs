@@ -37,8 +37,14 @@
 //! the array); the sticky DMA bits of every entry kept; the partial-output
 //! contract at a walk stop; every requested entry `VALID` (and `WRITE`) on
 //! success; the lock held on return exactly as the entry point promises;
-//! `TRIED` on exactly the retries; the fault flags of the mode; and counters
-//! that saturate instead of overflowing, with exact counts otherwise.
+//! `TRIED` on exactly the retries; the fault flags of the mode; counters
+//! that saturate instead of overflowing, with exact counts otherwise; and
+//! (tracked by the environment while the walker has taken every item whole,
+//! see [`Refusal`]) a span or batch that does not start at the walker's
+//! cursor, or reaches past the window, answered with `Break`, never
+//! `Continue`; for the walk, `-EFAULT` then and nothing written from the
+//! cursor on (for a batch that starts at the cursor: from the window's end
+//! on, and any stop inside the window instead of `-EFAULT`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
@@ -370,6 +376,99 @@ pub struct Log {
     pub batch_words: u64,
     /// Spans and batches handed over after the walker answered `Break`.
     pub after_break: u64,
+    /// The first span or batch the walker had to refuse.
+    pub refusal: Option<Refusal>,
+}
+
+/// A span or batch the walker must refuse: one that does not start at its
+/// cursor, is empty, unaligned or reaches past the window (a batch that
+/// starts at the cursor is taken up to the window's end first).
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// The item, for messages.
+    pub what: String,
+    /// The walker's cursor when it came.
+    pub cursor: u64,
+    /// Entries from here on must stay untouched.
+    pub writable_to: u64,
+    /// The walk must end in `-EFAULT` (otherwise: anything but `Done`, as
+    /// a batch taken up to the window's end may stop legitimately first).
+    pub exact: bool,
+}
+
+/// One item of a page-table script, for [`Expect`].
+#[derive(Debug, Clone, Copy)]
+enum Item {
+    /// A span `[a, e)` through `LeafSink::leaf` (or `walk_leaves`).
+    Span(u64, u64),
+    /// `n` PTE words from `a` through `LeafSink::ptes`.
+    Batch(u64, u64),
+}
+
+/// The walker's cursor as the script sees it, while every item so far was
+/// taken whole: which items the walker must refuse, and that it does.
+struct Expect {
+    cursor: Option<u64>,
+    end: u64,
+}
+
+impl Expect {
+    fn new(start: u64, end: u64) -> Self {
+        Expect {
+            cursor: Some(start),
+            end,
+        }
+    }
+
+    /// The refusal `item` calls for, if the walker still has a cursor.
+    fn refusal(&self, item: Item) -> Option<Refusal> {
+        let cur = self.cursor?;
+        let what = format!("{item:x?} at cursor {cur:#x}, window end {:#x}", self.end);
+        let refuse = |writable_to, exact| {
+            Some(Refusal {
+                what: what.clone(),
+                cursor: cur,
+                writable_to,
+                exact,
+            })
+        };
+        match item {
+            Item::Span(a, e) => {
+                if a != cur || e <= a || e > self.end || !e.is_multiple_of(PAGE_SIZE) {
+                    return refuse(cur, true);
+                }
+                None
+            }
+            Item::Batch(_, 0) => None,
+            Item::Batch(a, _) if a != cur => refuse(cur, true),
+            Item::Batch(_, n) => {
+                if n > self.end.saturating_sub(cur) / PAGE_SIZE {
+                    return refuse(self.end, false);
+                }
+                None
+            }
+        }
+    }
+
+    /// The walker answered `flow` to `item`.
+    fn after(&mut self, mm: &RawMm<'_>, item: Item, flow: ControlFlow<()>) {
+        let Some(cur) = self.cursor else {
+            return;
+        };
+        if let Some(r) = self.refusal(item) {
+            if flow.is_continue() {
+                mm.violation(format!("the walker took {}", r.what));
+            }
+            mm.log.borrow_mut().refusal.get_or_insert(r);
+            self.cursor = None;
+            return;
+        }
+        self.cursor = match (flow, item) {
+            (ControlFlow::Break(()), _) => None,
+            (_, Item::Span(_, e)) => Some(e),
+            (_, Item::Batch(a, n)) => Some(if n == 0 { cur } else { a + n * PAGE_SIZE }),
+        };
+    }
 }
 
 /// The misbehaving environment: every trait of `hmm_core`, answering from a
@@ -582,6 +681,7 @@ impl MmView for RawGuard<'_, '_> {
         let nspans = b.u8();
         let ignore_break = nspans & 0x80 != 0;
         let (mut cur, mut prev) = (start, start);
+        let mut expect = Expect::new(start, end);
         let count = match nspans & 0x7f {
             0 => 0,
             n => 1 + n % 8,
@@ -591,7 +691,9 @@ impl MmView for RawGuard<'_, '_> {
             let (a, e) = mm.span(b, b.u8(), cur, prev, end);
             let leaf = mm.leaf(b);
             mm.note_leaf(a, e, leaf);
-            if f(a, e, leaf).is_break() && !ignore_break {
+            let flow = f(a, e, leaf);
+            expect.after(mm, Item::Span(a, e), flow);
+            if flow.is_break() && !ignore_break {
                 return;
             }
             prev = a;
@@ -619,6 +721,7 @@ impl MmView for RawGuard<'_, '_> {
         let (mut cur, mut prev) = (start, start);
         let mut words = Vec::new();
         let mut broken = false;
+        let mut expect = Expect::new(start, end);
         for _ in 0..count {
             mm.call();
             if broken {
@@ -629,10 +732,14 @@ impl MmView for RawGuard<'_, '_> {
                 let (a, e) = mm.span(b, k >> 1, cur, prev, end);
                 let leaf = mm.leaf(b);
                 mm.note_leaf(a, e, leaf);
-                (a, e, sink.leaf(a, e, leaf))
+                let flow = sink.leaf(a, e, leaf);
+                expect.after(mm, Item::Span(a, e), flow);
+                (a, e, flow)
             } else {
                 let a = match (k >> 1) % 8 {
-                    0..=3 => cur,
+                    0..=2 => cur,
+                    // Above the cursor: a gap inside the window.
+                    3 => cur.saturating_add(PAGE_SIZE * (1 + u64::from(b.u8() % 8))),
                     // Over what was reported already.
                     4 => prev,
                     // Below the cursor, or below the window.
@@ -665,7 +772,9 @@ impl MmView for RawGuard<'_, '_> {
                 log.batches += 1;
                 log.batch_words += n as u64;
                 drop(log);
-                (a, e, sink.ptes(a, &words, &fmt))
+                let flow = sink.ptes(a, &words, &fmt);
+                expect.after(mm, Item::Batch(a, n as u64), flow);
+                (a, e, flow)
             };
             if flow.is_break() {
                 if !ignore_break {
@@ -1101,15 +1210,28 @@ pub fn check_walk(data: &[u8]) -> Result<Outcome, String> {
     check_walk_logged(data).0
 }
 
-/// [`check_walk`], also returning the PTE batches the environment handed
-/// over: batches, their words, and spans or batches after a `Break`.
-pub fn check_walk_logged(data: &[u8]) -> (Result<Outcome, String>, (u64, u64, u64)) {
-    let mut batches = (0, 0, 0);
-    let out = check_walk_inner(data, &mut batches);
-    (out, batches)
+/// What the environment's page-table script handed the walker in one
+/// case of [`check_walk_logged`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScriptStats {
+    /// PTE batches (`LeafSink::ptes` calls).
+    pub batches: u64,
+    /// Words in them.
+    pub words: u64,
+    /// Spans and batches after the walker answered `Break`.
+    pub after_break: u64,
+    /// Whether the walker had to refuse a span or batch (and did).
+    pub refused: bool,
 }
 
-fn check_walk_inner(data: &[u8], batches: &mut (u64, u64, u64)) -> Result<Outcome, String> {
+/// [`check_walk`], also returning what the page-table script handed over.
+pub fn check_walk_logged(data: &[u8]) -> (Result<Outcome, String>, ScriptStats) {
+    let mut stats = ScriptStats::default();
+    let out = check_walk_inner(data, &mut stats);
+    (out, stats)
+}
+
+fn check_walk_inner(data: &[u8], stats: &mut ScriptStats) -> Result<Outcome, String> {
     let b = Bytes::new(data);
     let q = RawRequest::read(&b);
     let mm = RawMm::new(b.rest(), (q.start, q.end), q.owner, q.limit);
@@ -1126,7 +1248,12 @@ fn check_walk_inner(data: &[u8], batches: &mut (u64, u64, u64)) -> Result<Outcom
         hmm_core::walk(&g, &mut range, q.from, &mut c)
     };
     let log = mm.log.borrow();
-    *batches = (log.batches, log.batch_words, log.after_break);
+    *stats = ScriptStats {
+        batches: log.batches,
+        words: log.batch_words,
+        after_break: log.after_break,
+        refused: log.refusal.is_some(),
+    };
     common_checks(&q, &before, &buf)?;
     if c.pages_filled < c0.pages_filled || c.leaves < c0.leaves {
         return Err(format!("counters went backwards: {c0:?} -> {c:?}"));
@@ -1142,6 +1269,30 @@ fn check_walk_inner(data: &[u8], batches: &mut (u64, u64, u64)) -> Result<Outcom
         return Ok("einval".into());
     }
     violations(&log)?;
+    // A span or batch the walker had to refuse: `-EFAULT` (or, for a batch
+    // taken up to the window's end, any stop inside the window), and
+    // nothing written from the cursor (or the window's end) on.
+    if let Some(r) = &log.refusal {
+        let wrong_result = if r.exact {
+            out != Err(Error::Fault)
+        } else {
+            out == Ok(WalkStop::Done)
+        };
+        if wrong_result {
+            return Err(format!("{}: the walk returned {out:?}", r.what));
+        }
+        if r.writable_to >= q.from && r.writable_to <= q.end {
+            let p = q.pre + ((r.writable_to - q.start) / PAGE_SIZE) as usize;
+            if buf[p..q.pre + q.len] != before[p..q.pre + q.len] {
+                return Err(format!(
+                    "{}: an entry from {:#x} on was written",
+                    r.what, r.writable_to
+                ));
+            }
+        } else {
+            return Err(format!("{}: outside the range", r.what));
+        }
+    }
     let page = |a: u64| ((a - q.start) / PAGE_SIZE) as usize;
     let fp = page(q.from);
     if buf[q.pre..q.pre + fp] != before[q.pre..q.pre + fp] {
