@@ -19,7 +19,7 @@ use hmm_core::{
     PAGE_SIZE,
 };
 
-use crate::model_mm::ModelMm;
+use crate::model_mm::{BatchStats, ModelMm, PteMode};
 use crate::recipe::Case;
 use crate::reference::{self, RefRequest, ERROR, STICKY, VALID, WRITE};
 use crate::space::{FaultKind, Space};
@@ -93,9 +93,16 @@ pub fn walk_matches(case: &Case) -> Result<WalkClass, String> {
         &mut want,
     );
     let mm = ModelMm::new(case.space.clone(), Default::default(), 0);
-    // Once span by span, once with PTE runs batched: outputs must agree.
-    for batch in [false, true] {
-        mm.set_pte_batching(batch);
+    // Once span by span, once with PTE runs as one span, twice with PTE
+    // words in batches (two seeds of batch boundaries): outputs must agree.
+    let seed = case_seed(case);
+    for batch in [
+        PteMode::Spans,
+        PteMode::Runs,
+        PteMode::Batched(seed),
+        PteMode::Batched(!seed),
+    ] {
+        mm.set_pte_mode(batch);
         let mut got = case.input.clone();
         let mut range = range_of(case, &mut got);
         let guard = mm.read();
@@ -103,12 +110,12 @@ pub fn walk_matches(case: &Case) -> Result<WalkClass, String> {
         drop(guard);
         if stop != expect {
             return Err(format!(
-                "walk stop {stop:?}, reference {expect:?} (PTE batching {batch})"
+                "walk stop {stop:?}, reference {expect:?} (PTEs: {batch:?})"
             ));
         }
         if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
             return Err(format!(
-                "entry {i} (addr {:#x}, PTE batching {batch}): walk {:#018x}, reference {:#018x}",
+                "entry {i} (addr {:#x}, PTEs: {batch:?}): walk {:#018x}, reference {:#018x}",
                 case.start + i as u64 * PAGE_SIZE,
                 got[i],
                 want[i]
@@ -121,6 +128,39 @@ pub fn walk_matches(case: &Case) -> Result<WalkClass, String> {
         Ok(WalkStop::WaitMigration { .. }) => WalkClass::WaitMigration,
         Err(e) => WalkClass::Error(e.to_errno()),
     })
+}
+
+/// What the model hands the walker in [`walk_matches`]'s batched walks of
+/// `case`, for coverage counting.
+pub fn batch_coverage(case: &Case) -> BatchStats {
+    let mm = ModelMm::new(case.space.clone(), Default::default(), 0);
+    let seed = case_seed(case);
+    for mode in [PteMode::Batched(seed), PteMode::Batched(!seed)] {
+        mm.set_pte_mode(mode);
+        let mut got = case.input.clone();
+        let mut range = range_of(case, &mut got);
+        let guard = mm.read();
+        let _ = hmm_core::walk(&guard, &mut range, case.from, &mut WalkCounters::default());
+    }
+    mm.batch_stats()
+}
+
+/// A seed for the batch boundaries of a case, from its shape.
+fn case_seed(case: &Case) -> u64 {
+    let mut h = case.start ^ case.end.rotate_left(29) ^ case.from.rotate_left(47);
+    for &w in &case.input {
+        h = (h ^ w).wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
+/// How [`driver_matches`] has the model report PTEs for `case`.
+pub fn pte_mode_of(case: &Case) -> PteMode {
+    match ((case.start >> 12) ^ case.input.len() as u64) % 3 {
+        0 => PteMode::Spans,
+        1 => PteMode::Runs,
+        _ => PteMode::Batched(case_seed(case)),
+    }
 }
 
 /// What [`driver_matches`] saw.
@@ -157,9 +197,10 @@ pub fn driver_matches(case: &Case, ep: EntryPoint) -> Result<DriverRun, String> 
         case.cached.clone(),
         case.invalidate_on_drop,
     );
-    // Half of the cases (chosen by the case's shape) report PTE runs as one
-    // span; the outcome must be the same either way.
-    mm.set_pte_batching(((case.start >> 12) ^ case.input.len() as u64) & 1 == 1);
+    // A third of the cases each (chosen by the case's shape) report PTEs
+    // one span each, in runs, or as batches of words; the outcome must be
+    // the same every way.
+    mm.set_pte_mode(pte_mode_of(case));
     let env = Env::new(&mm, &mm);
     let mut stats = Stats::default();
     let max_calls = 4 * case.input.len() as u32 + 8;

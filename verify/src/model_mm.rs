@@ -14,8 +14,8 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
 use hmm_core::{
-    Clock, Error, FaultFlags, FaultHandler, FaultOutcome, IntervalNotifier, Leaf, MmView, MmapLock,
-    Present, Signals, VmFaultError, VmFlags, Vma, PAGE_SIZE,
+    Clock, Error, FaultFlags, FaultHandler, FaultOutcome, IntervalNotifier, Leaf, LeafSink, MmView,
+    MmapLock, PfnFlags, Present, PteFormat, Signals, VmFaultError, VmFlags, Vma, PAGE_SIZE,
 };
 
 use crate::space::{leaf_from, Entry, FaultKind, Space, VmaDesc};
@@ -32,6 +32,36 @@ pub struct Fault {
     pub flags: FaultFlags,
 }
 
+/// How [`ModelMm`]'s view reports PTE-level spans to the walker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PteMode {
+    /// One span per page-table unit (one leaf per PTE).
+    Spans,
+    /// Runs of PTEs as one span (see [`ModelMm::set_pte_batching`]).
+    Runs,
+    /// PTE words in batches through [`LeafSink::ptes`], with the model's
+    /// own [`PteFormat`] ([`ModelPtes`]). The seed chooses the batch
+    /// boundaries (whole tables, or random splits with some PTEs reported
+    /// alone through [`LeafSink::leaf`]) and whether the format answers
+    /// the zero page, or anything at all, through its `plain` fast path.
+    Batched(u64),
+}
+
+/// Counts of what [`PteMode::Batched`] handed to the walker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Batches (`LeafSink::ptes` calls).
+    pub batches: u64,
+    /// Words in them.
+    pub words: u64,
+    /// Words that are neither none nor an ordinary present PTE.
+    pub other_words: u64,
+    /// Batches of more than one word.
+    pub long_batches: u64,
+    /// PTEs reported alone through `LeafSink::leaf`.
+    pub single_ptes: u64,
+}
+
 /// A single-threaded model address space.
 #[derive(Debug)]
 pub struct ModelMm {
@@ -44,8 +74,10 @@ pub struct ModelMm {
     log: RefCell<Vec<Fault>>,
     /// The address space after every change since the last invalidation.
     epoch: RefCell<Vec<Space>>,
-    /// Report runs of PTEs as one span (see [`ModelMm::set_pte_batching`]).
-    batch_ptes: Cell<bool>,
+    /// How PTEs are reported (see [`PteMode`]).
+    pte_mode: Cell<PteMode>,
+    /// What [`PteMode::Batched`] handed over so far.
+    batch_stats: Cell<BatchStats>,
 }
 
 impl ModelMm {
@@ -61,7 +93,8 @@ impl ModelMm {
             next_pfn: Cell::new(1 << 41),
             invalidate_on_drop: Cell::new(invalidate_on_drop),
             log: RefCell::new(Vec::new()),
-            batch_ptes: Cell::new(false),
+            pte_mode: Cell::new(PteMode::Spans),
+            batch_stats: Cell::new(BatchStats::default()),
         }
     }
 
@@ -70,7 +103,23 @@ impl ModelMm {
     /// `Leaf::Present`, and consecutive empty PTE slots as one
     /// `Leaf::EmptyPtes`. Outputs must not change.
     pub fn set_pte_batching(&self, on: bool) {
-        self.batch_ptes.set(on);
+        self.pte_mode
+            .set(if on { PteMode::Runs } else { PteMode::Spans });
+    }
+
+    /// Report PTEs as [`PteMode`] says. Outputs must not change.
+    pub fn set_pte_mode(&self, mode: PteMode) {
+        self.pte_mode.set(mode);
+    }
+
+    /// What the view handed over in [`PteMode::Batched`] so far.
+    pub fn batch_stats(&self) -> BatchStats {
+        self.batch_stats.get()
+    }
+
+    /// The current [`PteMode`].
+    pub fn pte_mode(&self) -> PteMode {
+        self.pte_mode.get()
     }
 
     /// A copy of the current address space.
@@ -282,7 +331,7 @@ impl MmView for ModelGuard<'_> {
         let Some(v) = s.vma_at(vma.start()).copied() else {
             return;
         };
-        let batch = self.mm.batch_ptes.get() && !v.flags.contains(VmFlags::HUGETLB);
+        let batch = self.mm.pte_mode.get() == PteMode::Runs && !v.flags.contains(VmFlags::HUGETLB);
         // A pending run of PTE-level spans: (start, end, leaf at start).
         let mut run: Option<(u64, u64, Leaf)> = None;
         let mut a = start;
@@ -325,6 +374,202 @@ impl MmView for ModelGuard<'_> {
         if let Some((rs, re, rl)) = run {
             let _ = f(rs, re, rl);
         }
+    }
+
+    fn walk_batched<S: LeafSink>(&self, vma: &Vma<'_>, start: u64, end: u64, sink: &mut S) {
+        let PteMode::Batched(seed) = self.mm.pte_mode.get() else {
+            return self.walk_leaves(vma, start, end, |a, b, leaf| sink.leaf(a, b, leaf));
+        };
+        let s = self.mm.space.borrow();
+        let Some(v) = s.vma_at(vma.start()).copied() else {
+            return;
+        };
+        let hugetlb = v.flags.contains(VmFlags::HUGETLB);
+        let mut rng = SplitMix(seed ^ start.rotate_left(23));
+        // A third of the walks hand whole tables (clipped to the window);
+        // the others split batches at random and report some PTEs alone.
+        let whole_tables = rng.below(3) == 0;
+        let plain = match rng.below(8) {
+            0 => PlainAnswers::Never,
+            1..=3 => PlainAnswers::NotZeroPage,
+            _ => PlainAnswers::ZeroPageToo,
+        };
+        // The pending batch: its first address, words and side table.
+        let mut first = start;
+        let mut words: Vec<u64> = Vec::new();
+        let mut others: Vec<Leaf> = Vec::new();
+        let flush = |first: u64, words: &mut Vec<u64>, others: &mut Vec<Leaf>, sink: &mut S| {
+            if words.is_empty() {
+                return ControlFlow::Continue(());
+            }
+            let mut st = self.mm.batch_stats.get();
+            st.batches += 1;
+            st.words += words.len() as u64;
+            st.other_words += words
+                .iter()
+                .filter(|&&w| w & (PTE_OTHER | PTE_PROTNONE | PTE_SPECIAL) != 0)
+                .count() as u64;
+            st.long_batches += u64::from(words.len() > 1);
+            self.mm.batch_stats.set(st);
+            let fmt = ModelPtes {
+                others: &others[..],
+                plain,
+            };
+            let flow = sink.ptes(first, &words[..], &fmt);
+            words.clear();
+            others.clear();
+            flow
+        };
+        let mut a = start;
+        while a < end {
+            let (us, ue, leaf) = s.unit_at(&v, a);
+            let b = ue.min(end);
+            let leaf = leaf_from(leaf, us, a);
+            if !hugetlb && ue - us == PAGE_SIZE {
+                if !whole_tables && rng.below(8) == 0 {
+                    // This PTE alone, as a backend may report it.
+                    let mut st = self.mm.batch_stats.get();
+                    st.single_ptes += 1;
+                    self.mm.batch_stats.set(st);
+                    if flush(first, &mut words, &mut others, sink).is_break()
+                        || sink.leaf(a, b, leaf).is_break()
+                    {
+                        return;
+                    }
+                } else {
+                    if words.is_empty() {
+                        first = a;
+                    }
+                    words.push(ModelPtes::encode(leaf, &mut others));
+                    let table_end = b.is_multiple_of(PAGE_SIZE * crate::space::PMD_PAGES);
+                    let split = !whole_tables && rng.below(12) == 0;
+                    if (table_end || split)
+                        && flush(first, &mut words, &mut others, sink).is_break()
+                    {
+                        return;
+                    }
+                }
+                a = b;
+                continue;
+            }
+            if flush(first, &mut words, &mut others, sink).is_break()
+                || sink.leaf(a, b, leaf).is_break()
+            {
+                return;
+            }
+            a = b;
+        }
+        let _ = flush(first, &mut words, &mut others, sink);
+    }
+}
+
+/// What [`ModelPtes::plain`] answers `Some` for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PlainAnswers {
+    /// Nothing: every word goes through [`PteFormat::leaf`] (always correct).
+    Never,
+    /// None PTEs and ordinary present PTEs, not the zero page.
+    NotZeroPage,
+    /// Those and the zero page, whose output is the same either way.
+    ZeroPageToo,
+}
+
+/// The model's PTE words, as [`PteMode::Batched`] hands them over: 0 is a
+/// none PTE; bit 0 a present PTE (bit 1 writable, bit 2 `PROT_NONE`, bit 3
+/// special, bit 4 the zero page, the PFN from bit 12); bit 5 any other
+/// leaf, `others[word >> 12]`.
+#[derive(Debug)]
+pub struct ModelPtes<'a> {
+    others: &'a [Leaf],
+    plain: PlainAnswers,
+}
+
+const PTE_P: u64 = 1;
+const PTE_W: u64 = 2;
+const PTE_PROTNONE: u64 = 4;
+const PTE_SPECIAL: u64 = 8;
+const PTE_ZERO: u64 = 16;
+const PTE_OTHER: u64 = 32;
+
+impl ModelPtes<'_> {
+    /// The word of one PTE-level leaf; leaves the word cannot hold go to
+    /// `others`.
+    fn encode(leaf: Leaf, others: &mut Vec<Leaf>) -> u64 {
+        match leaf {
+            Leaf::Hole | Leaf::EmptyPtes => 0,
+            Leaf::Present(p) if p.order == 0 && p.pfn < 1 << 52 => {
+                (p.pfn << 12)
+                    | PTE_P
+                    | if p.write { PTE_W } else { 0 }
+                    | if p.protnone { PTE_PROTNONE } else { 0 }
+                    | if p.special { PTE_SPECIAL } else { 0 }
+                    | if p.zero { PTE_ZERO } else { 0 }
+            }
+            other => {
+                others.push(other);
+                ((others.len() as u64 - 1) << 12) | PTE_OTHER
+            }
+        }
+    }
+}
+
+impl PteFormat for ModelPtes<'_> {
+    type Pte = u64;
+
+    fn read(&self, pte: &u64) -> u64 {
+        *pte
+    }
+
+    fn plain(&self, w: u64) -> Option<u64> {
+        if self.plain == PlainAnswers::Never {
+            return None;
+        }
+        if w == 0 {
+            return Some(0);
+        }
+        if w & PTE_OTHER != 0 || w & PTE_PROTNONE != 0 {
+            return None;
+        }
+        let zero = w & PTE_ZERO != 0 && self.plain == PlainAnswers::ZeroPageToo;
+        if w & PTE_SPECIAL != 0 && !zero {
+            return None;
+        }
+        let write = if w & PTE_W != 0 {
+            PfnFlags::WRITE.bits()
+        } else {
+            0
+        };
+        Some((w >> 12) | PfnFlags::VALID.bits() | write)
+    }
+
+    fn leaf(&self, w: u64) -> Leaf {
+        if w == 0 {
+            return Leaf::Hole;
+        }
+        if w & PTE_OTHER != 0 {
+            return self.others[(w >> 12) as usize];
+        }
+        Leaf::Present(Present {
+            pfn: w >> 12,
+            order: 0,
+            write: w & PTE_W != 0,
+            protnone: w & PTE_PROTNONE != 0,
+            special: w & PTE_SPECIAL != 0,
+            zero: w & PTE_ZERO != 0,
+        })
+    }
+}
+
+/// SplitMix64: the batch boundaries of [`PteMode::Batched`].
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) % n
     }
 }
 

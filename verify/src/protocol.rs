@@ -35,8 +35,8 @@ use std::ops::ControlFlow;
 
 use hmm_core::{
     range_fault_owning_lock, Env, Error, FaultFlags, FaultHandler, FaultOutcome, HmmPfn,
-    IntervalNotifier, Leaf, MmView, MmapLock, Options, PfnFlags, Policy, Present, Range, Stats,
-    VmFaultError, VmFlags, Vma, PAGE_SIZE,
+    IntervalNotifier, Leaf, LeafSink, MmView, MmapLock, Options, PfnFlags, Policy, Present,
+    PteFormat, Range, Stats, VmFaultError, VmFlags, Vma, PAGE_SIZE,
 };
 
 use crate::sync::{
@@ -366,6 +366,54 @@ impl MmView for ProtoGuard<'_> {
                 return;
             }
             a += PAGE_SIZE;
+        }
+    }
+
+    /// The same lockless reads, handed to the walker as one batch of PTE
+    /// words (the walker's batched path).
+    fn walk_batched<S: LeafSink>(&self, _vma: &Vma<'_>, start: u64, end: u64, sink: &mut S) {
+        let ptes: [u64; PAGES] =
+            core::array::from_fn(|i| self.proto.ptes[i].load(Ordering::SeqCst));
+        if self.proto.pmd_hole && ptes.iter().all(|&p| p == 0) {
+            let _ = sink.leaf(start, end, Leaf::Hole);
+            return;
+        }
+        let _ = sink.ptes(start, &ptes[index(start)..index(end)], &ProtoPtes);
+    }
+}
+
+/// The model's PTE words (0 none, otherwise PFN | `PTE_WRITE`) as a
+/// [`PteFormat`].
+struct ProtoPtes;
+
+impl PteFormat for ProtoPtes {
+    type Pte = u64;
+
+    fn read(&self, pte: &u64) -> u64 {
+        *pte
+    }
+
+    fn plain(&self, pte: u64) -> Option<u64> {
+        if pte == 0 {
+            return Some(0);
+        }
+        let write = if pte & PTE_WRITE != 0 {
+            PfnFlags::WRITE.bits()
+        } else {
+            0
+        };
+        Some((pte & !PTE_WRITE) | PfnFlags::VALID.bits() | write)
+    }
+
+    fn leaf(&self, pte: u64) -> Leaf {
+        if pte == 0 {
+            Leaf::Hole
+        } else {
+            Leaf::Present(Present {
+                pfn: pte & !PTE_WRITE,
+                write: pte & PTE_WRITE != 0,
+                ..Present::default()
+            })
         }
     }
 }

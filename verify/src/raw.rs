@@ -17,7 +17,13 @@
 //!   it, be empty, unaligned or huge, and change from call to call; leaf
 //!   spans that may be out of order, overlapping, unaligned, outside the
 //!   requested window, too short, or keep coming after the walker said
-//!   stop; faults that claim to be done without changing anything, fail,
+//!   stop; PTE batches through `LeafSink::ptes`, mixed with those spans,
+//!   that may likewise start anywhere (at the cursor, over pages already
+//!   reported, below or above the window, a raw address), be empty or
+//!   longer than the window, keep coming after a `Break`, and be read with
+//!   a `PteFormat` ([`RawFormat`]) whose `plain` adds junk bits or answers
+//!   `Some` for words that are not plain, and whose `leaf` disagrees with
+//!   `plain`; faults that claim to be done without changing anything, fail,
 //!   drop the lock when they may not, or would block; notifiers, signals and
 //!   a clock that answer anything.
 //!
@@ -31,8 +37,14 @@
 //! the array); the sticky DMA bits of every entry kept; the partial-output
 //! contract at a walk stop; every requested entry `VALID` (and `WRITE`) on
 //! success; the lock held on return exactly as the entry point promises;
-//! `TRIED` on exactly the retries; the fault flags of the mode; and counters
-//! that saturate instead of overflowing, with exact counts otherwise.
+//! `TRIED` on exactly the retries; the fault flags of the mode; counters
+//! that saturate instead of overflowing, with exact counts otherwise; and
+//! (tracked by the environment while the walker has taken every item whole,
+//! see [`Refusal`]) a span or batch that does not start at the walker's
+//! cursor, or reaches past the window, answered with `Break`, never
+//! `Continue`; for the walk, `-EFAULT` then and nothing written from the
+//! cursor on (for a batch that starts at the cursor: from the window's end
+//! on, and any stop inside the window instead of `-EFAULT`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
@@ -40,9 +52,9 @@ use std::ops::ControlFlow;
 
 use hmm_core::{
     range_fault, range_fault_may_unlock, range_fault_owning_lock, Clock, Env, Error, FaultFlags,
-    FaultHandler, FaultOutcome, IntervalNotifier, Leaf, MmView, MmapLock, Options, PfnFlags,
-    Policy, Present, Range, Request, Signals, Stats, VmFaultError, VmFlags, Vma, WalkCounters,
-    WalkStop, PAGE_SIZE, TASK_SIZE,
+    FaultHandler, FaultOutcome, IntervalNotifier, Leaf, LeafSink, MmView, MmapLock, Options,
+    PfnFlags, Policy, Present, PteFormat, Range, Request, Signals, Stats, VmFaultError, VmFlags,
+    Vma, WalkCounters, WalkStop, PAGE_SIZE, TASK_SIZE,
 };
 
 const V: u64 = PfnFlags::VALID.bits();
@@ -357,6 +369,106 @@ pub struct Log {
     pub would_block: bool,
     /// Pages reported as device-private of the range's owner.
     pub own_device_private: BTreeSet<u64>,
+    /// PTE batches handed to the walker (`LeafSink::ptes` calls), and the
+    /// words in them.
+    pub batches: u64,
+    /// Words in those batches.
+    pub batch_words: u64,
+    /// Spans and batches handed over after the walker answered `Break`.
+    pub after_break: u64,
+    /// The first span or batch the walker had to refuse.
+    pub refusal: Option<Refusal>,
+}
+
+/// A span or batch the walker must refuse: one that does not start at its
+/// cursor, is empty, unaligned or reaches past the window (a batch that
+/// starts at the cursor is taken up to the window's end first).
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// The item, for messages.
+    pub what: String,
+    /// The walker's cursor when it came.
+    pub cursor: u64,
+    /// Entries from here on must stay untouched.
+    pub writable_to: u64,
+    /// The walk must end in `-EFAULT` (otherwise: anything but `Done`, as
+    /// a batch taken up to the window's end may stop legitimately first).
+    pub exact: bool,
+}
+
+/// One item of a page-table script, for [`Expect`].
+#[derive(Debug, Clone, Copy)]
+enum Item {
+    /// A span `[a, e)` through `LeafSink::leaf` (or `walk_leaves`).
+    Span(u64, u64),
+    /// `n` PTE words from `a` through `LeafSink::ptes`.
+    Batch(u64, u64),
+}
+
+/// The walker's cursor as the script sees it, while every item so far was
+/// taken whole: which items the walker must refuse, and that it does.
+struct Expect {
+    cursor: Option<u64>,
+    end: u64,
+}
+
+impl Expect {
+    fn new(start: u64, end: u64) -> Self {
+        Expect {
+            cursor: Some(start),
+            end,
+        }
+    }
+
+    /// The refusal `item` calls for, if the walker still has a cursor.
+    fn refusal(&self, item: Item) -> Option<Refusal> {
+        let cur = self.cursor?;
+        let what = format!("{item:x?} at cursor {cur:#x}, window end {:#x}", self.end);
+        let refuse = |writable_to, exact| {
+            Some(Refusal {
+                what: what.clone(),
+                cursor: cur,
+                writable_to,
+                exact,
+            })
+        };
+        match item {
+            Item::Span(a, e) => {
+                if a != cur || e <= a || e > self.end || !e.is_multiple_of(PAGE_SIZE) {
+                    return refuse(cur, true);
+                }
+                None
+            }
+            Item::Batch(_, 0) => None,
+            Item::Batch(a, _) if a != cur => refuse(cur, true),
+            Item::Batch(_, n) => {
+                if n > self.end.saturating_sub(cur) / PAGE_SIZE {
+                    return refuse(self.end, false);
+                }
+                None
+            }
+        }
+    }
+
+    /// The walker answered `flow` to `item`.
+    fn after(&mut self, mm: &RawMm<'_>, item: Item, flow: ControlFlow<()>) {
+        let Some(cur) = self.cursor else {
+            return;
+        };
+        if let Some(r) = self.refusal(item) {
+            if flow.is_continue() {
+                mm.violation(format!("the walker took {}", r.what));
+            }
+            mm.log.borrow_mut().refusal.get_or_insert(r);
+            self.cursor = None;
+            return;
+        }
+        self.cursor = match (flow, item) {
+            (ControlFlow::Break(()), _) => None,
+            (_, Item::Span(_, e)) => Some(e),
+            (_, Item::Batch(a, n)) => Some(if n == 0 { cur } else { a + n * PAGE_SIZE }),
+        };
+    }
 }
 
 /// The misbehaving environment: every trait of `hmm_core`, answering from a
@@ -564,7 +676,126 @@ impl MmView for RawGuard<'_, '_> {
         F: FnMut(u64, u64, Leaf) -> ControlFlow<()>,
     {
         let mm = self.mm;
-        let (ws, we) = mm.window;
+        mm.check_walk_window(vma, start, end);
+        let b = mm.call();
+        let nspans = b.u8();
+        let ignore_break = nspans & 0x80 != 0;
+        let (mut cur, mut prev) = (start, start);
+        let mut expect = Expect::new(start, end);
+        let count = match nspans & 0x7f {
+            0 => 0,
+            n => 1 + n % 8,
+        };
+        for _ in 0..count {
+            mm.call();
+            let (a, e) = mm.span(b, b.u8(), cur, prev, end);
+            let leaf = mm.leaf(b);
+            mm.note_leaf(a, e, leaf);
+            let flow = f(a, e, leaf);
+            expect.after(mm, Item::Span(a, e), flow);
+            if flow.is_break() && !ignore_break {
+                return;
+            }
+            prev = a;
+            cur = e;
+        }
+    }
+
+    /// A script of spans and PTE batches: one byte chooses between the
+    /// span-only script of [`walk_leaves`](MmView::walk_leaves) and a mixed
+    /// one, whose batches may start anywhere (at the cursor, over what was
+    /// reported, below or above the window, raw), be empty or longer than
+    /// the window, come after a `Break`, and be read with a [`RawFormat`]
+    /// that lies.
+    fn walk_batched<S: LeafSink>(&self, vma: &Vma<'_>, start: u64, end: u64, sink: &mut S) {
+        let mm = self.mm;
+        let b = mm.call();
+        let mode = b.u8();
+        if mode.is_multiple_of(4) {
+            return self.walk_leaves(vma, start, end, |a, e, leaf| sink.leaf(a, e, leaf));
+        }
+        mm.check_walk_window(vma, start, end);
+        let fmt = RawFormat::read(mm, b);
+        let ignore_break = mode & 0x80 != 0;
+        let count = 1 + (mode >> 2) % 8;
+        let (mut cur, mut prev) = (start, start);
+        let mut words = Vec::new();
+        let mut broken = false;
+        let mut expect = Expect::new(start, end);
+        for _ in 0..count {
+            mm.call();
+            if broken {
+                mm.log.borrow_mut().after_break += 1;
+            }
+            let k = b.u8();
+            let (a, e, flow) = if k & 1 == 0 {
+                let (a, e) = mm.span(b, k >> 1, cur, prev, end);
+                let leaf = mm.leaf(b);
+                mm.note_leaf(a, e, leaf);
+                let flow = sink.leaf(a, e, leaf);
+                expect.after(mm, Item::Span(a, e), flow);
+                (a, e, flow)
+            } else {
+                let a = match (k >> 1) % 8 {
+                    0..=2 => cur,
+                    // Above the cursor: a gap inside the window.
+                    3 => cur.saturating_add(PAGE_SIZE * (1 + u64::from(b.u8() % 8))),
+                    // Over what was reported already.
+                    4 => prev,
+                    // Below the cursor, or below the window.
+                    5 => cur.saturating_sub(PAGE_SIZE + mm.pages(b)),
+                    // Above the window.
+                    6 => end.saturating_add(mm.pages(b)),
+                    _ => b.u64(),
+                };
+                let to_end = end.saturating_sub(a) / PAGE_SIZE;
+                let n = match (k >> 4) % 8 {
+                    0 => 0,
+                    1 => 1,
+                    2..=4 => to_end,
+                    // Longer than the window.
+                    5 => to_end + 1 + u64::from(b.u8()),
+                    6 => u64::from(b.u16() % 2048),
+                    _ => 1 + u64::from(b.u8() % 16),
+                };
+                let n = n.min(MAX_BATCH) as usize;
+                fmt.words(b, n, &mut words);
+                for (i, w) in words.iter().enumerate() {
+                    let p = a.wrapping_add(i as u64 * PAGE_SIZE);
+                    // Either value a racing word reads as.
+                    for w in [w.get(), w.get() ^ fmt.racy] {
+                        mm.note_leaf(p, p.saturating_add(PAGE_SIZE), fmt.leaf(w));
+                    }
+                }
+                let e = a.saturating_add(n as u64 * PAGE_SIZE);
+                let mut log = mm.log.borrow_mut();
+                log.batches += 1;
+                log.batch_words += n as u64;
+                drop(log);
+                let flow = sink.ptes(a, &words, &fmt);
+                expect.after(mm, Item::Batch(a, n as u64), flow);
+                (a, e, flow)
+            };
+            if flow.is_break() {
+                if !ignore_break {
+                    return;
+                }
+                broken = true;
+            }
+            prev = a;
+            cur = e;
+        }
+    }
+}
+
+/// Longest PTE batch the script hands over.
+const MAX_BATCH: u64 = 4096;
+
+impl RawMm<'_> {
+    /// The walker asked for `[start, end)` in `vma`: inside the window and
+    /// the VMA, page aligned, not empty.
+    fn check_walk_window(&self, vma: &Vma<'_>, start: u64, end: u64) {
+        let (ws, we) = self.window;
         if !start.is_multiple_of(PAGE_SIZE)
             || !end.is_multiple_of(PAGE_SIZE)
             || start >= end
@@ -573,60 +804,231 @@ impl MmView for RawGuard<'_, '_> {
             || start < vma.start()
             || end > vma.end()
         {
-            mm.violation(format!(
+            self.violation(format!(
                 "walk_leaves({start:#x}, {end:#x}) outside window [{ws:#x}, {we:#x}) or VMA [{:#x}, {:#x})",
                 vma.start(),
                 vma.end()
             ));
         }
-        let b = mm.call();
-        let nspans = b.u8();
-        let ignore_break = nspans & 0x80 != 0;
-        let (mut cur, mut prev) = (start, start);
-        let count = match nspans & 0x7f {
-            0 => 0,
-            n => 1 + n % 8,
+    }
+
+    /// A span chosen by `k`: from the cursor `cur` (one page, to the end,
+    /// a few pages, to a 2 MiB boundary, past the end), below it, the last
+    /// span again, past the end, unaligned, backwards, or raw.
+    fn span(&self, b: &Bytes<'_>, k: u8, cur: u64, prev: u64, end: u64) -> (u64, u64) {
+        match k % 16 {
+            0..=9 => {
+                let e = match (k >> 4) % 6 {
+                    0 => cur.saturating_add(PAGE_SIZE),
+                    1 | 2 => end,
+                    3 => cur.saturating_add(PAGE_SIZE + self.pages(b)),
+                    4 => (cur | ((PAGE_SIZE << 9) - 1)).saturating_add(1),
+                    _ => end.saturating_add(self.pages(b)),
+                };
+                (cur, e)
+            }
+            10 => (cur.saturating_sub(PAGE_SIZE + self.pages(b)), cur),
+            11 => (prev, cur),
+            12 => {
+                let a = end.saturating_add(self.pages(b));
+                (a, a.saturating_add(PAGE_SIZE))
+            }
+            13 => (cur.saturating_add(u64::from(b.u16() % 4096)), end),
+            14 => (cur, cur.saturating_sub(self.pages(b))),
+            _ => (b.u64(), b.u64()),
+        }
+    }
+
+    /// Remember the window's pages that `[a, e)` reports as device-private
+    /// memory of the range's owner (reported as is, never faulted).
+    fn note_leaf(&self, a: u64, e: u64, leaf: Leaf) {
+        let (ws, we) = self.window;
+        if let (Leaf::DevicePrivate { owner, .. }, Some(o)) = (leaf, self.owner) {
+            if owner == o {
+                let mut log = self.log.borrow_mut();
+                let mut p = a.max(ws) & !(PAGE_SIZE - 1);
+                while p < e.min(we) {
+                    log.own_device_private.insert(p);
+                    p += PAGE_SIZE;
+                }
+            }
+        }
+    }
+}
+
+/// How [`RawFormat::plain`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PlainMode {
+    /// As the format says: `Some` for none and ordinary present words.
+    Honest,
+    /// Honest, plus junk bits in every answer.
+    Junk,
+    /// `Some` for every word (junk bits, non-plain words included).
+    Lies,
+    /// `None` for every word (always correct).
+    Never,
+}
+
+/// How [`RawFormat::leaf`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeafMode {
+    /// As the format says.
+    Honest,
+    /// A side-table leaf for every word, whatever `plain` said.
+    Table,
+    /// A present PTE with the other write bit, a hole for a present word.
+    Flipped,
+}
+
+/// The PTE format of the raw script's batches: 0 is a none PTE; bit 0 a
+/// present PTE (bit 1 writable, bit 2 `PROT_NONE`, bit 3 special, bit 4
+/// the zero page, the PFN from bit 12); any other word is
+/// `others[(word >> 1) % 4]`, a leaf of any kind, order and owner. `plain`
+/// and `leaf` may disagree with this and with each other, and a word may
+/// race: each read flips the bits of `racy` (a PTE changing under a
+/// lockless walk, read once for `plain` and again for `leaf`).
+#[derive(Debug)]
+pub struct RawFormat {
+    plain: PlainMode,
+    leaf: LeafMode,
+    junk: u64,
+    racy: u64,
+    others: [Leaf; 4],
+}
+
+impl RawFormat {
+    fn read(mm: &RawMm<'_>, b: &Bytes<'_>) -> Self {
+        let sel = b.u8();
+        let plain = match sel % 8 {
+            0..=3 => PlainMode::Honest,
+            4 => PlainMode::Junk,
+            5 | 6 => PlainMode::Lies,
+            _ => PlainMode::Never,
         };
-        for _ in 0..count {
-            mm.call();
-            let k = b.u8();
-            let (a, e) = match k % 16 {
-                0..=9 => {
-                    let e = match (k >> 4) % 6 {
-                        0 => cur.saturating_add(PAGE_SIZE),
-                        1 | 2 => end,
-                        3 => cur.saturating_add(PAGE_SIZE + mm.pages(b)),
-                        4 => (cur | ((PAGE_SIZE << 9) - 1)).saturating_add(1),
-                        _ => end.saturating_add(mm.pages(b)),
-                    };
-                    (cur, e)
-                }
-                10 => (cur.saturating_sub(PAGE_SIZE + mm.pages(b)), cur),
-                11 => (prev, cur),
-                12 => {
-                    let a = end.saturating_add(mm.pages(b));
-                    (a, a.saturating_add(PAGE_SIZE))
-                }
-                13 => (cur.saturating_add(u64::from(b.u16() % 4096)), end),
-                14 => (cur, cur.saturating_sub(mm.pages(b))),
-                _ => (b.u64(), b.u64()),
-            };
-            let leaf = mm.leaf(b);
-            if let (Leaf::DevicePrivate { owner, .. }, Some(o)) = (leaf, mm.owner) {
-                if owner == o {
-                    let mut log = mm.log.borrow_mut();
-                    let mut p = a.max(ws) & !(PAGE_SIZE - 1);
-                    while p < e.min(we) {
-                        log.own_device_private.insert(p);
-                        p += PAGE_SIZE;
+        let leaf = match (sel >> 3) % 4 {
+            0 | 1 => LeafMode::Honest,
+            2 => LeafMode::Table,
+            _ => LeafMode::Flipped,
+        };
+        let junk = match plain {
+            PlainMode::Junk | PlainMode::Lies => match (sel >> 5) % 4 {
+                0 => PfnFlags::ERROR.bits(),
+                1 => STICKY | (9 << 56),
+                _ => b.u64(),
+            },
+            _ => 0,
+        };
+        let racy = if sel & 0x80 != 0 {
+            match b.u8() % 4 {
+                // Writable or not; present or none.
+                0 => 2,
+                1 => 1,
+                // Ordinary or special.
+                2 => 8,
+                _ => b.u64(),
+            }
+        } else {
+            0
+        };
+        let others = core::array::from_fn(|_| mm.leaf(b));
+        RawFormat {
+            plain,
+            leaf,
+            junk,
+            racy,
+            others,
+        }
+    }
+
+    /// `n` words into `out`: a few words from the script, repeated, the
+    /// PFN of present ones advancing by one page per repetition if the
+    /// script says so.
+    fn words(&self, b: &Bytes<'_>, n: usize, out: &mut Vec<Cell<u64>>) {
+        out.clear();
+        let sel = b.u8();
+        let distinct = 1 + usize::from(sel % 4);
+        let step = sel & 4 != 0;
+        let base: Vec<u64> = (0..distinct)
+            .map(|_| {
+                let k = b.u8();
+                match k % 8 {
+                    0 | 1 => 0,
+                    // Present; mostly ordinary (writable or not).
+                    2..=4 => {
+                        let bits = if k & 0x80 != 0 { k >> 3 } else { k >> 3 & 2 };
+                        (u64::from(b.u16()) << 12) | u64::from(bits) & 0x1f | 1
                     }
+                    5 => u64::from(k) << 1 & 0x1e,
+                    6 => (b.u64() & !0x1f) | u64::from(k >> 3) & 0x1f,
+                    _ => b.u64(),
                 }
+            })
+            .collect();
+        out.extend((0..n).map(|i| {
+            let w = base[i % distinct];
+            Cell::new(if step && w & 1 != 0 {
+                w.wrapping_add(((i / distinct) as u64) << 12)
+            } else {
+                w
+            })
+        }));
+    }
+
+    fn honest_leaf(&self, w: u64) -> Leaf {
+        if w == 0 {
+            return Leaf::Hole;
+        }
+        if w & 1 == 0 {
+            return self.others[((w >> 1) % 4) as usize];
+        }
+        Leaf::Present(Present {
+            pfn: w >> 12,
+            order: 0,
+            write: w & 2 != 0,
+            protnone: w & 4 != 0,
+            special: w & 8 != 0,
+            zero: w & 16 != 0,
+        })
+    }
+}
+
+impl PteFormat for RawFormat {
+    type Pte = Cell<u64>;
+
+    fn read(&self, pte: &Cell<u64>) -> u64 {
+        let w = pte.get();
+        pte.set(w ^ self.racy);
+        w
+    }
+
+    fn plain(&self, w: u64) -> Option<u64> {
+        let honest = || {
+            if w == 0 {
+                return Some(0);
             }
-            if f(a, e, leaf).is_break() && !ignore_break {
-                return;
-            }
-            prev = a;
-            cur = e;
+            let plain = w & 1 != 0 && w & 4 == 0 && (w & 8 == 0 || w & 16 != 0);
+            plain.then_some((w >> 12) | V | if w & 2 != 0 { W } else { 0 })
+        };
+        match self.plain {
+            PlainMode::Honest => honest(),
+            PlainMode::Junk => honest().map(|x| x | self.junk),
+            PlainMode::Lies => Some(honest().unwrap_or(w) ^ self.junk),
+            PlainMode::Never => None,
+        }
+    }
+
+    fn leaf(&self, w: u64) -> Leaf {
+        match self.leaf {
+            LeafMode::Honest => self.honest_leaf(w),
+            LeafMode::Table => self.others[(w % 4) as usize],
+            LeafMode::Flipped => match self.honest_leaf(w) {
+                Leaf::Present(p) if w & 8 == 0 => Leaf::Present(Present {
+                    write: !p.write,
+                    ..p
+                }),
+                Leaf::Present(_) => Leaf::Hole,
+                other => other,
+            },
         }
     }
 }
@@ -805,6 +1207,31 @@ fn violations(log: &Log) -> Result<(), String> {
 
 /// Run [`hmm_core::walk()`] on a raw case and check its contract.
 pub fn check_walk(data: &[u8]) -> Result<Outcome, String> {
+    check_walk_logged(data).0
+}
+
+/// What the environment's page-table script handed the walker in one
+/// case of [`check_walk_logged`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScriptStats {
+    /// PTE batches (`LeafSink::ptes` calls).
+    pub batches: u64,
+    /// Words in them.
+    pub words: u64,
+    /// Spans and batches after the walker answered `Break`.
+    pub after_break: u64,
+    /// Whether the walker had to refuse a span or batch (and did).
+    pub refused: bool,
+}
+
+/// [`check_walk`], also returning what the page-table script handed over.
+pub fn check_walk_logged(data: &[u8]) -> (Result<Outcome, String>, ScriptStats) {
+    let mut stats = ScriptStats::default();
+    let out = check_walk_inner(data, &mut stats);
+    (out, stats)
+}
+
+fn check_walk_inner(data: &[u8], stats: &mut ScriptStats) -> Result<Outcome, String> {
     let b = Bytes::new(data);
     let q = RawRequest::read(&b);
     let mm = RawMm::new(b.rest(), (q.start, q.end), q.owner, q.limit);
@@ -821,6 +1248,12 @@ pub fn check_walk(data: &[u8]) -> Result<Outcome, String> {
         hmm_core::walk(&g, &mut range, q.from, &mut c)
     };
     let log = mm.log.borrow();
+    *stats = ScriptStats {
+        batches: log.batches,
+        words: log.batch_words,
+        after_break: log.after_break,
+        refused: log.refusal.is_some(),
+    };
     common_checks(&q, &before, &buf)?;
     if c.pages_filled < c0.pages_filled || c.leaves < c0.leaves {
         return Err(format!("counters went backwards: {c0:?} -> {c:?}"));
@@ -836,6 +1269,30 @@ pub fn check_walk(data: &[u8]) -> Result<Outcome, String> {
         return Ok("einval".into());
     }
     violations(&log)?;
+    // A span or batch the walker had to refuse: `-EFAULT` (or, for a batch
+    // taken up to the window's end, any stop inside the window), and
+    // nothing written from the cursor (or the window's end) on.
+    if let Some(r) = &log.refusal {
+        let wrong_result = if r.exact {
+            out != Err(Error::Fault)
+        } else {
+            out == Ok(WalkStop::Done)
+        };
+        if wrong_result {
+            return Err(format!("{}: the walk returned {out:?}", r.what));
+        }
+        if r.writable_to >= q.from && r.writable_to <= q.end {
+            let p = q.pre + ((r.writable_to - q.start) / PAGE_SIZE) as usize;
+            if buf[p..q.pre + q.len] != before[p..q.pre + q.len] {
+                return Err(format!(
+                    "{}: an entry from {:#x} on was written",
+                    r.what, r.writable_to
+                ));
+            }
+        } else {
+            return Err(format!("{}: outside the range", r.what));
+        }
+    }
     let page = |a: u64| ((a - q.start) / PAGE_SIZE) as usize;
     let fp = page(q.from);
     if buf[q.pre..q.pre + fp] != before[q.pre..q.pre + fp] {

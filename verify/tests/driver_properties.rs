@@ -8,7 +8,8 @@
 //!
 //! File-I/O VMAs (a cached page next to pages that need I/O) are included:
 //! they are what exposed the resume-cursor defect of `tests/resume_cursor.rs`.
-//! `HMM_VERIFY_CASES` sets the number of cases (default 2000 per entry point).
+//! `HMM_VERIFY_CASES` sets the number of cases (default 3000 per entry point:
+//! a third each with one span per PTE, PTE runs, and PTE words in batches).
 
 mod common;
 
@@ -24,7 +25,7 @@ fn check(r: &hmm_verify::recipe::Recipe, ep: EntryPoint) -> Result<(), TestCaseE
 }
 
 proptest! {
-    #![proptest_config(common::config(2000))]
+    #![proptest_config(common::config(3000))]
 
     #[test]
     fn linux_entry_point(r in common::recipe()) {
