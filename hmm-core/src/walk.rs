@@ -278,7 +278,7 @@ impl LeafSink for Sink<'_, '_, '_> {
                 let Some(out) = self.pfns.get_mut(i..stop) else {
                     break;
                 };
-                let n = if self.snapshot {
+                let (n, word) = if self.snapshot {
                     plain_ptes::<F, false>(out, rest, format, self.request)
                 } else {
                     plain_ptes::<F, true>(out, rest, format, self.request)
@@ -288,13 +288,12 @@ impl LeafSink for Sink<'_, '_, '_> {
                 addr = addr.wrapping_add((n as u64) << super::pfn::PAGE_SHIFT);
                 self.cursor = addr;
                 rest = rest.get(n..).unwrap_or(&[]);
-                let Some((pte, tail)) = rest.split_first() else {
+                let (Some(w), Some((_, tail))) = (word, rest.split_first()) else {
                     break;
                 };
-                // Any other PTE, a plain one that needs a fault, or one past
-                // the window's end: on its own, as if the backend had
-                // reported it alone (`visit` rejects one past the end).
-                let w = format.read(pte);
+                // Any other PTE, or a plain one that needs a fault: on its
+                // own (the word as the loop read it), as if the backend had
+                // reported it alone.
                 self.leaf(addr, addr.wrapping_add(PAGE_SIZE), format.leaf(w))?;
                 addr = addr.wrapping_add(PAGE_SIZE);
                 rest = tail;
@@ -315,30 +314,31 @@ impl LeafSink for Sink<'_, '_, '_> {
 
 /// Fill `out` from `ptes` while they are plain (present and ordinary, or
 /// none; see [`PteFormat::plain`]) and, when `FAULT`, need no fault under
-/// `request`; return how many were filled.
-/// The loop the batched interface exists for: one index, its state in
-/// registers.
+/// `request`. Returns how many were filled and the word that stopped the
+/// loop, read once (`None` when `out` or `ptes` ran out). The loop the
+/// batched interface exists for: one index, its state in registers.
 #[inline(always)]
 fn plain_ptes<F: PteFormat, const FAULT: bool>(
     out: &mut [u64],
     ptes: &[F::Pte],
     format: &F,
     request: Request,
-) -> usize {
+) -> (usize, Option<u64>) {
     const MASK: u64 = PFN_MASK | PfnFlags::VALID.bits() | PfnFlags::WRITE.bits();
     let n = out.len().min(ptes.len());
     let (out, ptes) = (&mut out[..n], &ptes[..n]);
     for i in 0..n {
-        let Some(word) = format.plain(format.read(&ptes[i])) else {
-            return i;
+        let pte = format.read(&ptes[i]);
+        let Some(word) = format.plain(pte) else {
+            return (i, Some(pte));
         };
         let word = word & MASK;
         if FAULT && !request.need_fault(out[i], word).is_empty() {
-            return i;
+            return (i, Some(pte));
         }
         out[i] = HmmPfn::sticky_update(out[i], word);
     }
-    n
+    (n, None)
 }
 
 /// Everything but the snapshot of ordinary present PTEs: out of line, so

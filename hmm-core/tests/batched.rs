@@ -602,11 +602,13 @@ fn hugetlb_batches_take_the_per_pte_path() {
 struct Counting<'a> {
     fmt: Fmt<'a>,
     leaf_calls: std::cell::Cell<usize>,
+    read_calls: std::cell::Cell<usize>,
 }
 
 impl PteFormat for Counting<'_> {
     type Pte = u64;
     fn read(&self, pte: &u64) -> u64 {
+        self.read_calls.set(self.read_calls.get() + 1);
         *pte
     }
     fn plain(&self, w: u64) -> Option<u64> {
@@ -640,7 +642,7 @@ impl MmView for OneBatch<'_> {
 }
 
 #[test]
-fn only_words_that_are_not_plain_are_classified_in_full() {
+fn each_pte_is_read_once_and_only_words_not_plain_are_classified_in_full() {
     // The fast path is the contract of `PteFormat`: `leaf` is asked only
     // for the words `plain` refused, or a plain one that needs a fault.
     let mut words = plain_words(300, 0x100);
@@ -659,6 +661,7 @@ fn only_words_that_are_not_plain_are_classified_in_full() {
                 junk: 0,
             },
             leaf_calls: std::cell::Cell::new(0),
+            read_calls: std::cell::Cell::new(0),
         };
         let view = OneBatch {
             words,
@@ -671,6 +674,9 @@ fn only_words_that_are_not_plain_are_classified_in_full() {
         // The migration entry is read as 0 in a snapshot.
         assert_eq!(r, Ok(WalkStop::Done), "{req:?}");
         assert_eq!(format.leaf_calls.get(), classified, "{req:?}");
+        // Each PTE is read once, as the kernel reads it once (`ptep_get`):
+        // a racing update cannot show `plain` and `leaf` two values.
+        assert_eq!(format.read_calls.get(), 300, "{req:?}");
         assert_eq!(
             c,
             WalkCounters {
