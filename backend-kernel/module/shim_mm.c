@@ -11,6 +11,8 @@
 
 #include <linux/hugetlb.h>
 #include <linux/mm.h>
+#include <linux/moduleparam.h>
+#include <linux/sysfs.h>
 #include <linux/sched/mm.h>
 #include <linux/sched/signal.h>
 #include <linux/timekeeping.h>
@@ -97,6 +99,27 @@ static u32 hmm_rs_fault_error(vm_fault_t ret)
 }
 
 /*
+ * Every handle_mm_fault() call of this module (faults and migration
+ * waits), for the harness: a THP READ of fresh memory should take one per
+ * 2 MiB leaf (hmm-core faults a hole once and walks again, as GUP does;
+ * mm/hmm.c calls handle_mm_fault() for every page of the hole). Read-only
+ * module parameter /sys/module/hmm_rs/parameters/fault_calls.
+ */
+static atomic64_t hmm_rs_fault_calls = ATOMIC64_INIT(0);
+
+static int hmm_rs_fault_calls_get(char *buf, const struct kernel_param *kp)
+{
+	return sysfs_emit(buf, "%lld\n",
+			  (long long)atomic64_read(&hmm_rs_fault_calls));
+}
+
+static const struct kernel_param_ops hmm_rs_fault_calls_ops = {
+	.get = hmm_rs_fault_calls_get,
+};
+module_param_cb(fault_calls, &hmm_rs_fault_calls_ops, NULL, 0444);
+MODULE_PARM_DESC(fault_calls, "handle_mm_fault() calls so far (read-only)");
+
+/*
  * handle_mm_fault() on the page at @addr with @flags (Linux fault-flag
  * values, passed through). Returns what happened to the mmap lock: on
  * HMM_RS_FAULT_RETRY and HMM_RS_FAULT_COMPLETED the handler released it.
@@ -111,6 +134,7 @@ u32 hmm_rs_fault(struct mm_struct *mm, u64 addr, u32 flags, u32 *error)
 		*error = HMM_RS_FAULT_ERR_SIGSEGV;
 		return HMM_RS_FAULT_ERROR;
 	}
+	atomic64_inc(&hmm_rs_fault_calls);
 	ret = handle_mm_fault(vma, addr, flags, NULL);
 	if (ret & VM_FAULT_COMPLETED)
 		return HMM_RS_FAULT_COMPLETED;
@@ -137,8 +161,10 @@ void hmm_rs_migration_wait(struct mm_struct *mm, u64 addr)
 {
 	struct vm_area_struct *vma = vma_lookup(mm, addr);
 
-	if (vma)
+	if (vma) {
+		atomic64_inc(&hmm_rs_fault_calls);
 		handle_mm_fault(vma, addr, FAULT_FLAG_REMOTE, NULL);
+	}
 }
 
 
