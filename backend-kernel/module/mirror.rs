@@ -148,11 +148,24 @@ const PROT_DEV_PRIVATE_REMOTE: u8 = 0x30;
 const PROT_DEV_COHERENT_LOCAL: u8 = 0x40;
 const PROT_DEV_COHERENT_REMOTE: u8 = 0x50;
 
-/// Pages per range fault (the PFN array lives on the stack, as in test_hmm).
+/// Pages of test_hmm's range-fault chunk: the unit of migration and
+/// exclusive access here too, and the grid of SNAPSHOT's and READ / WRITE's
+/// chunks (see [`range_chunk_end`]).
 const CHUNK: usize = 64;
 
-/// Bytes of one range-fault chunk.
+/// Bytes of one test_hmm chunk.
 const CHUNK_BYTES: u64 = CHUNK as u64 * PAGE_SIZE;
+
+/// Pages per range fault of SNAPSHOT and of READ / WRITE's faults: one PTE
+/// table's worth (2 MiB), eight test_hmm chunks. Every range fault costs
+/// the same fixed work whatever its size (notifier sequence, mmap lock, VMA
+/// lookup, driver mutex, sequence check, copy-out), which at 64 pages was
+/// most of a SNAPSHOT of THP-backed memory (see backend-kernel/README.md).
+/// The PFN array is allocated once per command.
+const RANGE_CHUNK: usize = 512;
+
+/// Bytes of one range-fault chunk.
+const RANGE_CHUNK_BYTES: u64 = RANGE_CHUNK as u64 * PAGE_SIZE;
 
 /// Pages of the READ / WRITE bounce buffer (2 MiB): a transfer moves through
 /// it chunk by chunk, so no request allocates more.
@@ -223,19 +236,19 @@ impl Mirror {
         unsafe { ffi::hmm_rs_mirror_owner(self.raw) }
     }
 
-    /// Fault `[start, end)` into the device page table, 64 pages at a time
-    /// (test_hmm's `dmirror_fault`). `-EINTR` on a fatal signal between
-    /// chunks.
+    /// Fault `[start, end)` into the device page table, [`RANGE_CHUNK`]
+    /// pages at a time (test_hmm's `dmirror_fault`, which takes 64).
+    /// `-EINTR` on a fatal signal between chunks.
     fn fault(&self, start: u64, end: u64, write: bool, path: Path) -> Result {
         // SAFETY: `raw` is live for the whole ioctl.
         let mm = unsafe { MmWithUser::get(self.raw) }.ok_or(EFAULT)?;
-        let mut pfns = [0u64; CHUNK];
+        let mut pfns = KVVec::from_elem(0u64, RANGE_CHUNK, GFP_KERNEL).map_err(|_| ENOMEM)?;
         let mut addr = start;
         while addr < end {
             if mm.fatal_signal_pending() {
                 return Err(EINTR);
             }
-            let next = chunk_end(addr, end).ok_or(EINVAL)?;
+            let next = range_chunk_end(addr, end).ok_or(EINVAL)?;
             let n = pages(addr, next);
             self.fault_chunk(&mm, addr, next, &mut pfns[..n], write, path)?;
             addr = next;
@@ -590,15 +603,15 @@ impl Mirror {
         let notifier = unsafe { MirrorNotifier::new(self.raw) };
         // SAFETY: no preconditions.
         let zero_pfn = unsafe { ffi::hmm_rs_zero_pfn() };
-        let mut pfns = [0u64; CHUNK];
-        let mut perm = [0u8; CHUNK];
+        let mut pfns = KVVec::from_elem(0u64, RANGE_CHUNK, GFP_KERNEL).map_err(|_| ENOMEM)?;
+        let mut perm = [0u8; RANGE_CHUNK];
         let mut stats = Stats::default();
         let mut addr = start;
         while addr < end {
             if mm.fatal_signal_pending() {
                 return Err(EINTR);
             }
-            let next = chunk_end(addr, end).ok_or_else(eoverflow)?;
+            let next = range_chunk_end(addr, end).ok_or_else(eoverflow)?;
             let n = pages(addr, next);
             let deadline = mm.now_ns().saturating_add(TIMEOUT_NS);
             loop {
@@ -709,6 +722,20 @@ fn span(cmd: &Cmd) -> Result<(u64, u64)> {
 /// answers.
 pub(crate) fn chunk_end(addr: u64, end: u64) -> Option<u64> {
     addr.checked_add(CHUNK_BYTES).map(|e| e.min(end))
+}
+
+/// The end of the SNAPSHOT or READ / WRITE range-fault chunk that starts at
+/// `addr`: [`RANGE_CHUNK`] pages on, or `end`. The chunks start on
+/// test_hmm's 64-page grid from the command's address; where a whole chunk
+/// would end beyond 2^64 they fall back to test_hmm's 64 pages, so the
+/// error of [`chunk_end`] comes at the chunk where test_hmm's comes, after
+/// the same pages.
+fn range_chunk_end(addr: u64, end: u64) -> Option<u64> {
+    let small = chunk_end(addr, end)?;
+    Some(
+        addr.checked_add(RANGE_CHUNK_BYTES)
+            .map_or(small, |e| e.min(end)),
+    )
 }
 
 /// Pages in `[start, end)`, page-aligned with `start <= end` and at most
