@@ -1,5 +1,7 @@
-//! Timings printed by `tests-vm/hmm_bench.c`:
-//! `bench <op> pages=<n> rounds=<r> min_ns=<ns> median_ns=<ns>`.
+//! What `tests-vm/hmm_bench.c` prints: timings,
+//! `bench <op> pages=<n> rounds=<r> min_ns=<ns> median_ns=<ns> samples_ns=<ns>,...`,
+//! and fault counts of a READ of fresh memory,
+//! `faults <op> pages=<n> pmd_leaves=<n> minflt=<n> module_calls=<n>`.
 
 /// One timed operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +16,36 @@ pub struct Timing {
     pub min_ns: u64,
     /// Median call.
     pub median_ns: u64,
+    /// Every call's time, sorted (empty from an older hmm_bench).
+    pub samples: Vec<u64>,
+}
+
+/// The fault count of one READ of fresh memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FaultCount {
+    /// `read_fresh_thp` or `read_fresh_4k`.
+    pub op: String,
+    /// Pages read.
+    pub pages: u64,
+    /// PMD leaves a SNAPSHOT saw after the READ.
+    pub pmd_leaves: u64,
+    /// `handle_mm_fault` calls of the ioctl's thread (its minor-fault count).
+    pub minflt: u64,
+    /// The driver's own count of its `handle_mm_fault` calls (`None` for a
+    /// driver without one).
+    pub module_calls: Option<u64>,
+}
+
+/// The `key=value` words after the first two words of a line that starts
+/// with `tag`: `(op, pairs)`.
+fn fields<'a>(line: &'a str, tag: &str) -> Option<(&'a str, Vec<(&'a str, &'a str)>)> {
+    let mut w = line.split_whitespace();
+    if w.next()? != tag {
+        return None;
+    }
+    let op = w.next()?;
+    let kv = w.map(|kv| kv.split_once('=')).collect::<Option<Vec<_>>>()?;
+    Some((op, kv))
 }
 
 /// Parse the `bench` lines of one section.
@@ -21,20 +53,25 @@ pub fn parse<'a, I: IntoIterator<Item = &'a str>>(lines: I) -> Vec<Timing> {
     lines
         .into_iter()
         .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            if w.next()? != "bench" {
-                return None;
-            }
-            let op = w.next()?.to_string();
+            let (op, kv) = fields(l, "bench")?;
             let mut t = Timing {
-                op,
+                op: op.to_string(),
                 pages: 0,
                 rounds: 0,
                 min_ns: 0,
                 median_ns: 0,
+                samples: Vec::new(),
             };
-            for kv in w {
-                let (k, v) = kv.split_once('=')?;
+            for (k, v) in kv {
+                if k == "samples_ns" {
+                    let mut s = v
+                        .split(',')
+                        .map(|x| x.parse().ok())
+                        .collect::<Option<Vec<u64>>>()?;
+                    s.sort_unstable();
+                    t.samples = s;
+                    continue;
+                }
                 let v: u64 = v.parse().ok()?;
                 match k {
                     "pages" => t.pages = v,
@@ -49,6 +86,44 @@ pub fn parse<'a, I: IntoIterator<Item = &'a str>>(lines: I) -> Vec<Timing> {
         .collect()
 }
 
+/// Parse the `faults` lines of one section.
+pub fn parse_faults<'a, I: IntoIterator<Item = &'a str>>(lines: I) -> Vec<FaultCount> {
+    lines
+        .into_iter()
+        .filter_map(|l| {
+            let (op, kv) = fields(l, "faults")?;
+            let mut f = FaultCount {
+                op: op.to_string(),
+                pages: 0,
+                pmd_leaves: 0,
+                minflt: 0,
+                module_calls: None,
+            };
+            for (k, v) in kv {
+                let v: i64 = v.parse().ok()?;
+                let u = u64::try_from(v).ok();
+                match k {
+                    "pages" => f.pages = u?,
+                    "pmd_leaves" => f.pmd_leaves = u?,
+                    "minflt" => f.minflt = u?,
+                    // -1: the driver has no count.
+                    "module_calls" => f.module_calls = u,
+                    _ => {}
+                }
+            }
+            Some(f)
+        })
+        .collect()
+}
+
+/// The `q` quantile (0.0 to 1.0) of `sorted` (ascending), by nearest rank;
+/// `None` if it is empty.
+pub fn quantile(sorted: &[u64], q: f64) -> Option<u64> {
+    let last = sorted.len().checked_sub(1)?;
+    let i = (q.clamp(0.0, 1.0) * last as f64).round() as usize;
+    sorted.get(i.min(last)).copied()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,12 +133,51 @@ mod tests {
         let t = parse([
             "noise",
             "bench read_4k pages=16384 rounds=5 min_ns=46041640 median_ns=46068481",
+            "bench snapshot_4k pages=8 rounds=3 min_ns=1 median_ns=2 samples_ns=3,1,2",
             "bench broken pages=x",
+            "bench broken2 pages=1 samples_ns=1,x",
         ]);
-        assert_eq!(t.len(), 1);
+        assert_eq!(t.len(), 2);
         assert_eq!(t[0].op, "read_4k");
         assert_eq!(t[0].pages, 16384);
         assert_eq!(t[0].min_ns, 46_041_640);
         assert_eq!(t[0].median_ns, 46_068_481);
+        assert!(t[0].samples.is_empty());
+        assert_eq!(t[1].samples, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn parses_fault_lines() {
+        let f = parse_faults([
+            "faults read_fresh_thp pages=2048 pmd_leaves=4 minflt=4 module_calls=4",
+            "faults read_fresh_thp pages=2048 pmd_leaves=4 minflt=256 module_calls=-1",
+            "faults broken pages=-2",
+            "bench read_4k pages=1",
+        ]);
+        assert_eq!(f.len(), 2);
+        assert_eq!(
+            f[0],
+            FaultCount {
+                op: "read_fresh_thp".into(),
+                pages: 2048,
+                pmd_leaves: 4,
+                minflt: 4,
+                module_calls: Some(4),
+            }
+        );
+        assert_eq!(f[1].minflt, 256);
+        assert_eq!(f[1].module_calls, None);
+    }
+
+    #[test]
+    fn quantiles_by_nearest_rank() {
+        let s = [10, 20, 30, 40, 50];
+        assert_eq!(quantile(&s, 0.0), Some(10));
+        assert_eq!(quantile(&s, 0.25), Some(20));
+        assert_eq!(quantile(&s, 0.5), Some(30));
+        assert_eq!(quantile(&s, 0.75), Some(40));
+        assert_eq!(quantile(&s, 1.0), Some(50));
+        assert_eq!(quantile(&[], 0.5), None);
+        assert_eq!(quantile(&[7], 0.75), Some(7));
     }
 }

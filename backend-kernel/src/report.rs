@@ -26,7 +26,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::bench::{self, Timing};
+use crate::bench;
 use crate::claims::Claims;
 use crate::fuzz::{self, FuzzRun};
 use crate::klog;
@@ -276,51 +276,11 @@ pub fn build(log: &SerialLog, claims: &Claims) -> Report {
     diff_report(log, &mut out, &mut checks);
 
     // ------------------------------------------------------------ timings
-    let ct = section_timings(log, C_DRIVER);
-    let rt = section_timings(log, RS_DRIVER);
-    let _ = writeln!(
-        out,
-        "\n== timing (same VM, same buffer, drivers taking turns; fastest call, median of passes)"
-    );
-    let _ = writeln!(
-        out,
-        "{:20} {:>7} {:>12} {:>12} {:>8} {:>12} {:>12} {:>8}",
-        "operation", "pages", "C min", "hmm_rs min", "ratio", "C median", "hmm_rs med", "ratio"
-    );
-    for r in &rt {
-        // The C driver has no lock-dropping READ: compare with its READ.
-        let c_op = match r.op.strip_prefix("read_unlocked_") {
-            Some(kind) => format!("read_{kind}"),
-            None => r.op.clone(),
-        };
-        let c = ct.iter().find(|c| c.op == c_op);
-        let ratio = |a: u64, b: Option<u64>| match b {
-            Some(b) if b > 0 => format!("{:.2}", a as f64 / b as f64),
-            _ => "-".into(),
-        };
-        let _ = writeln!(
-            out,
-            "{:20} {:>7} {:>12} {:>12} {:>8} {:>12} {:>12} {:>8}",
-            r.op,
-            r.pages,
-            c.map_or("-".into(), |c| ms(c.min_ns)),
-            ms(r.min_ns),
-            ratio(r.min_ns, c.map(|c| c.min_ns)),
-            c.map_or("-".into(), |c| ms(c.median_ns)),
-            ms(r.median_ns),
-            ratio(r.median_ns, c.map(|c| c.median_ns)),
-        );
-    }
-    let _ = writeln!(
-        out,
-        "(ratio = hmm_rs / C; below 1 is faster. read_unlocked_* is hmm_rs's lock-dropping \
-         READ, compared with the C driver's READ. READ is dominated by copying the data twice; \
-         SNAPSHOT is the range walk alone.)"
-    );
     let debug = log
         .events
         .iter()
         .any(|e| e.starts_with("CONFIG ") && e.contains("flavor=debug"));
+    timing_report(log, &mut out);
     let rs_bench = bench_sections(log, RS_DRIVER);
     if debug {
         let _ = writeln!(out, "(debug kernel: no benchmark)");
@@ -329,6 +289,7 @@ pub fn build(log: &SerialLog, claims: &Claims) -> Report {
             !rs_bench.is_empty() && rs_bench.iter().all(|s| s.rc == Some(0)),
             "hmm_bench with hmm_rs failed (ioctl error or wrong data) or did not run",
         );
+        fault_report(log, &mut out, &mut checks);
     }
 
     // ------------------------------------------------------------ module
@@ -648,33 +609,243 @@ fn bench_sections<'a>(log: &'a SerialLog, driver: &str) -> Vec<&'a Section> {
         .collect()
 }
 
-/// Timings of `driver` over all its passes: per operation the fastest call
-/// and the median of the passes' medians.
-fn section_timings(log: &SerialLog, driver: &str) -> Vec<Timing> {
-    let mut merged: Vec<(Timing, Vec<u64>)> = Vec::new();
-    for s in bench_sections(log, driver) {
+/// One operation's timings over all passes of one driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OpTimes {
+    op: String,
+    pages: u64,
+    /// The fastest call of all passes.
+    min_ns: u64,
+    /// The median of the passes' medians.
+    median_ns: u64,
+    /// Every call of every pass, sorted (empty from an older hmm_bench).
+    samples: Vec<u64>,
+    /// Each pass's median, by pass (the section name's suffix).
+    pass_medians: BTreeMap<String, u64>,
+}
+
+impl OpTimes {
+    /// The interquartile range of all calls as a share of their median.
+    fn iqr(&self) -> Option<f64> {
+        let q1 = bench::quantile(&self.samples, 0.25)?;
+        let q2 = bench::quantile(&self.samples, 0.5)?;
+        let q3 = bench::quantile(&self.samples, 0.75)?;
+        (q2 > 0).then(|| (q3 - q1) as f64 / q2 as f64)
+    }
+}
+
+/// Timings of `driver` over all its passes: per operation the fastest call,
+/// the median of the passes' medians, every call and each pass's median.
+fn section_timings(log: &SerialLog, driver: &str) -> Vec<OpTimes> {
+    let prefix = format!("{driver}.bench");
+    let mut merged: Vec<OpTimes> = Vec::new();
+    for (name, s) in log.sections.iter() {
+        if *name != prefix && !name.starts_with(&format!("{prefix}.")) {
+            continue;
+        }
+        let pass = name[prefix.len()..].trim_start_matches('.').to_string();
         for t in bench::parse(s.lines.iter().map(String::as_str)) {
-            match merged.iter_mut().find(|(m, _)| m.op == t.op) {
-                Some((m, medians)) => {
-                    m.min_ns = m.min_ns.min(t.min_ns);
-                    m.rounds += t.rounds;
-                    medians.push(t.median_ns);
-                }
+            let i = match merged.iter().position(|m| m.op == t.op) {
+                Some(i) => i,
                 None => {
-                    let med = t.median_ns;
-                    merged.push((t, vec![med]));
+                    merged.push(OpTimes {
+                        op: t.op.clone(),
+                        pages: t.pages,
+                        min_ns: t.min_ns,
+                        median_ns: 0,
+                        samples: Vec::new(),
+                        pass_medians: BTreeMap::new(),
+                    });
+                    merged.len() - 1
                 }
-            }
+            };
+            let m = &mut merged[i];
+            m.min_ns = m.min_ns.min(t.min_ns);
+            m.samples.extend_from_slice(&t.samples);
+            m.pass_medians.insert(pass.clone(), t.median_ns);
         }
     }
+    for m in &mut merged {
+        m.samples.sort_unstable();
+        let mut medians: Vec<u64> = m.pass_medians.values().copied().collect();
+        medians.sort_unstable();
+        m.median_ns = medians[medians.len() / 2];
+    }
     merged
-        .into_iter()
-        .map(|(mut t, mut medians)| {
-            medians.sort_unstable();
-            t.median_ns = medians[medians.len() / 2];
-            t
-        })
-        .collect()
+}
+
+/// The timing table: hmm_rs against the C driver, fastest call and median,
+/// with the spread (each driver's interquartile range over all its calls,
+/// and the range of the per-pass ratios of medians: the drivers take turns,
+/// so the two medians of one pass saw the same machine).
+fn timing_report(log: &SerialLog, out: &mut String) {
+    let ct = section_timings(log, C_DRIVER);
+    let rt = section_timings(log, RS_DRIVER);
+    let _ = writeln!(
+        out,
+        "\n== timing (same VM, same buffer, drivers taking turns; fastest call, median of passes)"
+    );
+    let _ = writeln!(
+        out,
+        "{:18} {:>6} {:>9} {:>9} {:>6} {:>9} {:>9} {:>6} {:>6} {:>6}  per-pass ratio of medians",
+        "operation",
+        "pages",
+        "C min",
+        "rs min",
+        "ratio",
+        "C med",
+        "rs med",
+        "ratio",
+        "C IQR",
+        "rs IQR"
+    );
+    let ratio = |a: u64, b: Option<u64>| match b {
+        Some(b) if b > 0 => format!("{:.2}", a as f64 / b as f64),
+        _ => "-".into(),
+    };
+    let pct = |x: Option<f64>| x.map_or("-".into(), |x| format!("{:.0}%", x * 100.0));
+    let (mut below, mut above, mut mixed) = (Vec::new(), Vec::new(), Vec::new());
+    for r in &rt {
+        // The C driver has no lock-dropping READ: compare with its READ.
+        let c_op = match r.op.strip_prefix("read_unlocked_") {
+            Some(kind) => format!("read_{kind}"),
+            None => r.op.clone(),
+        };
+        let c = ct.iter().find(|c| c.op == c_op);
+        let mut pass_ratios: Vec<f64> = c
+            .map(|c| {
+                r.pass_medians
+                    .iter()
+                    .filter_map(|(pass, &rm)| {
+                        let cm = *c.pass_medians.get(pass)?;
+                        (cm > 0).then(|| rm as f64 / cm as f64)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        pass_ratios.sort_by(f64::total_cmp);
+        let spread = match (pass_ratios.first(), pass_ratios.last()) {
+            (Some(lo), Some(hi)) => {
+                if *hi < 1.0 {
+                    below.push(r.op.as_str());
+                } else if *lo > 1.0 {
+                    above.push(r.op.as_str());
+                } else {
+                    mixed.push(r.op.as_str());
+                }
+                format!("{lo:.2}..{hi:.2} over {} passes", pass_ratios.len())
+            }
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            out,
+            "{:18} {:>6} {:>9} {:>9} {:>6} {:>9} {:>9} {:>6} {:>6} {:>6}  {}",
+            r.op,
+            r.pages,
+            c.map_or("-".into(), |c| ms(c.min_ns)),
+            ms(r.min_ns),
+            ratio(r.min_ns, c.map(|c| c.min_ns)),
+            c.map_or("-".into(), |c| ms(c.median_ns)),
+            ms(r.median_ns),
+            ratio(r.median_ns, c.map(|c| c.median_ns)),
+            pct(c.and_then(OpTimes::iqr)),
+            pct(r.iqr()),
+            spread,
+        );
+    }
+    let _ = writeln!(
+        out,
+        "(ratio = hmm_rs / C; below 1 is faster. IQR: interquartile range of all calls of all \
+         passes, as a share of their median. read_unlocked_* is hmm_rs's lock-dropping READ, \
+         compared with the C driver's READ. READ is dominated by copying the data twice; \
+         SNAPSHOT is the range walk alone.)"
+    );
+    let list = |v: &[&str]| {
+        if v.is_empty() {
+            "none".into()
+        } else {
+            v.join(", ")
+        }
+    };
+    let _ = writeln!(
+        out,
+        "hmm_rs faster in every pass: {}; slower in every pass: {}; within the spread: {}",
+        list(&below),
+        list(&above),
+        list(&mixed)
+    );
+}
+
+/// The fault counts of a READ of fresh memory, both drivers; hmm_rs must
+/// fault each PMD leaf of a THP READ at most once.
+fn fault_report(log: &SerialLog, out: &mut String, checks: &mut Checks) {
+    let faults = |driver: &str| -> Vec<bench::FaultCount> {
+        bench_sections(log, driver)
+            .iter()
+            .flat_map(|s| bench::parse_faults(s.lines.iter().map(String::as_str)))
+            .collect()
+    };
+    let (cf, rf) = (faults(C_DRIVER), faults(RS_DRIVER));
+    let _ = writeln!(
+        out,
+        "\n== handle_mm_fault calls of one READ of fresh memory (first pass; the READ's thread's \
+         minor faults, and hmm_rs's own count)"
+    );
+    let _ = writeln!(
+        out,
+        "{:8} {:16} {:>6} {:>10} {:>14} {:>13}",
+        "driver", "operation", "pages", "PMD leaves", "calls (minflt)", "module count"
+    );
+    let mut shown: Vec<(&str, &str)> = Vec::new();
+    for (driver, f) in cf
+        .iter()
+        .map(|f| ("C", f))
+        .chain(rf.iter().map(|f| ("hmm_rs", f)))
+    {
+        if shown.contains(&(driver, f.op.as_str())) {
+            continue;
+        }
+        shown.push((driver, f.op.as_str()));
+        let _ = writeln!(
+            out,
+            "{:8} {:16} {:>6} {:>10} {:>14} {:>13}",
+            driver,
+            f.op,
+            f.pages,
+            f.pmd_leaves,
+            f.minflt,
+            f.module_calls.map_or("-".into(), |n| n.to_string())
+        );
+    }
+    let thp: Vec<&bench::FaultCount> = rf.iter().filter(|f| f.op == "read_fresh_thp").collect();
+    if thp.is_empty() {
+        checks.check(
+            false,
+            "hmm_bench printed no fault count for hmm_rs's THP READ",
+        );
+    } else if thp.iter().any(|f| f.pmd_leaves == 0) {
+        checks
+            .skip("the fresh THP READ got no PMD leaf (no THP in the VM): fault count not checked");
+    } else {
+        let bad: Vec<String> = thp
+            .iter()
+            .filter(|f| f.module_calls.is_none_or(|n| n > f.pmd_leaves))
+            .map(|f| {
+                format!(
+                    "{} calls for {} PMD leaves",
+                    f.module_calls.map_or("no".into(), |n| n.to_string()),
+                    f.pmd_leaves
+                )
+            })
+            .collect();
+        checks.check(
+            bad.is_empty(),
+            format!(
+                "hmm_rs faulted a fresh THP READ more than once per PMD leaf: {}",
+                bad.join("; ")
+            ),
+        );
+    }
 }
 
 #[cfg(test)]
@@ -696,6 +867,7 @@ mod tests {
         rs_fuzz_end: &'a str,
         c_skips_s: bool,
         diff: &'a str,
+        rs_faults: &'a str,
     }
 
     impl Default for Log<'_> {
@@ -712,6 +884,8 @@ mod tests {
                 c_skips_s: true,
                 diff: "# layout 1: empty\nok 1 layout_1\n# layout 2: written\nok 2 layout_2\n\
                        @@HMM-SECTION END rc=0\n",
+                rs_faults:
+                    "faults read_fresh_thp pages=2048 pmd_leaves=4 minflt=4 module_calls=4\n",
             }
         }
     }
@@ -728,6 +902,7 @@ mod tests {
                 rs_fuzz_end,
                 c_skips_s,
                 diff,
+                rs_faults,
             } = self;
             let c_s = if *c_skips_s {
                 "ok 3 t.s # SKIP no huge pages"
@@ -742,6 +917,7 @@ mod tests {
                  @@HMM-SECTION BEGIN c.uffd\nok 1 u.efault\nnot ok 2 u.unlocked\n@@HMM-SECTION END rc=1\n\
                  @@HMM-SECTION BEGIN kernel-log.c.uffd\n{c_splat}@@HMM-SECTION END rc=0\n\
                  @@HMM-SECTION BEGIN c.bench\nbench read_4k pages=8 rounds=1 min_ns=200 median_ns=200\n\
+                 faults read_fresh_thp pages=2048 pmd_leaves=4 minflt=256 module_calls=-1\n\
                  @@HMM-SECTION END rc=0\n\
                  @@HMM-SECTION BEGIN rs.hmm-tests\n{rs_a} 1 t.a\nnot ok 2 t.m\nok 3 t.s # SKIP no huge pages\n\
                  @@HMM-SECTION END rc=1\n\
@@ -756,6 +932,7 @@ mod tests {
                  @@HMM-SECTION BEGIN both.diff\n{diff}\
                  @@HMM-SECTION BEGIN both.diff-selfcheck\n# x\nnot ok 1 layout_1\n@@HMM-SECTION END rc=1\n\
                  @@HMM-SECTION BEGIN rs.bench.1\nbench read_4k pages=8 rounds=1 min_ns=100 median_ns=300\n\
+                 {rs_faults}\
                  @@HMM-SECTION END rc=0\n\
                  @@HMM-SECTION BEGIN rs.bench.2\nbench read_4k pages=8 rounds=1 min_ns=900 median_ns=900\n\
                  @@HMM-SECTION END rc=0\n\
@@ -782,9 +959,9 @@ mod tests {
         assert!(r.text.contains("needs MIGRATE_TO_DEV"));
         // 1 claimed + unexplained + 2 uffd + uffd-ran + 1 hostile +
         // hostile-ran + huge pages + coherent memory + fuzz + diff + diff
-        // self-check + bench + 3 module checks (completed, loaded,
-        // unloaded) + kernel log captured + no splat.
-        assert_eq!(r.passed, 18, "{}", r.text);
+        // self-check + bench + THP fault count + 3 module checks
+        // (completed, loaded, unloaded) + kernel log captured + no splat.
+        assert_eq!(r.passed, 19, "{}", r.text);
         assert!(r.text.contains("2 layouts compared, 0 with differences"));
         assert!(r.text.contains("0.50"), "{}", r.text); // min ratio 100/200
         assert!(r.text.contains("1.50"), "{}", r.text); // median ratio 300/200
@@ -953,6 +1130,75 @@ mod tests {
         }
         .report();
         assert_eq!(r.failed, 1, "{}", r.text);
+    }
+
+    #[test]
+    fn more_than_one_fault_per_thp_leaf_fails_and_no_thp_skips() {
+        let r = Log {
+            rs_faults:
+                "faults read_fresh_thp pages=2048 pmd_leaves=4 minflt=256 module_calls=256\n",
+            ..Log::default()
+        }
+        .report();
+        assert_eq!(r.failed, 1, "{}", r.text);
+        assert!(r.text.contains("256 calls for 4 PMD leaves"), "{}", r.text);
+        let r = Log {
+            rs_faults:
+                "faults read_fresh_thp pages=2048 pmd_leaves=0 minflt=2048 module_calls=2048\n",
+            ..Log::default()
+        }
+        .report();
+        assert!(r.ok(), "{}", r.text);
+        assert!(r.text.contains("no THP in the VM"), "{}", r.text);
+        let r = Log {
+            rs_faults: "",
+            ..Log::default()
+        }
+        .report();
+        assert_eq!(r.failed, 1, "{}", r.text);
+        // Both drivers' counts are shown.
+        let r = Log::default().report();
+        assert!(
+            r.text.contains(
+                "C        read_fresh_thp     2048          4            256             -"
+            ),
+            "{}",
+            r.text
+        );
+    }
+
+    #[test]
+    fn spread_over_passes_is_reported() {
+        let text = "@@HMM-SECTION BEGIN c.bench.1\n\
+                    bench snapshot_4k pages=8 rounds=4 min_ns=100 median_ns=200 samples_ns=100,200,200,400\n\
+                    @@HMM-SECTION END rc=0\n\
+                    @@HMM-SECTION BEGIN rs.bench.1\n\
+                    bench snapshot_4k pages=8 rounds=4 min_ns=50 median_ns=100 samples_ns=50,100,100,100\n\
+                    @@HMM-SECTION END rc=0\n\
+                    @@HMM-SECTION BEGIN c.bench.2\n\
+                    bench snapshot_4k pages=8 rounds=1 min_ns=300 median_ns=300 samples_ns=300\n\
+                    @@HMM-SECTION END rc=0\n\
+                    @@HMM-SECTION BEGIN rs.bench.2\n\
+                    bench snapshot_4k pages=8 rounds=1 min_ns=240 median_ns=240 samples_ns=240\n\
+                    @@HMM-SECTION END rc=0\n";
+        let log = SerialLog::parse(text);
+        let c = section_timings(&log, C_DRIVER);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].samples, vec![100, 200, 200, 300, 400]);
+        assert_eq!(c[0].min_ns, 100);
+        // Median of the pass medians 200 and 300 (the upper one).
+        assert_eq!(c[0].median_ns, 300);
+        // IQR (q1 200, q3 300) over the median 200.
+        assert_eq!(c[0].iqr(), Some(0.5));
+        let mut out = String::new();
+        timing_report(&log, &mut out);
+        // Per-pass ratios 100/200 and 240/300.
+        assert!(out.contains("0.50..0.80 over 2 passes"), "{out}");
+        assert!(out.contains("50%"), "{out}");
+        assert!(
+            out.contains("hmm_rs faster in every pass: snapshot_4k;"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -9,11 +9,21 @@
  * so its device page table starts empty and the whole range goes through
  * the range-fault path. SNAPSHOT never caches and walks every time.
  *
- * usage: hmm_bench [-d DEVICE] [-m MiB] [-r ROUNDS] [-u] [-n]
+ * usage: hmm_bench [-d DEVICE] [-m MiB] [-r ROUNDS] [-s ROUNDS] [-u] [-n]
+ *   -r   READ rounds (default 5); -s SNAPSHOT rounds (default: as -r)
  *   -u   also time HMM_DMIRROR_READ_UNLOCKED (hmm_rs only)
  *   -n   MADV_NOHUGEPAGE: 4 KiB PTEs only (default: THP where possible)
- * Output: one line per operation,
+ * Output: one line per operation, with every call's time, sorted:
  *   bench <op>_<thp|4k> pages=<n> rounds=<r> min_ns=<ns> median_ns=<ns>
+ *         samples_ns=<ns>,<ns>,...
+ * and, before the timings, the fault count of one READ of fresh memory
+ * (8 MiB, PMD-aligned, not touched by the CPU): the handle_mm_fault calls
+ * of the ioctl's thread (its minor-fault count, which handle_mm_fault
+ * raises for every call that completes, GUP's and HMM's too), hmm_rs's own
+ * count (module parameter fault_calls; -1 for a driver without it) and the
+ * PMD leaves a SNAPSHOT then sees:
+ *   faults read_fresh_<thp|4k> pages=<n> pmd_leaves=<n> minflt=<n>
+ *          module_calls=<n>
  * Exit status: 0 if every ioctl succeeded and the data read back matched.
  */
 #define _GNU_SOURCE
@@ -25,6 +35,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -38,6 +49,9 @@ struct hmm_dmirror_cmd {
 
 #define PAGE 4096UL
 #define MAX_ROUNDS 64
+#define FRESH_MIB 8
+#define PMD_SIZE (2UL << 20)
+#define PROT_PMD 0x04
 
 static uint64_t now_ns(void)
 {
@@ -59,36 +73,145 @@ static const char *suffix = "";
 static void report(const char *op, size_t npages, int rounds, uint64_t *ns)
 {
 	qsort(ns, rounds, sizeof(*ns), cmp_u64);
-	printf("bench %s%s pages=%zu rounds=%d min_ns=%llu median_ns=%llu\n",
+	printf("bench %s%s pages=%zu rounds=%d min_ns=%llu median_ns=%llu samples_ns=",
 	       op, suffix, npages, rounds, (unsigned long long)ns[0],
 	       (unsigned long long)ns[rounds / 2]);
+	for (int i = 0; i < rounds; i++)
+		printf("%s%llu", i ? "," : "", (unsigned long long)ns[i]);
+	printf("\n");
 	fflush(stdout);
+}
+
+/* hmm_rs's handle_mm_fault count, or -1 if the driver has none. */
+static long long module_fault_calls(void)
+{
+	FILE *f = fopen("/sys/module/hmm_rs/parameters/fault_calls", "r");
+	long long n = -1;
+
+	if (f) {
+		if (fscanf(f, "%lld", &n) != 1)
+			n = -1;
+		fclose(f);
+	}
+	return n;
+}
+
+static long thread_minflt(void)
+{
+	struct rusage ru;
+
+	getrusage(RUSAGE_THREAD, &ru);
+	return ru.ru_minflt;
+}
+
+/*
+ * READ of FRESH_MIB of fresh memory (PMD-aligned, untouched), counting
+ * the handle_mm_fault calls it takes, then a SNAPSHOT counting the PMD
+ * leaves it left. 0 on success.
+ */
+static int fresh_read_faults(const char *dev, int nothp)
+{
+	size_t size = (size_t)FRESH_MIB << 20, npages = size / PAGE, leaves = 0;
+	unsigned char *raw, *buf, *out;
+	long long mod0, mod1;
+	long flt0, flt1;
+	int fd, rc = 1;
+
+	raw = mmap(NULL, size + PMD_SIZE, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	out = malloc(size);
+	if (raw == MAP_FAILED || !out) {
+		perror("alloc");
+		return 1;
+	}
+	buf = (unsigned char *)(((uintptr_t)raw + PMD_SIZE - 1) & ~(PMD_SIZE - 1));
+	if (madvise(buf, size, nothp ? MADV_NOHUGEPAGE : MADV_HUGEPAGE)) {
+		perror("madvise");
+		return 1;
+	}
+	memset(out, 1, size);
+	fd = open(dev, O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		perror(dev);
+		return 1;
+	}
+	{
+		struct hmm_dmirror_cmd cmd = {
+			.addr = (uintptr_t)buf, .ptr = (uintptr_t)out,
+			.npages = npages,
+		};
+
+		mod0 = module_fault_calls();
+		flt0 = thread_minflt();
+		if (ioctl(fd, HMM_DMIRROR_READ, &cmd)) {
+			perror("READ (fresh)");
+			goto out;
+		}
+		flt1 = thread_minflt();
+		mod1 = module_fault_calls();
+		for (size_t i = 0; i < size; i++) {
+			if (out[i]) {
+				fprintf(stderr, "READ (fresh): byte %zu is %u\n",
+					i, out[i]);
+				goto out;
+			}
+		}
+	}
+	{
+		struct hmm_dmirror_cmd cmd = {
+			.addr = (uintptr_t)buf, .ptr = (uintptr_t)out,
+			.npages = npages,
+		};
+
+		if (ioctl(fd, HMM_DMIRROR_SNAPSHOT, &cmd)) {
+			perror("SNAPSHOT (fresh)");
+			goto out;
+		}
+		for (size_t i = 0; i < npages; i += PMD_SIZE / PAGE)
+			leaves += !!(out[i] & PROT_PMD);
+	}
+	printf("faults read_fresh%s pages=%zu pmd_leaves=%zu minflt=%ld module_calls=%lld\n",
+	       suffix, npages, leaves, flt1 - flt0,
+	       mod0 < 0 || mod1 < 0 ? -1 : mod1 - mod0);
+	fflush(stdout);
+	rc = 0;
+out:
+	close(fd);
+	munmap(raw, size + PMD_SIZE);
+	free(out);
+	return rc;
 }
 
 int main(int argc, char **argv)
 {
 	const char *dev = "/dev/hmm_dmirror0";
 	size_t mib = 64, size, npages, i;
-	int rounds = 5, unlocked = 0, nothp = 0, opt, r;
+	int rounds = 5, snap_rounds = 0, unlocked = 0, nothp = 0, opt, r;
 	uint64_t ns[MAX_ROUNDS];
 	unsigned char *buf, *out;
 
-	while ((opt = getopt(argc, argv, "d:m:r:un")) != -1) {
+	while ((opt = getopt(argc, argv, "d:m:r:s:un")) != -1) {
 		switch (opt) {
 		case 'd': dev = optarg; break;
 		case 'm': mib = strtoul(optarg, NULL, 0); break;
 		case 'r': rounds = atoi(optarg); break;
+		case 's': snap_rounds = atoi(optarg); break;
 		case 'u': unlocked = 1; break;
 		case 'n': nothp = 1; break;
 		default:
-			fprintf(stderr, "usage: %s [-d DEV] [-m MiB] [-r N] [-u] [-n]\n",
+			fprintf(stderr, "usage: %s [-d DEV] [-m MiB] [-r N] [-s N] [-u] [-n]\n",
 				argv[0]);
 			return 2;
 		}
 	}
-	if (rounds < 1 || rounds > MAX_ROUNDS || mib < 1)
+	if (!snap_rounds)
+		snap_rounds = rounds;
+	if (rounds < 1 || rounds > MAX_ROUNDS || snap_rounds < 1 ||
+	    snap_rounds > MAX_ROUNDS || mib < 1)
 		return 2;
 	suffix = nothp ? "_4k" : "_thp";
+	if (fresh_read_faults(dev, nothp))
+		return 1;
 	size = mib << 20;
 	npages = size / PAGE;
 	buf = mmap(NULL, size, PROT_READ | PROT_WRITE,
@@ -144,7 +267,7 @@ int main(int argc, char **argv)
 			perror(dev);
 			return 1;
 		}
-		for (r = 0; r < rounds; r++) {
+		for (r = 0; r < snap_rounds; r++) {
 			struct hmm_dmirror_cmd cmd = {
 				.addr = (uintptr_t)buf, .ptr = (uintptr_t)out,
 				.npages = npages,
@@ -171,7 +294,7 @@ int main(int argc, char **argv)
 			}
 		}
 		close(fd);
-		report("snapshot", npages, rounds, ns);
+		report("snapshot", npages, snap_rounds, ns);
 	}
 	return 0;
 }

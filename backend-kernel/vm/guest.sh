@@ -21,7 +21,8 @@
 echo 1 > /proc/sys/kernel/printk
 BENCH_MIB="${BENCH_MIB:-64}"
 BENCH_ROUNDS="${BENCH_ROUNDS:-5}"
-BENCH_PASSES="${BENCH_PASSES:-3}"
+BENCH_SNAP_ROUNDS="${BENCH_SNAP_ROUNDS:-21}"
+BENCH_PASSES="${BENCH_PASSES:-5}"
 FLAVOR="${FLAVOR:-release}"
 FUZZ_SEED="${FUZZ_SEED:-1}"
 FUZZ_CALLS="${FUZZ_CALLS:-20000}"
@@ -126,8 +127,8 @@ diff_drivers() {  # both drivers loaded side by side, the same questions
 bench_driver() {  # bench_driver DRIVER KO MODNAME PASS BENCH_ARGS...
     drv="$1"; ko="$2"; mod="$3"; pass="$4"; shift 4
     load "$drv" "$ko" || { kernel_log "$drv.bench.$pass"; return; }
-    section "$drv.bench.$pass" sh -c "./hmm_bench -m $BENCH_MIB -r $BENCH_ROUNDS -n $* &&
-                                      ./hmm_bench -m $BENCH_MIB -r $BENCH_ROUNDS $*"
+    section "$drv.bench.$pass" sh -c "./hmm_bench -m $BENCH_MIB -r $BENCH_ROUNDS -s $BENCH_SNAP_ROUNDS -n $* &&
+                                      ./hmm_bench -m $BENCH_MIB -r $BENCH_ROUNDS -s $BENCH_SNAP_ROUNDS $*"
     unload "$drv" "$mod"
     kernel_log "$drv.bench.$pass"
 }

@@ -15,8 +15,10 @@
 #      lockdep, KASAN, DEBUG_VM, ...) and runs no benchmark;
 #      HMM_SKIP_SETUP=1 skips setup.sh; HMM_QEMU_TIMEOUT (default 1500 s,
 #      3000 s on the debug kernel);
-#      HMM_BENCH_MIB (default 64), HMM_BENCH_ROUNDS (default 5) per pass,
-#      HMM_BENCH_PASSES (default 3): the drivers take turns, one pass each;
+#      HMM_BENCH_MIB (default 64), HMM_BENCH_ROUNDS (default 5: READ calls
+#      per pass), HMM_BENCH_SNAP_ROUNDS (default 21: SNAPSHOT calls per
+#      pass), HMM_BENCH_PASSES (default 5): the drivers take turns, one pass
+#      each;
 #      HMM_FUZZ_SEED (default: the current time), HMM_FUZZ_CALLS (default
 #      20000), HMM_FUZZ_SECONDS (default 60): the ioctl fuzzer, per driver.
 #      HMM_DIFF_LAYOUTS (default 100): layouts of the differential test.
@@ -39,7 +41,7 @@ if [ "$HMM_KERNEL_FLAVOR" = debug ]; then
     qemu_timeout="${HMM_QEMU_TIMEOUT:-3000}"
 else
     out="${1:-$HMM_CACHE_ROOT/runs/kernel-harness}"
-    passes="${HMM_BENCH_PASSES:-3}"
+    passes="${HMM_BENCH_PASSES:-5}"
     qemu_timeout="${HMM_QEMU_TIMEOUT:-1500}"
 fi
 fuzz_seed="${HMM_FUZZ_SEED:-$(date +%s)}"
@@ -89,7 +91,7 @@ timed tests-vm build_tests
 cat > "$out/test.sh" <<EOF
 #!/bin/sh
 FLAVOR=$HMM_KERNEL_FLAVOR \\
-BENCH_MIB=${HMM_BENCH_MIB:-64} BENCH_ROUNDS=${HMM_BENCH_ROUNDS:-5} BENCH_PASSES=$passes \\
+BENCH_MIB=${HMM_BENCH_MIB:-64} BENCH_ROUNDS=${HMM_BENCH_ROUNDS:-5} BENCH_SNAP_ROUNDS=${HMM_BENCH_SNAP_ROUNDS:-21} BENCH_PASSES=$passes \\
 FUZZ_SEED=$fuzz_seed FUZZ_CALLS=${HMM_FUZZ_CALLS:-20000} FUZZ_SECONDS=${HMM_FUZZ_SECONDS:-60} \\
 DIFF_LAYOUTS=${HMM_DIFF_LAYOUTS:-100} \\
 SPM_ARGS="spm_addr_dev0=$spm0 spm_addr_dev1=$spm1" \\
