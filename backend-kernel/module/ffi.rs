@@ -63,6 +63,20 @@ pub(crate) struct RawLeaf {
     pub(crate) pad: u32,
 }
 
+/// `struct hmm_rs_table`: what one `hmm_rs_walk_table` call reported
+/// besides its PTE words.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct RawTable {
+    pub(crate) owners: [u64; PTE_OWNERS],
+    pub(crate) leaf: RawLeaf,
+    pub(crate) next: u64,
+    pub(crate) nwords: u32,
+    pub(crate) nowners: u32,
+    pub(crate) nleaves: u32,
+    pub(crate) pad: u32,
+}
+
 /// `struct hmm_rs_migrate`: the fields of a `struct migrate_vma`.
 #[repr(C)]
 pub(crate) struct RawMigrate {
@@ -108,6 +122,15 @@ pub(crate) const LEAF_DEVICE_EXCLUSIVE: u32 = 4;
 pub(crate) const LEAF_MIGRATION: u32 = 5;
 pub(crate) const LEAF_HWPOISON: u32 = 6;
 
+pub(crate) const PTE_PLAIN: u64 = 1 << 63;
+pub(crate) const PTE_WRITE: u64 = 1 << 62;
+pub(crate) const PTE_PFN_MASK: u64 = (1 << 52) - 1;
+pub(crate) const PTE_FLAGS_SHIFT: u32 = 52;
+pub(crate) const PTE_KIND_SHIFT: u32 = 56;
+pub(crate) const PTE_OWNER_SHIFT: u32 = 60;
+pub(crate) const PTE_OWNERS: usize = 8;
+pub(crate) const PTE_TABLE: usize = 512;
+
 pub(crate) const LEAF_WRITE: u32 = 0x1;
 pub(crate) const LEAF_PROTNONE: u32 = 0x2;
 pub(crate) const LEAF_SPECIAL: u32 = 0x4;
@@ -142,6 +165,15 @@ extern "C" {
         out: *mut RawLeaf,
         cap: u32,
         next: *mut u64,
+    ) -> c_int;
+    pub(crate) fn hmm_rs_walk_table(
+        mm: *mut MmStruct,
+        vma: *mut VmAreaStruct,
+        start: u64,
+        end: u64,
+        words: *mut u64,
+        cap: u32,
+        table: *mut RawTable,
     ) -> c_int;
     pub(crate) fn hmm_rs_mirror_mm(m: *mut RawMirror) -> *mut MmStruct;
     pub(crate) fn hmm_rs_mirror_owner(m: *mut RawMirror) -> u64;

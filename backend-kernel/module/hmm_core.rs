@@ -48,7 +48,7 @@ pub use error::Error;
 pub use fault::{FaultFlags, FaultHandler, FaultOutcome, VmFaultError};
 pub use host::Env;
 pub use leaf::{Leaf, Present};
-pub use mm::{MmView, MmapLock};
+pub use mm::{LeafSink, MmView, MmapLock, PteFormat};
 pub use notifier::IntervalNotifier;
 pub use pfn::{HmmPfn, PfnFlags, PAGE_SHIFT, PAGE_SIZE, PMD_ORDER, PUD_ORDER};
 pub use range::Range;

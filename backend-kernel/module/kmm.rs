@@ -36,14 +36,15 @@ use core::marker::PhantomData;
 use core::ops::ControlFlow;
 use core::ptr;
 
-use crate::ffi::{self, MmStruct, RawLeaf, RawMirror, RawVma, VmAreaStruct};
+use crate::ffi::{self, MmStruct, RawLeaf, RawMirror, RawTable, RawVma, VmAreaStruct};
 use crate::hmm_core::{
-    Clock, Error, FaultFlags, FaultHandler, FaultOutcome, IntervalNotifier, Leaf, MmView, MmapLock,
-    Present, Signals, VmFaultError, VmFlags, Vma,
+    Clock, Error, FaultFlags, FaultHandler, FaultOutcome, IntervalNotifier, Leaf, LeafSink, MmView,
+    MmapLock, Present, PteFormat, Signals, VmFaultError, VmFlags, Vma, PAGE_SIZE,
 };
 
-/// Leaves per call into the C page-table reader. Each call re-descends from
-/// the PGD once and then walks tables linearly.
+/// Leaves per call into the C page-table reader `hmm_rs_walk` (hugetlb
+/// VMAs, and `has_pmd_thp`). Each call re-descends from the PGD once and
+/// then walks tables linearly.
 const LEAF_BATCH: usize = 32;
 
 /// The address space a mirror mirrors, pinned (upstream's `MmWithUser`: an
@@ -212,7 +213,133 @@ fn to_leaf(l: &RawLeaf) -> Leaf {
     }
 }
 
+impl MmapReadGuard<'_> {
+    /// The `vm_area_struct` of `vma`, which came from this guard's
+    /// `find_vma` (its lifetime says so): the cached pointer if it is the
+    /// last one found, else null (the shim looks it up again).
+    fn raw_vma(&self, vma: &Vma<'_>) -> *mut VmAreaStruct {
+        let (cached, cs, ce) = self.last_vma.get();
+        if cs == vma.start() && ce == vma.end() {
+            cached
+        } else {
+            ptr::null_mut()
+        }
+    }
+}
+
+/// The PTE words of one `hmm_rs_walk_table` call (`shim.h`): a plain present
+/// PTE is `PTE_PLAIN | [PTE_WRITE] | pfn`; any other PTE carries its leaf
+/// kind, flags, device-private owner index and PFN, classified by the shim
+/// while the table was mapped. Decoding is pure bit arithmetic.
+struct PteWords {
+    /// The device-private owners the words name, by index.
+    owners: [u64; ffi::PTE_OWNERS],
+    /// How many of `owners` are set.
+    nowners: usize,
+}
+
+impl PteFormat for PteWords {
+    #[inline(always)]
+    fn plain(&self, pte: u64) -> Option<(u64, bool)> {
+        (pte & ffi::PTE_PLAIN != 0).then_some((pte & ffi::PTE_PFN_MASK, pte & ffi::PTE_WRITE != 0))
+    }
+
+    fn leaf(&self, pte: u64) -> Leaf {
+        let pfn = pte & ffi::PTE_PFN_MASK;
+        if pte & ffi::PTE_PLAIN != 0 {
+            return Leaf::Present(Present {
+                pfn,
+                order: 0,
+                write: pte & ffi::PTE_WRITE != 0,
+                ..Present::default()
+            });
+        }
+        // Four bits each: always fit.
+        let kind = ((pte >> ffi::PTE_KIND_SHIFT) & 0xf) as u32;
+        let flags = ((pte >> ffi::PTE_FLAGS_SHIFT) & 0xf) as u32;
+        let owner = if kind == ffi::LEAF_DEVICE_PRIVATE {
+            // Three bits: below PTE_OWNERS; an index the shim did not set
+            // cannot name an owner.
+            let i = ((pte >> ffi::PTE_OWNER_SHIFT) & 0x7) as usize;
+            match self.owners.get(i) {
+                Some(&o) if i < self.nowners => o,
+                _ => return Leaf::Bad,
+            }
+        } else {
+            0
+        };
+        to_leaf(&RawLeaf {
+            start: 0,
+            end: 0,
+            pfn,
+            owner,
+            kind,
+            flags,
+            order: 0,
+            pad: 0,
+        })
+    }
+}
+
 impl MmView for MmapReadGuard<'_> {
+    /// One shim call per PTE table: `hmm_rs_walk_table` copies the words of
+    /// the table that maps `cur` for `[cur, min(end, its PMD's end))` under
+    /// RCU (no PTE lock, as `mm/hmm.c`), classifying in C every word that
+    /// is not a plain present PTE; the walker then decodes them with no
+    /// further call. Entries that are not PTE tables (none, huge or bad
+    /// PMDs and PUDs) come back as one leaf each. Hugetlb VMAs go through
+    /// `walk_leaves`, whose entries are huge pages anyway.
+    fn walk_batched<S: LeafSink>(&self, vma: &Vma<'_>, start: u64, end: u64, sink: &mut S) {
+        if vma.is_hugetlb() {
+            return self.walk_leaves(vma, start, end, |a, b, leaf| sink.leaf(a, b, leaf));
+        }
+        let raw_vma = self.raw_vma(vma);
+        let mut words = [0u64; ffi::PTE_TABLE];
+        let mut t = RawTable::default();
+        let mut cur = start;
+        while cur < end {
+            // SAFETY: the read lock of the pinned `mm` is held by `self`, so
+            // `raw_vma` (null, or found under this same lock) is valid;
+            // `words` has room for PTE_TABLE words and `t` is a valid
+            // out-pointer. The shim holds no lock when it returns.
+            let r = unsafe {
+                ffi::hmm_rs_walk_table(
+                    self.mm,
+                    raw_vma,
+                    cur,
+                    end,
+                    words.as_mut_ptr(),
+                    ffi::PTE_TABLE as u32,
+                    &mut t,
+                )
+            };
+            let n = t.nwords as usize;
+            let next = t.next;
+            // Exactly one of: `n` words from `cur` on, or one leaf
+            // [cur, next). Anything else ([cur, end) not inside one VMA,
+            // which cannot happen under the lock) is a corrupt entry.
+            let words_end = (n as u64)
+                .checked_mul(PAGE_SIZE)
+                .and_then(|b| cur.checked_add(b));
+            let flow = if r == 0 && n > 0 && n <= ffi::PTE_TABLE && t.nleaves == 0 && words_end == Some(next) && next <= end {
+                let format = PteWords {
+                    owners: t.owners,
+                    nowners: (t.nowners as usize).min(ffi::PTE_OWNERS),
+                };
+                sink.ptes(cur, words[..n].iter().copied(), &format)
+            } else if r == 0 && n == 0 && t.nleaves == 1 && t.leaf.start == cur && t.leaf.end == next && cur < next && next <= end {
+                sink.leaf(cur, next, to_leaf(&t.leaf))
+            } else {
+                let _ = sink.leaf(cur, end, Leaf::Bad);
+                return;
+            };
+            if flow.is_break() {
+                return;
+            }
+            cur = next;
+        }
+    }
+
     fn find_vma(&self, addr: u64) -> Option<Vma<'_>> {
         let mut v = RawVma::default();
         // SAFETY: the read lock of the pinned `mm` is held by `self`; `v` is
@@ -233,15 +360,7 @@ impl MmView for MmapReadGuard<'_> {
     where
         F: FnMut(u64, u64, Leaf) -> ControlFlow<()>,
     {
-        let (cached, cs, ce) = self.last_vma.get();
-        // The VMA came from this guard's find_vma (its lifetime says so);
-        // reuse its pointer, or let the shim look it up if it is not the
-        // last one found.
-        let raw_vma = if cs == vma.start() && ce == vma.end() {
-            cached
-        } else {
-            ptr::null_mut()
-        };
+        let raw_vma = self.raw_vma(vma);
         let mut buf = [RawLeaf::default(); LEAF_BATCH];
         let mut cur = start;
         while cur < end {

@@ -74,6 +74,31 @@ struct hmm_rs_leaf {
 };
 
 /*
+ * hmm_rs_walk_table(): the PTE words of one PTE table. A word is either a
+ * plain present PTE, HMM_RS_PTE_PLAIN | [HMM_RS_PTE_WRITE] | PFN, or any
+ * other PTE as its leaf kind (HMM_RS_LEAF_*, NONE = 0), leaf flags
+ * (HMM_RS_LEAF_WRITE ...), the index of its device-private owner in
+ * owners[] and its PFN (present and device-private entries).
+ */
+#define HMM_RS_PTE_PLAIN	(1ULL << 63)
+#define HMM_RS_PTE_WRITE	(1ULL << 62)
+#define HMM_RS_PTE_PFN_MASK	((1ULL << 52) - 1)
+#define HMM_RS_PTE_FLAGS_SHIFT	52	/* 4 bits */
+#define HMM_RS_PTE_KIND_SHIFT	56	/* 4 bits */
+#define HMM_RS_PTE_OWNER_SHIFT	60	/* 3 bits */
+#define HMM_RS_PTE_OWNERS	8
+/* Words per hmm_rs_walk_table() call: one PTE table. */
+#define HMM_RS_PTE_TABLE	512
+
+/* What one hmm_rs_walk_table() call reported besides the words. */
+struct hmm_rs_table {
+	u64 owners[HMM_RS_PTE_OWNERS];	/* device-private owners named */
+	struct hmm_rs_leaf leaf;	/* the leaf, if nleaves is 1 */
+	u64 next;			/* end of what was reported */
+	u32 nwords, nowners, nleaves, pad;
+};
+
+/*
  * The fields of a struct migrate_vma (the shim builds one from this for
  * each call): src and dst have (end - start) >> PAGE_SHIFT entries.
  */
@@ -121,6 +146,9 @@ void hmm_rs_vma_bounds(struct vm_area_struct *vma, u64 *start, u64 *end);
 /* shim_walk.c: the page-table reader */
 int hmm_rs_walk(struct mm_struct *mm, struct vm_area_struct *vma, u64 start,
 		u64 end, struct hmm_rs_leaf *out, u32 cap, u64 *next);
+int hmm_rs_walk_table(struct mm_struct *mm, struct vm_area_struct *vma,
+		      u64 start, u64 end, u64 *words, u32 cap,
+		      struct hmm_rs_table *table);
 
 /* shim_mirror.c: devices, mirrors, their notifier and device page table */
 u64 hmm_rs_unlocked_timeout_ns(void);

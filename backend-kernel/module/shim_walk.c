@@ -22,9 +22,24 @@
 
 /* ------------------------------------------------------ page-table walk */
 
+/* The word encoding of shim.h fits the leaf kinds, flags and owners. */
+static_assert(HMM_RS_LEAF_BAD < 16);
+static_assert((HMM_RS_LEAF_WRITE | HMM_RS_LEAF_PROTNONE | HMM_RS_LEAF_SPECIAL |
+	       HMM_RS_LEAF_ZERO) < 16);
+static_assert(HMM_RS_PTE_OWNERS <= 8);
+static_assert(PTRS_PER_PTE == HMM_RS_PTE_TABLE);
+
 struct hmm_rs_walker {
 	struct hmm_rs_leaf *out;
 	u32 n, cap;
+	/*
+	 * Table mode (hmm_rs_walk_table()): the words of one PTE table go to
+	 * table->words, and the walk stops after that table or after one
+	 * leaf. NULL for hmm_rs_walk().
+	 */
+	struct hmm_rs_table *table;
+	u64 *words;
+	u32 wcap;
 };
 
 static bool hmm_rs_emit(struct hmm_rs_walker *w, u64 start, u64 end, u32 kind,
@@ -32,7 +47,7 @@ static bool hmm_rs_emit(struct hmm_rs_walker *w, u64 start, u64 end, u32 kind,
 {
 	struct hmm_rs_leaf *l;
 
-	if (w->n >= w->cap)
+	if (w->n >= w->cap || (w->table && w->table->nwords))
 		return false;
 	l = &w->out[w->n++];
 	l->start = start;
@@ -75,6 +90,115 @@ static bool hmm_rs_emit_swap(struct hmm_rs_walker *w, u64 start, u64 end,
 }
 
 /*
+ * Report the PTE @pte of the page [addr, addr + PAGE_SIZE) as one leaf.
+ *
+ * mm/hmm.c refuses a present PTE for which vm_normal_page() finds no page,
+ * unless it is devmap (DAX, P2PDMA) or the zero page. vm_normal_page() is
+ * not exported; with ARCH_HAS_PTE_SPECIAL (x86) it finds no page for
+ * special PTEs (raw PFNs of VM_PFNMAP / VM_MIXEDMAP, devmap, the zero page)
+ * and, after reporting a bad PTE, for a non-special PTE beyond the memmap,
+ * which a correct kernel never installs. The zero page is reported on its
+ * own.
+ */
+static bool hmm_rs_emit_pte(struct hmm_rs_walker *w, u64 addr, pte_t pte)
+{
+	u64 next = addr + PAGE_SIZE;
+	u64 pfn;
+	u32 fl = 0;
+
+	if (pte_none(pte) || is_pte_marker(pte))
+		return hmm_rs_emit(w, addr, next, HMM_RS_LEAF_NONE, 0, 0, 0, 0);
+	if (!pte_present(pte))
+		return hmm_rs_emit_swap(w, addr, next, pte, 0);
+	pfn = pte_pfn(pte);
+	if (pte_write(pte))
+		fl |= HMM_RS_LEAF_WRITE;
+	if (pte_protnone(pte))
+		fl |= HMM_RS_LEAF_PROTNONE;
+	if (is_zero_pfn(pfn))
+		fl |= HMM_RS_LEAF_ZERO;
+	else if (pte_special(pte) && !pte_devmap(pte))
+		fl |= HMM_RS_LEAF_SPECIAL;
+	return hmm_rs_emit(w, addr, next, HMM_RS_LEAF_PRESENT, pfn, fl, 0, 0);
+}
+
+/*
+ * Table mode: the word of @pte (see HMM_RS_PTE_* in shim.h), classified as
+ * hmm_rs_emit_pte() classifies it. A plain present PTE (present, not
+ * PROT_NONE, not special, not devmap, not the zero page) is its PFN and
+ * write bit under HMM_RS_PTE_PLAIN; anything else is its leaf kind, flags
+ * and PFN, and a device-private entry the index of its pgmap owner in
+ * table->owners (looked up here, while the table is mapped). False if the
+ * PTE does not fit a word (a ninth owner in one table, a PFN of more than
+ * 52 bits): the caller reports it as a leaf instead.
+ */
+static bool hmm_rs_pte_word(struct hmm_rs_walker *w, pte_t pte, u64 *word)
+{
+	struct hmm_rs_table *t = w->table;
+	u64 pfn = 0, owner_ix = 0;
+	u32 kind, fl = 0;
+
+	if (pte_none(pte) || is_pte_marker(pte)) {
+		*word = (u64)HMM_RS_LEAF_NONE << HMM_RS_PTE_KIND_SHIFT;
+		return true;
+	}
+	if (pte_present(pte)) {
+		pfn = pte_pfn(pte);
+		if (!pte_protnone(pte) && !pte_special(pte) &&
+		    !pte_devmap(pte) && !is_zero_pfn(pfn) &&
+		    pfn <= HMM_RS_PTE_PFN_MASK) {
+			*word = HMM_RS_PTE_PLAIN | pfn |
+				(pte_write(pte) ? HMM_RS_PTE_WRITE : 0);
+			return true;
+		}
+		kind = HMM_RS_LEAF_PRESENT;
+		if (pte_write(pte))
+			fl |= HMM_RS_LEAF_WRITE;
+		if (pte_protnone(pte))
+			fl |= HMM_RS_LEAF_PROTNONE;
+		if (is_zero_pfn(pfn))
+			fl |= HMM_RS_LEAF_ZERO;
+		else if (pte_special(pte) && !pte_devmap(pte))
+			fl |= HMM_RS_LEAF_SPECIAL;
+	} else {
+		swp_entry_t entry = pte_to_swp_entry(pte);
+
+		if (is_device_private_entry(entry)) {
+			struct page *page = pfn_swap_entry_to_page(entry);
+			u64 owner = (u64)(uintptr_t)page->pgmap->owner;
+
+			while (owner_ix < t->nowners &&
+			       t->owners[owner_ix] != owner)
+				owner_ix++;
+			if (owner_ix == t->nowners) {
+				if (owner_ix == HMM_RS_PTE_OWNERS)
+					return false;
+				t->owners[t->nowners++] = owner;
+			}
+			kind = HMM_RS_LEAF_DEVICE_PRIVATE;
+			pfn = swp_offset_pfn(entry);
+			if (is_writable_device_private_entry(entry))
+				fl |= HMM_RS_LEAF_WRITE;
+		} else if (is_device_exclusive_entry(entry)) {
+			kind = HMM_RS_LEAF_DEVICE_EXCLUSIVE;
+		} else if (is_migration_entry(entry)) {
+			kind = HMM_RS_LEAF_MIGRATION;
+		} else if (non_swap_entry(entry)) {
+			/* hwpoison and unknown entries: not faultable (mm/hmm.c). */
+			kind = HMM_RS_LEAF_HWPOISON;
+		} else {
+			kind = HMM_RS_LEAF_SWAP;
+		}
+	}
+	if (pfn > HMM_RS_PTE_PFN_MASK)
+		return false;
+	*word = ((u64)kind << HMM_RS_PTE_KIND_SHIFT) |
+		((u64)fl << HMM_RS_PTE_FLAGS_SHIFT) |
+		(owner_ix << HMM_RS_PTE_OWNER_SHIFT) | pfn;
+	return true;
+}
+
+/*
  * The PTEs of one PTE table for [addr, end) (end within one PMD), mapped
  * from @pmdval. The caller holds rcu_read_lock() and read @pmdval inside
  * that same read-side section, as __pte_offset_map() (not exported) does:
@@ -83,6 +207,12 @@ static bool hmm_rs_emit_swap(struct hmm_rs_walker *w, u64 start, u64 end,
  * caller's rcu_read_unlock(). No PTE lock: consistency comes from the
  * caller's notifier sequence, as in mm/hmm.c. Returns the address reached
  * (end, or less if the batch is full).
+ *
+ * In table mode the PTEs become words (one per page, at most wcap), unless
+ * this walk has already reported a leaf or a table: then nothing is
+ * reported, and the walk stops here. A PTE that does not fit a word ends
+ * the table before it; if it is the table's first, it is reported as a
+ * leaf instead.
  */
 static u64 hmm_rs_walk_ptes(struct hmm_rs_walker *w, pmd_t pmdval, u64 addr,
 			    u64 end)
@@ -92,43 +222,27 @@ static u64 hmm_rs_walk_ptes(struct hmm_rs_walker *w, pmd_t pmdval, u64 addr,
 	RCU_LOCKDEP_WARN(!rcu_read_lock_held(),
 			 "hmm_rs_walk_ptes() outside an RCU read-side section");
 	ptep = pte_offset_kernel(&pmdval, addr);
-	for (; addr < end; addr += PAGE_SIZE, ptep++) {
-		pte_t pte = ptep_get(ptep);
-		u64 next = addr + PAGE_SIZE;
-		bool ok;
+	if (w->table) {
+		struct hmm_rs_table *t = w->table;
+		u32 n = 0;
 
-		if (pte_none(pte) || is_pte_marker(pte)) {
-			ok = hmm_rs_emit(w, addr, next, HMM_RS_LEAF_NONE, 0, 0,
-					 0, 0);
-		} else if (!pte_present(pte)) {
-			ok = hmm_rs_emit_swap(w, addr, next, pte, 0);
-		} else {
-			u64 pfn = pte_pfn(pte);
-			u32 fl = 0;
+		if (w->n || t->nwords)
+			return addr;
+		for (; addr < end && n < w->wcap; addr += PAGE_SIZE, ptep++) {
+			pte_t pte = ptep_get(ptep);
 
-			if (pte_write(pte))
-				fl |= HMM_RS_LEAF_WRITE;
-			if (pte_protnone(pte))
-				fl |= HMM_RS_LEAF_PROTNONE;
-			/*
-			 * mm/hmm.c refuses a PTE for which vm_normal_page()
-			 * finds no page, unless it is devmap (DAX, P2PDMA)
-			 * or the zero page. vm_normal_page() is not
-			 * exported; with ARCH_HAS_PTE_SPECIAL (x86) it finds
-			 * no page for special PTEs (raw PFNs of VM_PFNMAP /
-			 * VM_MIXEDMAP, devmap, the zero page) and, after
-			 * reporting a bad PTE, for a non-special PTE beyond
-			 * the memmap, which a correct kernel never installs.
-			 * The zero page is reported on its own.
-			 */
-			if (is_zero_pfn(pfn))
-				fl |= HMM_RS_LEAF_ZERO;
-			else if (pte_special(pte) && !pte_devmap(pte))
-				fl |= HMM_RS_LEAF_SPECIAL;
-			ok = hmm_rs_emit(w, addr, next, HMM_RS_LEAF_PRESENT, pfn,
-					 fl, 0, 0);
+			if (!hmm_rs_pte_word(w, pte, &w->words[n])) {
+				if (!n && hmm_rs_emit_pte(w, addr, pte))
+					addr += PAGE_SIZE;
+				break;
+			}
+			n++;
 		}
-		if (!ok)
+		t->nwords = n;
+		return addr;
+	}
+	for (; addr < end; addr += PAGE_SIZE, ptep++) {
+		if (!hmm_rs_emit_pte(w, addr, ptep_get(ptep)))
 			break;
 	}
 	return addr;
@@ -309,17 +423,16 @@ static u64 hmm_rs_walk_hugetlb(struct hmm_rs_walker *w,
 }
 
 /*
- * Report the leaves of [start, end) (page aligned, inside one VMA) into
- * out[0..cap), in address order and without gaps. @vma is the VMA found by
+ * Walk [start, end) (page aligned, inside one VMA) into @w, in address
+ * order and without gaps, until it is full. @vma is the VMA found by
  * hmm_rs_find_vma() under the same mmap read lock, or NULL to look it up.
- * Returns the number of leaves, or -EFAULT if [start, end) is not inside
- * that VMA. *next is the end of the last reported leaf (end if the range
- * is complete).
+ * Returns -EFAULT if [start, end) is not inside that VMA, else 0 with
+ * *next the end of what was reported (end if the range is complete).
  */
-int hmm_rs_walk(struct mm_struct *mm, struct vm_area_struct *vma, u64 start,
-		u64 end, struct hmm_rs_leaf *out, u32 cap, u64 *next)
+static int hmm_rs_walk_range(struct hmm_rs_walker *w, struct mm_struct *mm,
+			     struct vm_area_struct *vma, u64 start, u64 end,
+			     u64 *next)
 {
-	struct hmm_rs_walker w = { .out = out, .n = 0, .cap = cap };
 	u64 addr = start;
 
 	mmap_assert_locked(mm);
@@ -330,8 +443,8 @@ int hmm_rs_walk(struct mm_struct *mm, struct vm_area_struct *vma, u64 start,
 	    end > vma->vm_end || start >= end)
 		return -EFAULT;
 	if (is_vm_hugetlb_page(vma)) {
-		*next = hmm_rs_walk_hugetlb(&w, vma, start, end);
-		return w.n;
+		*next = hmm_rs_walk_hugetlb(w, vma, start, end);
+		return 0;
 	}
 	while (addr < end) {
 		pgd_t *pgd = pgd_offset(mm, addr);
@@ -340,7 +453,7 @@ int hmm_rs_walk(struct mm_struct *mm, struct vm_area_struct *vma, u64 start,
 		p4d_t *p4d;
 
 		if (pgd_none(READ_ONCE(*pgd))) {
-			if (!hmm_rs_emit(&w, addr, pgd_end, HMM_RS_LEAF_NONE,
+			if (!hmm_rs_emit(w, addr, pgd_end, HMM_RS_LEAF_NONE,
 					 0, 0, 0, 0))
 				break;
 			addr = pgd_end;
@@ -349,7 +462,7 @@ int hmm_rs_walk(struct mm_struct *mm, struct vm_area_struct *vma, u64 start,
 		p4d = p4d_offset(pgd, addr);
 		p4d_end = p4d_addr_end(addr, end);
 		if (p4d_none(READ_ONCE(*p4d))) {
-			if (!hmm_rs_emit(&w, addr, p4d_end, HMM_RS_LEAF_NONE,
+			if (!hmm_rs_emit(w, addr, p4d_end, HMM_RS_LEAF_NONE,
 					 0, 0, 0, 0))
 				break;
 			addr = p4d_end;
@@ -358,7 +471,7 @@ int hmm_rs_walk(struct mm_struct *mm, struct vm_area_struct *vma, u64 start,
 		{
 			pud_t *pudp = pud_offset(p4d, addr);
 			u64 pud_end = pud_addr_end(addr, end);
-			u64 reached = hmm_rs_walk_pud(&w, pudp, addr, pud_end);
+			u64 reached = hmm_rs_walk_pud(w, pudp, addr, pud_end);
 
 			addr = reached;
 			if (reached != pud_end)
@@ -366,6 +479,52 @@ int hmm_rs_walk(struct mm_struct *mm, struct vm_area_struct *vma, u64 start,
 		}
 	}
 	*next = addr;
-	return w.n;
+	return 0;
 }
 
+/*
+ * Report the leaves of [start, end) (page aligned, inside one VMA) into
+ * out[0..cap), in address order and without gaps. @vma: see
+ * hmm_rs_walk_range(). Returns the number of leaves, or -EFAULT if
+ * [start, end) is not inside that VMA. *next is the end of the last
+ * reported leaf (end if the range is complete).
+ */
+int hmm_rs_walk(struct mm_struct *mm, struct vm_area_struct *vma, u64 start,
+		u64 end, struct hmm_rs_leaf *out, u32 cap, u64 *next)
+{
+	struct hmm_rs_walker w = { .out = out, .n = 0, .cap = cap };
+	int err = hmm_rs_walk_range(&w, mm, vma, start, end, next);
+
+	return err ? err : w.n;
+}
+
+/*
+ * The batched reader: from @start, either the PTE words of the one PTE
+ * table that maps @start, for [start, min(end, its PMD's end)) and at most
+ * @cap pages, into words[] (table->nwords of them), or one leaf
+ * (table->leaf, table->nleaves = 1) for an entry that is not a PTE table
+ * (none, huge or bad PMD or PUD, hugetlb) or a PTE that does not fit a
+ * word. table->owners holds the device-private owners the words name.
+ * The table is read under RCU without the PTE lock, and every struct page
+ * it names (device-private owners) is looked at before the RCU section
+ * ends, as hmm_rs_walk() does. Returns 0, or -EFAULT if [start, end) is not
+ * inside @vma (see hmm_rs_walk_range()); table->next is the end of what
+ * was reported. No lock is held on return.
+ */
+int hmm_rs_walk_table(struct mm_struct *mm, struct vm_area_struct *vma,
+		      u64 start, u64 end, u64 *words, u32 cap,
+		      struct hmm_rs_table *table)
+{
+	struct hmm_rs_walker w = {
+		.out = &table->leaf, .n = 0, .cap = 1,
+		.table = table, .words = words, .wcap = cap,
+	};
+	int err;
+
+	table->nwords = 0;
+	table->nowners = 0;
+	table->nleaves = 0;
+	err = hmm_rs_walk_range(&w, mm, vma, start, end, &table->next);
+	table->nleaves = w.n;
+	return err;
+}
