@@ -227,10 +227,12 @@ impl MmapReadGuard<'_> {
     }
 }
 
-/// The PTE words of one `hmm_rs_walk_table` call (`shim.h`): a plain present
-/// PTE is `PTE_PLAIN | [PTE_WRITE] | pfn`; any other PTE carries its leaf
+/// The PTE words of one `hmm_rs_walk_table` call (`shim.h`). A plain
+/// present PTE's word is already its output, `VALID | [WRITE] | pfn` (the
+/// shim's `HMM_RS_PTE_PLAIN` and `HMM_RS_PTE_WRITE` are `HMM_PFN_VALID` and
+/// `HMM_PFN_WRITE`), and a none PTE's is 0; any other PTE carries its leaf
 /// kind, flags, device-private owner index and PFN, classified by the shim
-/// while the table was mapped. Decoding is pure bit arithmetic.
+/// while the table was mapped. Decoding is bit arithmetic, no call.
 struct PteWords {
     /// The device-private owners the words name, by index.
     owners: [u64; ffi::PTE_OWNERS],
@@ -239,9 +241,16 @@ struct PteWords {
 }
 
 impl PteFormat for PteWords {
+    type Pte = u64;
+
     #[inline(always)]
-    fn plain(&self, pte: u64) -> Option<(u64, bool)> {
-        (pte & ffi::PTE_PLAIN != 0).then_some((pte & ffi::PTE_PFN_MASK, pte & ffi::PTE_WRITE != 0))
+    fn read(&self, pte: &u64) -> u64 {
+        *pte
+    }
+
+    #[inline(always)]
+    fn plain(&self, pte: u64) -> Option<u64> {
+        (pte & ffi::PTE_PLAIN != 0 || pte == 0).then_some(pte)
     }
 
     fn leaf(&self, pte: u64) -> Leaf {
@@ -326,7 +335,7 @@ impl MmView for MmapReadGuard<'_> {
                     owners: t.owners,
                     nowners: (t.nowners as usize).min(ffi::PTE_OWNERS),
                 };
-                sink.ptes(cur, words[..n].iter().copied(), &format)
+                sink.ptes(cur, &words[..n], &format)
             } else if r == 0 && n == 0 && t.nleaves == 1 && t.leaf.start == cur && t.leaf.end == next && cur < next && next <= end {
                 sink.leaf(cur, next, to_leaf(&t.leaf))
             } else {

@@ -56,7 +56,7 @@
 
 use core::ffi::{c_int, c_long, c_uint, c_ulong};
 
-use kernel::alloc::KVVec;
+use kernel::alloc::{KVVec, VVec};
 use kernel::error::code::{EBUSY, EFAULT, EINTR, EINVAL, ENOMEM, ENOTTY, EPERM};
 use kernel::prelude::*;
 use kernel::uaccess::UserSlice;
@@ -411,9 +411,13 @@ impl Mirror {
         if cmd.npages > XFER_MAX_PAGES {
             return Err(ENOMEM);
         }
-        // At most BOUNCE_PAGES pages: fits in usize.
+        // At most BOUNCE_PAGES pages: fits in usize. Always vmalloc'd, as
+        // test_hmm's buffer is: with kvmalloc the 2 MiB buffer was
+        // sometimes one physically contiguous kmalloc block and sometimes
+        // vmalloc'd, and READ times under QEMU's emulation were bimodal
+        // with it (backend-kernel/README.md).
         let cap = (cmd.npages.min(BOUNCE_PAGES) << PAGE_SHIFT) as usize;
-        let mut buf = KVVec::from_elem(0u8, cap, GFP_KERNEL).map_err(|_| ENOMEM)?;
+        let mut buf = VVec::from_elem(0u8, cap, GFP_KERNEL).map_err(|_| ENOMEM)?;
         let mut at = start;
         while at < end {
             let until = end.min(at.saturating_add(BOUNCE_PAGES << PAGE_SHIFT));

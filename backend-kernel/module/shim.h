@@ -74,9 +74,11 @@ struct hmm_rs_leaf {
 };
 
 /*
- * hmm_rs_walk_table(): the PTE words of one PTE table. A word is either a
- * plain present PTE, HMM_RS_PTE_PLAIN | [HMM_RS_PTE_WRITE] | PFN, or any
- * other PTE as its leaf kind (HMM_RS_LEAF_*, NONE = 0), leaf flags
+ * hmm_rs_walk_table(): the PTE words of one PTE table. A plain present PTE
+ * (present, not PROT_NONE, not special, not devmap, not the zero page) is
+ * its hmm_range_fault() output, HMM_RS_PTE_PLAIN | [HMM_RS_PTE_WRITE] | PFN
+ * (= HMM_PFN_VALID, HMM_PFN_WRITE); any other PTE is its leaf kind
+ * (HMM_RS_LEAF_*; a none PTE or marker is NONE, the word 0), leaf flags
  * (HMM_RS_LEAF_WRITE ...), the index of its device-private owner in
  * owners[] and its PFN (present and device-private entries).
  */

@@ -11,6 +11,7 @@
  * inline functions.
  */
 
+#include <linux/hmm.h>
 #include <linux/hugetlb.h>
 #include <linux/mm.h>
 #include <linux/pgtable.h>
@@ -27,6 +28,10 @@ static_assert(HMM_RS_LEAF_BAD < 16);
 static_assert((HMM_RS_LEAF_WRITE | HMM_RS_LEAF_PROTNONE | HMM_RS_LEAF_SPECIAL |
 	       HMM_RS_LEAF_ZERO) < 16);
 static_assert(HMM_RS_PTE_OWNERS <= 8);
+/* A plain PTE's word is its hmm_range_fault() output. */
+static_assert(HMM_RS_PTE_PLAIN == HMM_PFN_VALID);
+static_assert(HMM_RS_PTE_WRITE == HMM_PFN_WRITE);
+static_assert(HMM_RS_PTE_PFN_MASK < (1ULL << HMM_PFN_ORDER_SHIFT));
 static_assert(PTRS_PER_PTE == HMM_RS_PTE_TABLE);
 
 struct hmm_rs_walker {
