@@ -40,6 +40,22 @@
  *                             ignored the signal would spin in the kernel,
  *                             and the parent gives up after 30 s.
  *
+ * and one without userfaultfd:
+ *
+ *   thp_read_fault_calls      HMM_DMIRROR_READ of 8 MiB of fresh memory
+ *                             (2 MiB-aligned, MADV_HUGEPAGE, never touched)
+ *                             calls handle_mm_fault at most once per PMD leaf
+ *                             that SNAPSHOT then finds (a read fault maps the
+ *                             huge zero page). Counted by the driver's own
+ *                             count (hmm_rs's fault_calls parameter), or, for
+ *                             a driver without one, by the ioctl thread's
+ *                             minor-fault count, which handle_mm_fault raises
+ *                             for each call that completes. mm/hmm.c faults
+ *                             every page of a none PMD it must fault, so the
+ *                             C driver takes 64 calls (one chunk) per leaf
+ *                             and fails; hmm-core faults a hole once and
+ *                             walks again, as GUP does. SKIP without THP.
+ *
  * usage: uffd_read [DEVICE]      (default /dev/hmm_dmirror0)
  * Output: kselftest TAP ("ok N name" / "not ok N name").
  * Exit status: 0 if every case passed.
@@ -57,6 +73,7 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <signal.h>
@@ -73,6 +90,7 @@ struct hmm_dmirror_cmd {
 
 /* hmm_rs's READ_UNLOCKED retry budget (ms; 0: none). */
 #define BUDGET_PARAM "/sys/module/hmm_rs/parameters/unlocked_timeout_ms"
+#define FAULT_CALLS_PARAM "/sys/module/hmm_rs/parameters/fault_calls"
 
 #define PAGE 4096UL
 #define TWOMEG (2UL << 20)
@@ -432,16 +450,114 @@ static void run_killed(const char *dev)
 	result(0, name, why);
 }
 
+/* hmm_rs's handle_mm_fault count, or -1 for a driver without one. */
+static long long fault_calls(void)
+{
+	FILE *f = fopen(FAULT_CALLS_PARAM, "r");
+	long long n = -1;
+
+	if (f) {
+		if (fscanf(f, "%lld", &n) != 1)
+			n = -1;
+		fclose(f);
+	}
+	return n;
+}
+
+static long thread_minflt(void)
+{
+	struct rusage ru;
+
+	return getrusage(RUSAGE_THREAD, &ru) ? -1 : ru.ru_minflt;
+}
+
+static void run_thp_fault_calls(const char *dev)
+{
+	const char *name = "thp_read_fault_calls";
+	size_t size = 8UL << 20, huge = 2UL << 20, npages = size >> 12, i;
+	unsigned char *raw, *buf, *out = malloc(size);
+	long long m0, m1, calls;
+	long f0, f1;
+	size_t leaves = 0;
+	char why[200];
+	int fd, ok;
+
+	raw = mmap(NULL, size + huge, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	fd = open(dev, O_RDWR | O_CLOEXEC);
+	if (raw == MAP_FAILED || !out || fd < 0) {
+		result(0, name, "setup failed");
+		goto out;
+	}
+	buf = (unsigned char *)(((uintptr_t)raw + huge - 1) & ~(huge - 1));
+	if (madvise(buf, size, MADV_HUGEPAGE)) {
+		result(0, name, "madvise(MADV_HUGEPAGE) failed");
+		goto out;
+	}
+	memset(out, 1, size);
+	{
+		struct hmm_dmirror_cmd cmd = {
+			.addr = (uintptr_t)buf, .ptr = (uintptr_t)out,
+			.npages = npages,
+		};
+
+		m0 = fault_calls();
+		f0 = thread_minflt();
+		ok = !ioctl(fd, HMM_DMIRROR_READ, &cmd) && cmd.cpages == npages;
+		f1 = thread_minflt();
+		m1 = fault_calls();
+	}
+	for (i = 0; ok && i < size; i++)
+		ok = !out[i];
+	if (!ok) {
+		result(0, name, "READ failed or read non-zero bytes");
+		goto out;
+	}
+	{
+		struct hmm_dmirror_cmd cmd = {
+			.addr = (uintptr_t)buf, .ptr = (uintptr_t)out,
+			.npages = npages,
+		};
+
+		if (ioctl(fd, HMM_DMIRROR_SNAPSHOT, &cmd)) {
+			result(0, name, "SNAPSHOT failed");
+			goto out;
+		}
+		for (i = 0; i < npages; i += huge >> 12)
+			leaves += !!(out[i] & HMM_DMIRROR_PROT_PMD);
+	}
+	calls = m0 >= 0 && m1 >= 0 ? m1 - m0 : f1 - f0;
+	snprintf(why, sizeof(why),
+		 "%lld handle_mm_fault calls (%s) for %zu PMD leaves of %zu pages",
+		 calls, m0 >= 0 ? "fault_calls" : "thread minflt", leaves,
+		 npages);
+	if (!leaves) {
+		printf("# %s\n", why);
+		ntest++;
+		printf("ok %d %s # SKIP no THP in this VM\n", ntest, name);
+		fflush(stdout);
+		goto out;
+	}
+	result(calls >= 1 && (size_t)calls <= leaves, name, why);
+out:
+	if (fd >= 0)
+		close(fd);
+	if (raw != MAP_FAILED)
+		munmap(raw, size + huge);
+	free(out);
+}
+
 int main(int argc, char **argv)
 {
 	const char *dev = argc > 1 ? argv[1] : "/dev/hmm_dmirror0";
 
-	printf("TAP version 13\n1..7\n");
+	printf("TAP version 13\n1..8\n");
 	printf("# uffd_read on %s\n", dev);
 	run_variant(dev, V_4K);
 	run_variant(dev, V_THP);
 	run_variant(dev, V_HUGETLB);
 	run_killed(dev);
+	run_thp_fault_calls(dev);
 	printf("# %d passed, %d failed\n", ntest - nfail, nfail);
 	return nfail ? 1 : 0;
 }
