@@ -17,7 +17,7 @@
 #      3000 s on the debug kernel);
 #      HMM_BENCH_MIB (default 64), HMM_BENCH_ROUNDS (default 5: READ calls
 #      per pass), HMM_BENCH_SNAP_ROUNDS (default 21: SNAPSHOT calls per
-#      pass), HMM_BENCH_PASSES (default 5): the drivers take turns, one pass
+#      pass), HMM_BENCH_PASSES (default 7): the drivers take turns, one pass
 #      each;
 #      HMM_FUZZ_SEED (default: the current time), HMM_FUZZ_CALLS (default
 #      20000), HMM_FUZZ_SECONDS (default 60): the ioctl fuzzer, per driver.
@@ -41,7 +41,7 @@ if [ "$HMM_KERNEL_FLAVOR" = debug ]; then
     qemu_timeout="${HMM_QEMU_TIMEOUT:-3000}"
 else
     out="${1:-$HMM_CACHE_ROOT/runs/kernel-harness}"
-    passes="${HMM_BENCH_PASSES:-5}"
+    passes="${HMM_BENCH_PASSES:-7}"
     qemu_timeout="${HMM_QEMU_TIMEOUT:-1500}"
 fi
 fuzz_seed="${HMM_FUZZ_SEED:-$(date +%s)}"
