@@ -330,13 +330,26 @@ impl MmView for MmapReadGuard<'_> {
             let words_end = (n as u64)
                 .checked_mul(PAGE_SIZE)
                 .and_then(|b| cur.checked_add(b));
-            let flow = if r == 0 && n > 0 && n <= ffi::PTE_TABLE && t.nleaves == 0 && words_end == Some(next) && next <= end {
+            let flow = if r == 0
+                && n > 0
+                && n <= ffi::PTE_TABLE
+                && t.nleaves == 0
+                && words_end == Some(next)
+                && next <= end
+            {
                 let format = PteWords {
                     owners: t.owners,
                     nowners: (t.nowners as usize).min(ffi::PTE_OWNERS),
                 };
                 sink.ptes(cur, &words[..n], &format)
-            } else if r == 0 && n == 0 && t.nleaves == 1 && t.leaf.start == cur && t.leaf.end == next && cur < next && next <= end {
+            } else if r == 0
+                && n == 0
+                && t.nleaves == 1
+                && t.leaf.start == cur
+                && t.leaf.end == next
+                && cur < next
+                && next <= end
+            {
                 sink.leaf(cur, next, to_leaf(&t.leaf))
             } else {
                 let _ = sink.leaf(cur, end, Leaf::Bad);
