@@ -1,7 +1,9 @@
 //! What `tests-vm/hmm_bench.c` prints: timings,
 //! `bench <op> pages=<n> rounds=<r> min_ns=<ns> median_ns=<ns> samples_ns=<ns>,...`,
-//! and fault counts of a READ of fresh memory,
-//! `faults <op> pages=<n> pmd_leaves=<n> minflt=<n> module_calls=<n>`.
+//! fault counts of a READ of fresh memory,
+//! `faults <op> pages=<n> pmd_leaves=<n> minflt=<n> module_calls=<n>`,
+//! and, in paired mode (both drivers loaded, calls alternating),
+//! `pair <op> pages=<n> rounds=<r> a_ns=<ns>,... b_ns=<ns>,...`.
 
 /// One timed operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +36,93 @@ pub struct FaultCount {
     /// The driver's own count of its `handle_mm_fault` calls (`None` for a
     /// driver without one).
     pub module_calls: Option<u64>,
+}
+
+/// Paired calls of one operation: `a[i]` and `b[i]` ran back to back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pairs {
+    /// Operation and mapping kind, e.g. `snapshot_4k`.
+    pub op: String,
+    /// Pages per call.
+    pub pages: u64,
+    /// Driver A's calls (the C driver), in call order.
+    pub a: Vec<u64>,
+    /// Driver B's calls (hmm_rs), in call order.
+    pub b: Vec<u64>,
+}
+
+impl Pairs {
+    /// `b[i] / a[i]` for every pair, sorted.
+    pub fn ratios(&self) -> Vec<f64> {
+        let mut r: Vec<f64> = self
+            .a
+            .iter()
+            .zip(&self.b)
+            .filter(|(&a, _)| a > 0)
+            .map(|(&a, &b)| b as f64 / a as f64)
+            .collect();
+        r.sort_by(f64::total_cmp);
+        r
+    }
+}
+
+/// A distribution-free confidence interval of at least 95% for the median
+/// of `sorted` (ascending): the order statistics of ranks
+/// `n/2 -+ 0.98 sqrt(n)`, rounded outwards (the sign test's normal
+/// approximation). `None` below 6 values, where no such interval exists.
+pub fn median_ci95(sorted: &[f64]) -> Option<(f64, f64)> {
+    let n = sorted.len();
+    if n < 6 {
+        return None;
+    }
+    let nf = n as f64;
+    // 1-based rank of the lower bound, at least 1.
+    let j = ((nf / 2.0 - 0.98 * nf.sqrt()).floor() as usize).max(1);
+    let k = n + 1 - j;
+    Some((sorted[j - 1], sorted[k - 1]))
+}
+
+/// The `q` quantile of `sorted` (ascending floats), by nearest rank.
+pub fn quantile_f(sorted: &[f64], q: f64) -> Option<f64> {
+    let last = sorted.len().checked_sub(1)?;
+    let i = (q.clamp(0.0, 1.0) * last as f64).round() as usize;
+    sorted.get(i.min(last)).copied()
+}
+
+/// The median of `sorted` (ascending); `None` if it is empty.
+pub fn median_f(sorted: &[f64]) -> Option<f64> {
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
+}
+
+/// Parse the `pair` lines of one section.
+pub fn parse_pairs<'a, I: IntoIterator<Item = &'a str>>(lines: I) -> Vec<Pairs> {
+    let list = |v: &str| -> Option<Vec<u64>> { v.split(',').map(|x| x.parse().ok()).collect() };
+    lines
+        .into_iter()
+        .filter_map(|l| {
+            let (op, kv) = fields(l, "pair")?;
+            let mut p = Pairs {
+                op: op.to_string(),
+                pages: 0,
+                a: Vec::new(),
+                b: Vec::new(),
+            };
+            for (k, v) in kv {
+                match k {
+                    "pages" => p.pages = v.parse().ok()?,
+                    "a_ns" => p.a = list(v)?,
+                    "b_ns" => p.b = list(v)?,
+                    _ => {}
+                }
+            }
+            (p.a.len() == p.b.len() && !p.a.is_empty()).then_some(p)
+        })
+        .collect()
 }
 
 /// The `key=value` words after the first two words of a line that starts
@@ -167,6 +256,32 @@ mod tests {
         );
         assert_eq!(f[1].minflt, 256);
         assert_eq!(f[1].module_calls, None);
+    }
+
+    #[test]
+    fn parses_pairs_and_their_ratios() {
+        let p = parse_pairs([
+            "pair snapshot_4k pages=8 rounds=3 a_ns=100,200,400 b_ns=50,300,200",
+            "pair broken pages=8 rounds=2 a_ns=1,2 b_ns=1",
+            "bench read_4k pages=1",
+        ]);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].op, "snapshot_4k");
+        assert_eq!(p[0].ratios(), vec![0.5, 0.5, 1.5]);
+    }
+
+    #[test]
+    fn median_and_its_confidence_interval() {
+        assert_eq!(median_f(&[1.0, 2.0, 3.0]), Some(2.0));
+        assert_eq!(median_f(&[1.0, 2.0, 3.0, 5.0]), Some(2.5));
+        assert_eq!(median_f(&[]), None);
+        assert_eq!(median_ci95(&[1.0; 5]), None);
+        let v: Vec<f64> = (1..=15).map(f64::from).collect();
+        // n = 15: ranks 3 and 13 (7.5 - 3.8 = 3.7, floored).
+        assert_eq!(median_ci95(&v), Some((3.0, 13.0)));
+        let v: Vec<f64> = (1..=51).map(f64::from).collect();
+        // n = 51: ranks 18 and 34.
+        assert_eq!(median_ci95(&v), Some((18.0, 34.0)));
     }
 
     #[test]

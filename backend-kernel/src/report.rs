@@ -15,7 +15,9 @@
 //!   by side, SNAPSHOT and READ of seeded random layouts) found no
 //!   difference;
 //! * the run completed, hmm_rs loaded and unloaded, its benchmark's data
-//!   checks held (not on the debug kernel, which runs no benchmark), lockdep
+//!   checks held, the paired benchmark (both drivers side by side) too, and
+//!   a READ of fresh THP memory called `handle_mm_fault` at most once per
+//!   PMD leaf (not on the debug kernel, which runs no benchmark), lockdep
 //!   was still validating after hmm_rs's phases (when the kernel has it),
 //!   and the kernel logged no splat in any phase other than the C driver's
 //!   own (those are listed, not judged: they are not ours).
@@ -289,6 +291,7 @@ pub fn build(log: &SerialLog, claims: &Claims) -> Report {
             !rs_bench.is_empty() && rs_bench.iter().all(|s| s.rc == Some(0)),
             "hmm_bench with hmm_rs failed (ioctl error or wrong data) or did not run",
         );
+        paired_report(log, &mut out, &mut checks);
         fault_report(log, &mut out, &mut checks);
     }
 
@@ -776,6 +779,79 @@ fn timing_report(log: &SerialLog, out: &mut String) {
     );
 }
 
+/// Section of the paired benchmark: both drivers loaded, calls alternating.
+const PAIRED_SECTION: &str = "both.bench-paired";
+
+/// The paired timing: both drivers loaded side by side, each call of the C
+/// driver followed or preceded by the same call of hmm_rs on the same
+/// buffer, so each pair saw the same machine. Per operation the median of
+/// the per-pair ratios, its confidence interval and the interquartile range
+/// of the ratios: the margin is the median's distance from 1, the spread
+/// the interval around it.
+fn paired_report(log: &SerialLog, out: &mut String, checks: &mut Checks) {
+    let Some(section) = log.section(PAIRED_SECTION) else {
+        let _ = writeln!(out, "\n(no paired timing in this run)");
+        return;
+    };
+    checks.check(
+        section.rc == Some(0),
+        "the paired hmm_bench failed (ioctl error or wrong data)",
+    );
+    let pairs = bench::parse_pairs(section.lines.iter().map(String::as_str));
+    let _ = writeln!(
+        out,
+        "\n== paired timing (both drivers loaded, each call of one next to the same call of the \
+         other, on the same buffer; ratio = hmm_rs / C per pair)"
+    );
+    let _ = writeln!(
+        out,
+        "{:18} {:>6} {:>9} {:>9} {:>7} {:>15} {:>15}",
+        "operation", "pairs", "C med", "rs med", "ratio", "95% CI", "IQR of ratios"
+    );
+    let (mut clear, mut unclear) = (Vec::new(), Vec::new());
+    for p in &pairs {
+        let r = p.ratios();
+        let (mut a, mut b) = (p.a.clone(), p.b.clone());
+        a.sort_unstable();
+        b.sort_unstable();
+        let med = |v: &[u64]| bench::quantile(v, 0.5).map_or("-".into(), ms);
+        let ci = bench::median_ci95(&r);
+        let q = |x: f64| bench::quantile_f(&r, x);
+        let _ = writeln!(
+            out,
+            "{:18} {:>6} {:>9} {:>9} {:>7} {:>15} {:>15}",
+            p.op,
+            r.len(),
+            med(&a),
+            med(&b),
+            bench::median_f(&r).map_or("-".into(), |m| format!("{m:.2}")),
+            ci.map_or("-".into(), |(lo, hi)| format!("{lo:.2}..{hi:.2}")),
+            match (q(0.25), q(0.75)) {
+                (Some(lo), Some(hi)) => format!("{lo:.2}..{hi:.2}"),
+                _ => "-".into(),
+            }
+        );
+        match ci {
+            Some((_, hi)) if hi < 1.0 => clear.push(p.op.as_str()),
+            _ => unclear.push(p.op.as_str()),
+        }
+    }
+    let list = |v: &[&str]| {
+        if v.is_empty() {
+            "none".into()
+        } else {
+            v.join(", ")
+        }
+    };
+    let _ = writeln!(
+        out,
+        "(95% CI: distribution-free interval of the median ratio, from the order statistics.) \
+         hmm_rs faster, the whole interval below 1: {}; interval reaching 1: {}",
+        list(&clear),
+        list(&unclear)
+    );
+}
+
 /// The fault counts of a READ of fresh memory, both drivers; hmm_rs must
 /// fault each PMD leaf of a THP READ at most once.
 fn fault_report(log: &SerialLog, out: &mut String, checks: &mut Checks) {
@@ -1199,6 +1275,31 @@ mod tests {
             out.contains("hmm_rs faster in every pass: snapshot_4k;"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn paired_timing_reports_the_median_ratio_and_its_interval() {
+        let text = "@@HMM-SECTION BEGIN both.bench-paired\n\
+                    pair snapshot_4k pages=8 rounds=8 a_ns=100,100,100,100,100,100,100,100 \
+                    b_ns=50,60,70,80,55,65,75,85\n\
+                    pair read_4k pages=8 rounds=6 a_ns=100,100,100,100,100,100 \
+                    b_ns=50,90,95,105,110,120\n\
+                    @@HMM-SECTION END rc=0\n";
+        let mut out = String::new();
+        let mut checks = Checks::default();
+        paired_report(&SerialLog::parse(text), &mut out, &mut checks);
+        assert_eq!((checks.passed, checks.failed.len()), (1, 0));
+        // Ratios 0.50 .. 0.85: median 0.675, CI ranks 1 and 8.
+        assert!(out.contains("0.68"), "{out}");
+        assert!(out.contains("0.50..0.85"), "{out}");
+        assert!(
+            out.contains("whole interval below 1: snapshot_4k;"),
+            "{out}"
+        );
+        assert!(out.contains("interval reaching 1: read_4k"), "{out}");
+        let mut out = String::new();
+        paired_report(&SerialLog::default(), &mut out, &mut checks);
+        assert!(out.contains("no paired timing"), "{out}");
     }
 
     #[test]

@@ -9,8 +9,12 @@
  * so its device page table starts empty and the whole range goes through
  * the range-fault path. SNAPSHOT never caches and walks every time.
  *
- * usage: hmm_bench [-d DEVICE] [-m MiB] [-r ROUNDS] [-s ROUNDS] [-u] [-n]
+ * usage: hmm_bench [-d DEVICE] [-a DEVICE_B] [-m MiB] [-r ROUNDS] [-s ROUNDS] [-u] [-n]
  *   -r   READ rounds (default 5); -s SNAPSHOT rounds (default: as -r)
+ *   -a   paired mode: every READ and SNAPSHOT is issued on DEVICE and on
+ *        DEVICE_B in turn (which goes first alternates), so each pair of
+ *        calls saw the same machine; prints, with both lists in call order,
+ *          pair <op>_<thp|4k> pages=<n> rounds=<r> a_ns=<ns>,... b_ns=<ns>,...
  *   -u   also time HMM_DMIRROR_READ_UNLOCKED (hmm_rs only)
  *   -n   MADV_NOHUGEPAGE: 4 KiB PTEs only (default: THP where possible)
  * Output: one line per operation, with every call's time, sorted:
@@ -182,24 +186,116 @@ out:
 	return rc;
 }
 
+/* One timed call of @req on a new open of @dev (READ) or on @fd. */
+static int timed_call(const char *dev, int fd, unsigned long req,
+		      unsigned char *buf, unsigned char *out, size_t npages,
+		      uint64_t *ns)
+{
+	struct hmm_dmirror_cmd cmd = {
+		.addr = (uintptr_t)buf, .ptr = (uintptr_t)out, .npages = npages,
+	};
+	int own = fd < 0;
+	uint64_t t0;
+
+	if (own)
+		fd = open(dev, O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		perror(dev);
+		return 1;
+	}
+	t0 = now_ns();
+	if (ioctl(fd, req, &cmd)) {
+		perror(dev);
+		return 1;
+	}
+	*ns = now_ns() - t0;
+	if (own)
+		close(fd);
+	if (cmd.cpages != npages) {
+		fprintf(stderr, "%s: cpages %llu\n", dev,
+			(unsigned long long)cmd.cpages);
+		return 1;
+	}
+	return 0;
+}
+
+static void report_pair(const char *op, size_t npages, int rounds,
+			const uint64_t *a, const uint64_t *b)
+{
+	printf("pair %s%s pages=%zu rounds=%d a_ns=", op, suffix, npages, rounds);
+	for (int i = 0; i < rounds; i++)
+		printf("%s%llu", i ? "," : "", (unsigned long long)a[i]);
+	printf(" b_ns=");
+	for (int i = 0; i < rounds; i++)
+		printf("%s%llu", i ? "," : "", (unsigned long long)b[i]);
+	printf("\n");
+	fflush(stdout);
+}
+
+/* Paired mode: READ and SNAPSHOT on @dev_a and @dev_b in turn. */
+static int paired(const char *dev_a, const char *dev_b, unsigned char *buf,
+		  unsigned char *out, size_t size, int rounds, int snap_rounds)
+{
+	size_t npages = size / PAGE;
+	uint64_t a[MAX_ROUNDS], b[MAX_ROUNDS];
+	int fa, fb, r;
+
+	for (r = 0; r < rounds; r++) {
+		int first_b = r & 1;
+
+		memset(out, 0, size);
+		if (timed_call(first_b ? dev_b : dev_a, -1, HMM_DMIRROR_READ,
+			       buf, out, npages, first_b ? &b[r] : &a[r]) ||
+		    memcmp(buf, out, size))
+			return 1;
+		memset(out, 0, size);
+		if (timed_call(first_b ? dev_a : dev_b, -1, HMM_DMIRROR_READ,
+			       buf, out, npages, first_b ? &a[r] : &b[r]) ||
+		    memcmp(buf, out, size))
+			return 1;
+	}
+	report_pair("read", npages, rounds, a, b);
+	fa = open(dev_a, O_RDWR | O_CLOEXEC);
+	fb = open(dev_b, O_RDWR | O_CLOEXEC);
+	if (fa < 0 || fb < 0) {
+		perror("open");
+		return 1;
+	}
+	for (r = 0; r < snap_rounds; r++) {
+		int first_b = r & 1;
+
+		if (timed_call(NULL, first_b ? fb : fa, HMM_DMIRROR_SNAPSHOT,
+			       buf, out, npages, first_b ? &b[r] : &a[r]) ||
+		    timed_call(NULL, first_b ? fa : fb, HMM_DMIRROR_SNAPSHOT,
+			       buf, out, npages, first_b ? &a[r] : &b[r]))
+			return 1;
+	}
+	close(fa);
+	close(fb);
+	report_pair("snapshot", npages, snap_rounds, a, b);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
+	const char *dev_b = NULL;
 	const char *dev = "/dev/hmm_dmirror0";
 	size_t mib = 64, size, npages, i;
 	int rounds = 5, snap_rounds = 0, unlocked = 0, nothp = 0, opt, r;
 	uint64_t ns[MAX_ROUNDS];
 	unsigned char *buf, *out;
 
-	while ((opt = getopt(argc, argv, "d:m:r:s:un")) != -1) {
+	while ((opt = getopt(argc, argv, "d:a:m:r:s:un")) != -1) {
 		switch (opt) {
 		case 'd': dev = optarg; break;
+		case 'a': dev_b = optarg; break;
 		case 'm': mib = strtoul(optarg, NULL, 0); break;
 		case 'r': rounds = atoi(optarg); break;
 		case 's': snap_rounds = atoi(optarg); break;
 		case 'u': unlocked = 1; break;
 		case 'n': nothp = 1; break;
 		default:
-			fprintf(stderr, "usage: %s [-d DEV] [-m MiB] [-r N] [-s N] [-u] [-n]\n",
+			fprintf(stderr, "usage: %s [-d DEV] [-a DEV_B] [-m MiB] [-r N] [-s N] [-u] [-n]\n",
 				argv[0]);
 			return 2;
 		}
@@ -210,7 +306,7 @@ int main(int argc, char **argv)
 	    snap_rounds > MAX_ROUNDS || mib < 1)
 		return 2;
 	suffix = nothp ? "_4k" : "_thp";
-	if (fresh_read_faults(dev, nothp))
+	if (!dev_b && fresh_read_faults(dev, nothp))
 		return 1;
 	size = mib << 20;
 	npages = size / PAGE;
@@ -228,6 +324,8 @@ int main(int argc, char **argv)
 	for (i = 0; i < size; i++)
 		buf[i] = (unsigned char)(i * 13 + (i >> 12));
 	memset(out, 0, size);	/* populate the destination too */
+	if (dev_b)
+		return paired(dev, dev_b, buf, out, size, rounds, snap_rounds);
 
 	for (int pass = 0; pass < 1 + unlocked; pass++) {
 		unsigned long req = pass ? HMM_DMIRROR_READ_UNLOCKED

@@ -23,6 +23,8 @@ BENCH_MIB="${BENCH_MIB:-64}"
 BENCH_ROUNDS="${BENCH_ROUNDS:-5}"
 BENCH_SNAP_ROUNDS="${BENCH_SNAP_ROUNDS:-21}"
 BENCH_PASSES="${BENCH_PASSES:-7}"
+PAIR_ROUNDS="${PAIR_ROUNDS:-15}"
+PAIR_SNAP_ROUNDS="${PAIR_SNAP_ROUNDS:-51}"
 FLAVOR="${FLAVOR:-release}"
 FUZZ_SEED="${FUZZ_SEED:-1}"
 FUZZ_CALLS="${FUZZ_CALLS:-20000}"
@@ -133,6 +135,26 @@ bench_driver() {  # bench_driver DRIVER KO MODNAME PASS BENCH_ARGS...
     kernel_log "$drv.bench.$pass"
 }
 
+# Paired timing: both drivers loaded side by side (hmm_rs's nodes renamed),
+# each READ / SNAPSHOT of one issued next to the same call of the other on
+# the same buffer, so each pair of calls saw the same machine.
+bench_paired() {
+    if ! insmod /hmm/test_hmm.ko; then
+        echo "@@HMM-INSMOD-FAILED c"
+        kernel_log both.bench-paired
+        return
+    fi
+    if insmod /hmm/hmm_rs.ko devname=hmm_rs_dmirror; then
+        args="-d /dev/hmm_dmirror0 -a /dev/hmm_rs_dmirror0 -m $BENCH_MIB -r $PAIR_ROUNDS -s $PAIR_SNAP_ROUNDS"
+        section both.bench-paired sh -c "./hmm_bench $args -n && ./hmm_bench $args"
+        unload rs hmm_rs
+    else
+        echo "@@HMM-INSMOD-FAILED rs"
+    fi
+    unload c test_hmm
+    kernel_log both.bench-paired
+}
+
 kernel_log boot
 echo "@@HMM-SPM ranges=$(grep -c 'Soft Reserved' /proc/iomem)"
 
@@ -164,4 +186,7 @@ while [ "$pass" -le "$BENCH_PASSES" ]; do
     bench_driver rs /hmm/hmm_rs.ko hmm_rs "$pass" -u
     pass=$((pass + 1))
 done
+if [ "$BENCH_PASSES" -gt 0 ]; then
+    bench_paired
+fi
 kernel_log end
