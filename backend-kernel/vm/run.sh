@@ -19,7 +19,7 @@
 #      per pass), HMM_BENCH_SNAP_ROUNDS (default 21: SNAPSHOT calls per
 #      pass), HMM_BENCH_PASSES (default 7): the drivers take turns, one pass
 #      each; then both drivers loaded side by side, calls paired:
-#      HMM_PAIR_ROUNDS (default 15 READ pairs), HMM_PAIR_SNAP_ROUNDS
+#      HMM_PAIR_ROUNDS (default 31 READ pairs), HMM_PAIR_SNAP_ROUNDS
 #      (default 51 SNAPSHOT pairs), per mapping kind;
 #      HMM_FUZZ_SEED (default: the current time), HMM_FUZZ_CALLS (default
 #      20000), HMM_FUZZ_SECONDS (default 60): the ioctl fuzzer, per driver.
@@ -94,7 +94,7 @@ cat > "$out/test.sh" <<EOF
 #!/bin/sh
 FLAVOR=$HMM_KERNEL_FLAVOR \\
 BENCH_MIB=${HMM_BENCH_MIB:-64} BENCH_ROUNDS=${HMM_BENCH_ROUNDS:-5} BENCH_SNAP_ROUNDS=${HMM_BENCH_SNAP_ROUNDS:-21} BENCH_PASSES=$passes \\
-PAIR_ROUNDS=${HMM_PAIR_ROUNDS:-15} PAIR_SNAP_ROUNDS=${HMM_PAIR_SNAP_ROUNDS:-51} \\
+PAIR_ROUNDS=${HMM_PAIR_ROUNDS:-31} PAIR_SNAP_ROUNDS=${HMM_PAIR_SNAP_ROUNDS:-51} \\
 FUZZ_SEED=$fuzz_seed FUZZ_CALLS=${HMM_FUZZ_CALLS:-20000} FUZZ_SECONDS=${HMM_FUZZ_SECONDS:-60} \\
 DIFF_LAYOUTS=${HMM_DIFF_LAYOUTS:-100} \\
 SPM_ARGS="spm_addr_dev0=$spm0 spm_addr_dev1=$spm1" \\
