@@ -12,6 +12,13 @@
 # After the benches it runs the simulator demo (hmm-sim) and records its
 # time.
 #
+#   benches/run.sh --kernel  also run the kernel harness (the Rust module
+#                            and lib/test_hmm.c side by side in a QEMU VM,
+#                            backend-kernel/README.md) after the demo, and
+#                            put its timing, paired timing and fault count
+#                            into section 6 and the headlines. Or name an
+#                            earlier harness output: HMM_KERNEL_REPORT=file.
+#
 # Arguments after the mode go to criterion (e.g. a filter:
 # `benches/run.sh --quick 'walk/sim'`). Every bench binary is built once
 # before any runs, so all of them measure the same sources. Nothing here
@@ -23,10 +30,14 @@ root="$(cd "$here/.." && pwd)"
 cd "$root"
 
 mode=full
-if [[ "${1:-}" == "--quick" ]]; then
-    mode=quick
+kernel=0
+while [[ "${1:-}" == --quick || "${1:-}" == --kernel ]]; do
+    case "$1" in
+    --quick) mode=quick ;;
+    --kernel) kernel=1 ;;
+    esac
     shift
-fi
+done
 
 target="${CARGO_TARGET_DIR:-$root/target}"
 out_dir="$target/hmm-bench/$mode"
@@ -93,8 +104,16 @@ awk -v wall="$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')" '
     END { printf "demo/wall_s\t%s\n", wall }
 ' "$out_dir/demo.txt" >> "$HMM_BENCH_EXTRA"
 
+# The kernel harness last: it takes the machine's two CPUs for its VM.
+if [[ $kernel == 1 ]]; then
+    echo "== kernel harness"
+    cargo run -q -p backend-kernel --bin kernel-harness | tee "$out_dir/kernel-harness.txt"
+    export HMM_KERNEL_REPORT="$out_dir/kernel-harness.txt"
+fi
+
 cmd="benches/run.sh"
-[[ $mode == quick ]] && cmd="benches/run.sh --quick"
+[[ $mode == quick ]] && cmd="$cmd --quick"
+[[ -n "${HMM_KERNEL_REPORT:-}" ]] && cmd="$cmd --kernel"
 HMM_BENCH_NOTES="$here/analysis.md" \
     "$(exe_of bin hmm-bench-report)" "$CRITERION_HOME" "$HMM_BENCH_EXTRA" "$report" \
     "$mode" "$commit" "$cmd"

@@ -1,7 +1,8 @@
 //! `hmm-bench-report CRITERION_HOME EXTRAS OUT.md MODE COMMIT COMMAND...`:
 //! write the benchmark tables from criterion's estimates and the extra
 //! measurements recorded by the bench binaries, followed by the file named
-//! by `HMM_BENCH_NOTES` if set.
+//! by `HMM_BENCH_NOTES` if set. `HMM_KERNEL_REPORT` names a kernel-harness
+//! report (its standard output) whose timing sections go into section 6.
 
 use std::path::PathBuf;
 
@@ -31,6 +32,7 @@ fn main() {
         } else {
             "benches/run.sh".into()
         },
+        kernel: std::env::var_os("HMM_KERNEL_REPORT").and_then(|p| std::fs::read_to_string(p).ok()),
     };
     let mut text = render(&home, &extras, &run);
     // Hand-written analysis (profiles, proposed fixes) appended verbatim.
