@@ -335,8 +335,11 @@ pub fn render(home: &Path, extras: &BTreeMap<String, f64>, run: &RunInfo) -> Str
             // run, and at least 30x pagemap.
             crate::sim::Layout::Scattered => (
                 "<= mincore, >= 30x pagemap",
-                match (walk, mc, speed) {
-                    (Some(w), Some(m), Some(s)) => yes_no(w <= m && s >= 30.0),
+                match (walk, mc, speed, pm, floor) {
+                    (Some(w), Some(m), Some(s), Some(p), Some(fl)) if w <= m && s < 30.0 && p / 30.0 < fl => {
+                        "<= mincore: yes; 30x pagemap: no, and unreachable on this machine (pagemap / 30 is below the bandwidth floor)"
+                    }
+                    (Some(w), Some(m), Some(s), _, _) => yes_no(w <= m && s >= 30.0),
                     _ => "n/a",
                 },
             ),
