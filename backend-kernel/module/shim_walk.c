@@ -94,6 +94,22 @@ static bool hmm_rs_emit_swap(struct hmm_rs_walker *w, u64 start, u64 end,
 	return hmm_rs_emit(w, start, end, HMM_RS_LEAF_SWAP, 0, 0, order, 0);
 }
 
+/* The leaf flags of the present PTE @pte, which maps @pfn (see below). */
+static u32 hmm_rs_present_flags(pte_t pte, u64 pfn)
+{
+	u32 fl = 0;
+
+	if (pte_write(pte))
+		fl |= HMM_RS_LEAF_WRITE;
+	if (pte_protnone(pte))
+		fl |= HMM_RS_LEAF_PROTNONE;
+	if (is_zero_pfn(pfn))
+		fl |= HMM_RS_LEAF_ZERO;
+	else if (pte_special(pte) && !pte_devmap(pte))
+		fl |= HMM_RS_LEAF_SPECIAL;
+	return fl;
+}
+
 /*
  * Report the PTE @pte of the page [addr, addr + PAGE_SIZE) as one leaf.
  *
@@ -109,22 +125,14 @@ static bool hmm_rs_emit_pte(struct hmm_rs_walker *w, u64 addr, pte_t pte)
 {
 	u64 next = addr + PAGE_SIZE;
 	u64 pfn;
-	u32 fl = 0;
 
 	if (pte_none(pte) || is_pte_marker(pte))
 		return hmm_rs_emit(w, addr, next, HMM_RS_LEAF_NONE, 0, 0, 0, 0);
 	if (!pte_present(pte))
 		return hmm_rs_emit_swap(w, addr, next, pte, 0);
 	pfn = pte_pfn(pte);
-	if (pte_write(pte))
-		fl |= HMM_RS_LEAF_WRITE;
-	if (pte_protnone(pte))
-		fl |= HMM_RS_LEAF_PROTNONE;
-	if (is_zero_pfn(pfn))
-		fl |= HMM_RS_LEAF_ZERO;
-	else if (pte_special(pte) && !pte_devmap(pte))
-		fl |= HMM_RS_LEAF_SPECIAL;
-	return hmm_rs_emit(w, addr, next, HMM_RS_LEAF_PRESENT, pfn, fl, 0, 0);
+	return hmm_rs_emit(w, addr, next, HMM_RS_LEAF_PRESENT, pfn,
+			   hmm_rs_present_flags(pte, pfn), 0, 0);
 }
 
 /*
@@ -157,14 +165,7 @@ static bool hmm_rs_pte_word(struct hmm_rs_walker *w, pte_t pte, u64 *word)
 			return true;
 		}
 		kind = HMM_RS_LEAF_PRESENT;
-		if (pte_write(pte))
-			fl |= HMM_RS_LEAF_WRITE;
-		if (pte_protnone(pte))
-			fl |= HMM_RS_LEAF_PROTNONE;
-		if (is_zero_pfn(pfn))
-			fl |= HMM_RS_LEAF_ZERO;
-		else if (pte_special(pte) && !pte_devmap(pte))
-			fl |= HMM_RS_LEAF_SPECIAL;
+		fl = hmm_rs_present_flags(pte, pfn);
 	} else {
 		swp_entry_t entry = pte_to_swp_entry(pte);
 

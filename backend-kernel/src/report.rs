@@ -763,19 +763,12 @@ fn timing_report(log: &SerialLog, out: &mut String) {
          compared with the C driver's READ. READ is dominated by copying the data twice; \
          SNAPSHOT is the range walk alone.)"
     );
-    let list = |v: &[&str]| {
-        if v.is_empty() {
-            "none".into()
-        } else {
-            v.join(", ")
-        }
-    };
     let _ = writeln!(
         out,
         "hmm_rs faster in every pass: {}; slower in every pass: {}; within the spread: {}",
-        list(&below),
-        list(&above),
-        list(&mixed)
+        names(&below),
+        names(&above),
+        names(&mixed)
     );
 }
 
@@ -836,19 +829,12 @@ fn paired_report(log: &SerialLog, out: &mut String, checks: &mut Checks) {
             _ => unclear.push(p.op.as_str()),
         }
     }
-    let list = |v: &[&str]| {
-        if v.is_empty() {
-            "none".into()
-        } else {
-            v.join(", ")
-        }
-    };
     let _ = writeln!(
         out,
         "(95% CI: distribution-free interval of the median ratio, from the order statistics.) \
          hmm_rs faster, the whole interval below 1: {}; interval reaching 1: {}",
-        list(&clear),
-        list(&unclear)
+        names(&clear),
+        names(&unclear)
     );
 }
 
@@ -921,6 +907,15 @@ fn fault_report(log: &SerialLog, out: &mut String, checks: &mut Checks) {
                 bad.join("; ")
             ),
         );
+    }
+}
+
+/// Operation names joined by commas, or "none".
+fn names(v: &[&str]) -> String {
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
     }
 }
 

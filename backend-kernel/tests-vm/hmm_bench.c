@@ -43,6 +43,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fault_count.h"
+
 struct hmm_dmirror_cmd {
 	uint64_t addr, ptr, npages, cpages, faults;
 };
@@ -84,28 +86,6 @@ static void report(const char *op, size_t npages, int rounds, uint64_t *ns)
 		printf("%s%llu", i ? "," : "", (unsigned long long)ns[i]);
 	printf("\n");
 	fflush(stdout);
-}
-
-/* hmm_rs's handle_mm_fault count, or -1 if the driver has none. */
-static long long module_fault_calls(void)
-{
-	FILE *f = fopen("/sys/module/hmm_rs/parameters/fault_calls", "r");
-	long long n = -1;
-
-	if (f) {
-		if (fscanf(f, "%lld", &n) != 1)
-			n = -1;
-		fclose(f);
-	}
-	return n;
-}
-
-static long thread_minflt(void)
-{
-	struct rusage ru;
-
-	getrusage(RUSAGE_THREAD, &ru);
-	return ru.ru_minflt;
 }
 
 /*

@@ -79,6 +79,8 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include "fault_count.h"
+
 struct hmm_dmirror_cmd {
 	uint64_t addr, ptr, npages, cpages, faults;
 };
@@ -90,7 +92,6 @@ struct hmm_dmirror_cmd {
 
 /* hmm_rs's READ_UNLOCKED retry budget (ms; 0: none). */
 #define BUDGET_PARAM "/sys/module/hmm_rs/parameters/unlocked_timeout_ms"
-#define FAULT_CALLS_PARAM "/sys/module/hmm_rs/parameters/fault_calls"
 
 #define PAGE 4096UL
 #define TWOMEG (2UL << 20)
@@ -450,27 +451,6 @@ static void run_killed(const char *dev)
 	result(0, name, why);
 }
 
-/* hmm_rs's handle_mm_fault count, or -1 for a driver without one. */
-static long long fault_calls(void)
-{
-	FILE *f = fopen(FAULT_CALLS_PARAM, "r");
-	long long n = -1;
-
-	if (f) {
-		if (fscanf(f, "%lld", &n) != 1)
-			n = -1;
-		fclose(f);
-	}
-	return n;
-}
-
-static long thread_minflt(void)
-{
-	struct rusage ru;
-
-	return getrusage(RUSAGE_THREAD, &ru) ? -1 : ru.ru_minflt;
-}
-
 static void run_thp_fault_calls(const char *dev)
 {
 	const char *name = "thp_read_fault_calls";
@@ -501,11 +481,11 @@ static void run_thp_fault_calls(const char *dev)
 			.npages = npages,
 		};
 
-		m0 = fault_calls();
+		m0 = module_fault_calls();
 		f0 = thread_minflt();
 		ok = !ioctl(fd, HMM_DMIRROR_READ, &cmd) && cmd.cpages == npages;
 		f1 = thread_minflt();
-		m1 = fault_calls();
+		m1 = module_fault_calls();
 	}
 	for (i = 0; ok && i < size; i++)
 		ok = !out[i];

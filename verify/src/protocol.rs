@@ -352,17 +352,7 @@ impl MmView for ProtoGuard<'_> {
         }
         let mut a = start;
         while a < end {
-            let pte = ptes[index(a)];
-            let leaf = if pte == 0 {
-                Leaf::Hole
-            } else {
-                Leaf::Present(Present {
-                    pfn: pte & !PTE_WRITE,
-                    write: pte & PTE_WRITE != 0,
-                    ..Present::default()
-                })
-            };
-            if f(a, a + PAGE_SIZE, leaf).is_break() {
+            if f(a, a + PAGE_SIZE, ProtoPtes.leaf(ptes[index(a)])).is_break() {
                 return;
             }
             a += PAGE_SIZE;
